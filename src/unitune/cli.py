@@ -1,0 +1,287 @@
+"""The ``unitune`` command line: parses arguments and calls the package; no logic of its own.
+
+User errors (``UserError``, bad flags) print one line and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from pathlib import Path
+
+from unitune.errors import UserError, did_you_mean
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line with a 'did you mean' hint for misspelled flags."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            message = unknown_flags_message(self, message.split(":", 1)[1].split())
+        elif message.startswith("argument command: invalid choice"):
+            bad = message.split("'")[1] if "'" in message else ""
+            choices = [a for a in self._subparsers._group_actions[0].choices] \
+                if self._subparsers else []
+            message = f"unknown command '{bad}'{did_you_mean(bad, choices)}"
+        raise UserError(f"{self.prog}: {message}")
+
+
+def unknown_flags_message(parser: argparse.ArgumentParser, args: list[str]) -> str:
+    options = [s for a in parser._actions for s in a.option_strings]
+    parts = []
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        parts.append(f"unknown option '{flag}'{did_you_mean(flag, options)}"
+                     if flag.startswith("-") else f"unexpected argument '{arg}'")
+    return "; ".join(parts)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a model on instruction data (LoRA)",
+                       description="Fine-tune with LoRA. Configuration: an optional YAML file, "
+                       "then key=value overrides (nested keys with dots, e.g. lora.r=16), then "
+                       "the flags below. Unknown keys are errors.")
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                   help="a YAML config file and/or key=value overrides")
+    p.add_argument("--data", help="comma-separated training files (Alpaca json/jsonl)")
+    p.add_argument("--validation-data", dest="validation_data",
+                   help="comma-separated validation files")
+    p.add_argument("-o", "--output-dir", dest="output_dir", help="run folder to create")
+    p.add_argument("--base-model", dest="base_model",
+                   help="a preset (tiny-llama), a local HF folder or a hub id")
+    p.add_argument("--template", help="prompt template (default alpaca)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--epochs", type=float, help="number of epochs")
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after N steps")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="per-device batch size")
+    p.add_argument("--lora-r", dest="lora.r", type=int, help="LoRA rank")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--overwrite", action="store_const", const=True,
+                   help="replace a finished run in the output folder")
+    p.add_argument("--skip-invalid", dest="skip_invalid", action="store_const", const=True,
+                   help="leave out invalid records (each reported) instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_train(args) -> int:
+    from unitune.config import TrainConfig, build_config
+    from unitune.train.sft import train
+
+    configs = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
+    if len(configs) > 1:
+        raise UserError(f"train takes one config file, got {len(configs)}: {', '.join(configs)}")
+    flag_keys = ["data", "validation_data", "output_dir", "base_model", "template", "lr",
+                 "epochs", "max_steps", "batch_size", "lora.r", "seed", "device", "overwrite",
+                 "skip_invalid"]
+    flags = {k: getattr(args, k) for k in flag_keys}
+    cfg = build_config(TrainConfig, configs[0] if configs else None, overrides, flags)
+    out = train(cfg, progress=not args.no_progress)
+    print(f"finished: {out}")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="answer an instruction with a trained run",
+                       description="Load base + adapter of a run and answer one instruction, "
+                       "rendered with the run's own template.")
+    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("instruction", help="the instruction (prompt)")
+    p.add_argument("--input", default="", help="optional input/context for the instruction")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def cmd_generate(args) -> int:
+    from unitune.infer.generate import Decoding, answer
+    from unitune.models.loading import load_run
+
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be > 0, got {args.max_new_tokens}")
+    model, tokenizer, template = load_run(args.run_dir, device=args.device)
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                        repetition_penalty=args.repetition_penalty, seed=args.seed)
+    print(answer(model, tokenizer, template, [(args.instruction, args.input)], decoding)[0])
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="exact-match accuracy of a run (or a base model) on a file",
+                       description="Generate greedily for every record of an Alpaca file and "
+                       "report exact match, overall and per task family.")
+    p.add_argument("target", help="a finished run folder, or a base model (preset/folder) with "
+                   "--base")
+    p.add_argument("--data", required=True, help="Alpaca json/jsonl file with reference outputs")
+    p.add_argument("--base", action="store_true", help="target is a base model, not a run")
+    p.add_argument("--template", default=None,
+                   help="template for --base (a run always uses its own)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--report", help="write the full result as JSON here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def cmd_eval(args) -> int:
+    from unitune.data.readers import read_alpaca
+    from unitune.data.templates import get_template
+    from unitune.eval.exact_match import evaluate_exact_match, write_report
+    from unitune.models.loading import (
+        load_base,
+        load_run,
+        load_tokenizer,
+        pick_device,
+        pick_dtype,
+        resolve_model_path,
+    )
+
+    records = read_alpaca(args.data)
+    if args.base:
+        path = resolve_model_path(args.target)
+        device = pick_device(args.device)
+        model = load_base(path, pick_dtype("auto", device), device).eval()
+        tokenizer = load_tokenizer(path)
+        template = get_template(args.template or "alpaca")
+    else:
+        if args.template:
+            raise UserError("--template is only for --base; a run uses the template it was "
+                            "trained with")
+        model, tokenizer, template = load_run(args.target, device=args.device)
+    result = evaluate_exact_match(model, tokenizer, template, records, args.max_new_tokens,
+                                  args.batch_size)
+    print(result.table())
+    if args.report:
+        write_report(result, Path(args.report))
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="data tools (synthetic suite)")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="data-command")
+    s = dsub.add_parser("synth", help="write the synthetic instruction-task suite",
+                        description="Deterministic synthetic tasks with exact answers, in "
+                        "Alpaca JSON: train/validation/test splits plus a raw pre-training "
+                        "corpus.")
+    s.add_argument("--out", default="data/synth", help="output folder (default data/synth)")
+    s.add_argument("--families", default=None,
+                   help="comma-separated task families (default: the quickstart's five)")
+    s.add_argument("--train", type=int, default=400, help="training examples per family")
+    s.add_argument("--validation", type=int, default=20, help="validation examples per family")
+    s.add_argument("--test", type=int, default=40, help="test examples per family")
+    s.add_argument("--pretrain", type=int, default=0,
+                   help="extra raw examples per family for pretrain.json")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    dsub.add_parser("families", help="list the synthetic task families")
+
+
+def cmd_data(args) -> int:
+    from unitune.data.synth import DEFAULT_FAMILIES, FAMILIES, check_families, write_suite
+
+    if args.data_command == "families":
+        for name, (lang, gen) in FAMILIES.items():
+            ex = gen(random.Random(0))
+            default = "*" if name in DEFAULT_FAMILIES else " "
+            print(f"{default} {name:<12}{lang:<4}{ex.instruction}  {ex.input!r} -> {ex.output!r}")
+        print("* = in the quickstart")
+        return 0
+    families = check_families(args.families.split(",") if args.families
+                              else list(DEFAULT_FAMILIES))
+    for name in ("train", "validation", "test", "pretrain"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"{out} is not empty; pass --overwrite to regenerate it")
+    paths = write_suite(out, families, args.train, args.validation, args.test, args.pretrain,
+                        args.seed)
+    for name, path in paths.items():
+        print(f"{name:<11}{path}")
+    return 0
+
+
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="the whole idea on CPU in minutes: data, tiny model, "
+                       "exact match before and after LoRA",
+                       description="Build the synthetic data and the tiny base (cached after "
+                       "the first run), measure held-out exact match, fine-tune with LoRA, "
+                       "measure again.")
+    p.add_argument("--out", default="runs/quickstart", help="output folder")
+    p.add_argument("--size", choices=["full", "smoke"], default="full",
+                   help="smoke: a seconds-long run that exercises the plumbing only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_quickstart(args) -> int:
+    from unitune.quickstart import run_quickstart
+
+    run_quickstart(Path(args.out), size=args.size, overwrite=args.overwrite, seed=args.seed,
+                   progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
+            "quickstart": cmd_quickstart}
+
+
+def build_parser() -> Parser:
+    from unitune import __version__
+
+    parser = Parser(prog="unitune", description="Instruction fine-tuning of LLMs.")
+    parser.add_argument("--version", action="version", version=f"unitune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command",
+                                parser_class=Parser)
+    for add in (_add_quickstart, _add_data, _add_train, _add_generate, _add_eval):
+        add(sub)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            sub_parser = parser._subparsers._group_actions[0].choices[args.command]
+            if args.command == "data":
+                sub_parser = sub_parser._subparsers._group_actions[0].choices[args.data_command]
+            raise UserError(f"unitune {args.command}: "
+                            f"{unknown_flags_message(sub_parser, extra)}")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

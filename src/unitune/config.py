@@ -1,0 +1,162 @@
+"""The typed run configuration: YAML file + ``key=value`` overrides + flags, validated.
+
+Owns the schema (``TrainConfig`` and its sections), loading and merging configuration sources,
+and turning validation failures into one-line errors that name the key, what was given and
+what is allowed, with a "did you mean" hint for misspelled keys.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from unitune.errors import UserError, did_you_mean
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Section):
+    """LoRA hyper-parameters (passed to ``peft.LoraConfig``)."""
+
+    r: int = Field(8, gt=0, description="rank of the update matrices")
+    alpha: float = Field(16, gt=0, description="scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or 'all-linear'")
+
+
+class TrainConfig(Section):
+    """Supervised fine-tuning of a causal LM on instruction data."""
+
+    base_model: str = Field("tiny-llama",
+                            description="a unitune preset, a local HF folder, or a hub id")
+    data: list[str] = Field(..., min_length=1, description="training files (Alpaca json/jsonl)")
+    validation_data: list[str] = Field(default_factory=list)
+    output_dir: str = Field(..., description="run folder to create")
+    template: str = "alpaca"
+    method: Literal["lora"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    max_length: int = Field(512, gt=8)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="stop after this many steps (-1: use epochs)")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup: float = Field(0.03, ge=0, description="warm-up steps (>=1) or fraction of steps (<1)")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    logging_steps: int = Field(10, gt=0)
+    skip_invalid: bool = Field(False, description="skip invalid records (reported) instead of "
+                               "stopping at the first")
+    trust_remote_code: bool = False
+    overwrite: bool = False
+
+    @field_validator("data", "validation_data", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_model_keys(ann, prefix + name + "."))
+    return keys
+
+
+def describe_error(err: dict, schema: type[BaseModel], source: str) -> str:
+    """One line for one pydantic error: where, which key, what was given, what is allowed."""
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return (f"{source}: unknown config key '{key}'"
+                f"{did_you_mean(key, _model_keys(schema))}")
+    if err["type"] == "missing":
+        return f"{source}: required config key '{key}' is missing"
+    given = err.get("input")
+    msg = err["msg"][0].lower() + err["msg"][1:]
+    return f"{source}: config key '{key}': {msg} (got {given!r})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (['a', 'b'], value parsed as YAML, so numbers and lists get types)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise UserError(f"override '{text}' has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, dict):
+        value = raw
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 as a string
+    return key.split("."), value
+
+
+def set_nested(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override '{'.'.join(path)}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of keys to values")
+    return data
+
+
+def build_config(schema: type[BaseModel], config_file: str | None, overrides: list[str],
+                 flags: dict[str, Any]) -> BaseModel:
+    """Merge (lowest first) the YAML file, ``key=value`` overrides and explicit flags; validate."""
+    data: dict = load_yaml(config_file) if config_file else {}
+    source = str(config_file) if config_file else "command line"
+    for item in overrides:
+        path, value = parse_override(item)
+        set_nested(data, path, value)
+    for key, value in flags.items():
+        if value is not None:
+            set_nested(data, key.split("."), value)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(describe_error(exc.errors()[0], schema, source)) from None
+
+
+def write_config(config: BaseModel, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False,
+                                   allow_unicode=True), encoding="utf-8")

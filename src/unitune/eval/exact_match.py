@@ -1,0 +1,70 @@
+"""Exact-match accuracy of generated answers against reference outputs, overall and per family.
+
+Records that carry a ``family`` (the synthetic suite does) are scored on that family's final
+answer (for chain-of-thought families, the result after "the answer is"); others compare the
+whole stripped output.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unitune.data.readers import Record
+from unitune.data.synth import FAMILIES, final_answer
+from unitune.data.templates import Template
+from unitune.infer.generate import Decoding, answer
+
+
+@dataclass
+class ExactMatch:
+    accuracy: float
+    n: int
+    per_family: dict[str, float] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"exact_match": self.accuracy, "n": self.n, "per_family": self.per_family,
+                "samples": self.samples}
+
+    def table(self) -> str:
+        lines = [f"{'family':<14}{'exact match':>12}"]
+        lines += [f"{fam:<14}{acc:>11.1%}" for fam, acc in sorted(self.per_family.items())]
+        lines.append(f"{'overall':<14}{self.accuracy:>11.1%}  (n={self.n})")
+        return "\n".join(lines)
+
+
+def _family(rec: Record) -> str:
+    fam = (rec.meta or {}).get("family")
+    return fam if fam in FAMILIES else "all"
+
+
+def score(record: Record, prediction: str) -> bool:
+    fam = _family(record)
+    if fam == "all":
+        return prediction.strip() == record.output.strip()
+    return final_answer(fam, prediction) == final_answer(fam, record.output)
+
+
+def evaluate_exact_match(model, tokenizer, template: Template, records: list[Record],
+                         max_new_tokens: int = 64, batch_size: int = 64,
+                         keep_samples: int = 5) -> ExactMatch:
+    preds = answer(model, tokenizer, template, [(r.instruction, r.input) for r in records],
+                   Decoding(max_new_tokens=max_new_tokens), batch_size=batch_size)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    samples = []
+    for rec, pred in zip(records, preds, strict=True):
+        ok = score(rec, pred)
+        hits[_family(rec)].append(ok)
+        if len(samples) < keep_samples:
+            samples.append({"instruction": rec.instruction, "input": rec.input,
+                            "reference": rec.output, "prediction": pred, "correct": ok})
+    total = [h for v in hits.values() for h in v]
+    per_family = {fam: sum(v) / len(v) for fam, v in hits.items()}
+    return ExactMatch(sum(total) / max(1, len(total)), len(total), per_family, samples)
+
+
+def write_report(result: ExactMatch, path: Path) -> None:
+    path.write_text(json.dumps(result.as_dict(), indent=1, ensure_ascii=False), encoding="utf-8")

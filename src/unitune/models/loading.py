@@ -1,0 +1,101 @@
+"""Loading base models and tokenizers, and trained runs (base + adapter).
+
+Owns resolving a model name (a unitune preset, a local Hugging Face folder, or a hub id), the
+dtype/device choice, and re-opening a run folder with the template it was trained with.
+Weights are read from safetensors; ``trust_remote_code`` is passed only when the user asks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from unitune.errors import UserError
+
+RUN_FILE = "run.json"
+
+
+def resolve_model_path(name: str, log=print, progress: bool = True) -> str:
+    """A preset name is built/cached on first use; a local folder or hub id is returned as is."""
+    from unitune.models.tiny import PRESETS, ensure_preset
+
+    if name in PRESETS:
+        return str(ensure_preset(name, log=log, progress=progress))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise UserError(f"model folder not found: {name}")
+    return name  # a hub id; from_pretrained reports if it cannot be fetched
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("device=cuda was asked for but no CUDA GPU is available; "
+                            "use device=cpu or device=auto")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise UserError(f"cannot load a tokenizer from '{path}': {str(exc).splitlines()[0]}") \
+            from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(path: str, dtype: torch.dtype, device: torch.device,
+              trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    except OSError as exc:
+        raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]} (offline? "
+                        "give a local folder with config.json and *.safetensors)") from None
+    return model.to(device)
+
+
+def read_run(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not path.exists():
+        raise UserError(f"{run_dir}: not a finished unitune run (no {RUN_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """(model with adapter, tokenizer, template) of a finished run, ready for inference."""
+    from peft import PeftModel
+
+    from unitune.data.templates import load_template
+
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    dev = pick_device(device)
+    base = load_base(resolve_model_path(info["base_model"]), pick_dtype(dtype, dev), dev,
+                     info.get("trust_remote_code", False))
+    model = PeftModel.from_pretrained(base, str(run_dir))
+    model.eval()
+    tokenizer = load_tokenizer(str(run_dir))
+    return model, tokenizer, load_template(run_dir)

@@ -1,0 +1,86 @@
+"""Trainer callbacks: the progress bar, the metrics log, and the loss-curve picture."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+
+class ProgressCallback(TrainerCallback):
+    """A tqdm bar with loss, tokens/s (non-padding tokens) and ETA."""
+
+    def __init__(self, disable: bool = False, desc: str = "train"):
+        self.bar = None
+        self.desc = desc
+        self.disable = disable
+        self.start = 0.0
+        self.loss = float("nan")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", disable=self.disable,
+                        dynamic_ncols=True)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        tokens = state.num_input_tokens_seen or 0
+        self.bar.set_postfix(loss=f"{self.loss:.4f}", tok_s=f"{tokens / elapsed:,.0f}",
+                             refresh=False)
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class MetricsLogCallback(TrainerCallback):
+    """Appends every log event (loss, lr, eval loss, tokens seen) as a JSON line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.start = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch,
+               "tokens_seen": state.num_input_tokens_seen,
+               "elapsed_s": round(time.perf_counter() - self.start, 3), **logs}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def plot_loss(metrics_path: Path, out_png: Path, title: str = "training loss") -> bool:
+    """Draw train (and validation) loss against step; False when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not val:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return True

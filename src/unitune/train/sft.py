@@ -1,0 +1,177 @@
+"""Supervised fine-tuning with LoRA: the loop around the HF Trainer and the run folder it makes.
+
+A run is built in ``<output_dir>.partial`` and moved into place only when it has finished, so a
+crash or Ctrl-C never leaves a half-run that looks complete, and ``--overwrite`` replaces an
+old run only once the new one exists. The run folder holds the adapter (PEFT format), the
+tokenizer, ``template.json``, the effective ``config.yaml``, ``run.json`` (what was trained, on
+what, with which results), ``metrics.jsonl``, TensorBoard events in ``tb/`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from unitune.config import TrainConfig, write_config
+from unitune.data.encode import Collator, encode_records
+from unitune.data.readers import read_many
+from unitune.data.templates import get_template
+from unitune.errors import UserError
+from unitune.models.loading import (
+    RUN_FILE,
+    load_base,
+    load_tokenizer,
+    pick_device,
+    pick_dtype,
+    resolve_model_path,
+)
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a finished run (or any non-empty folder) unless ``overwrite``."""
+    if not out.exists() or overwrite:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"output path {out} exists and is not a folder")
+        return
+    if (out / RUN_FILE).exists():
+        raise UserError(f"{out} already holds a finished run; pick another output_dir or pass "
+                        "--overwrite to replace it")
+    if any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; pick another output_dir or pass "
+                        "--overwrite")
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable, total = model.get_nb_trainable_parameters()
+    return int(trainable), int(total)
+
+
+def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
+    """Run SFT as configured and return the finished run folder."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from unitune.train.callbacks import MetricsLogCallback, ProgressCallback, plot_loss
+
+    started = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, cfg.overwrite)
+    template = get_template(cfg.template)
+    skipped: list[str] = []
+    train_records = read_many(cfg.data, cfg.skip_invalid, skipped)
+    val_records = read_many(cfg.validation_data, cfg.skip_invalid, skipped)
+    if skipped:
+        log(f"skipped {len(skipped)} invalid records (skip_invalid), first: {skipped[0]}")
+    if not train_records:
+        raise UserError(f"no training records in {', '.join(cfg.data)}")
+
+    model_path = resolve_model_path(cfg.base_model, log=log, progress=progress)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
+    train_rows, train_report = encode_records(train_records, tokenizer, template, cfg.max_length)
+    val_rows, val_report = (encode_records(val_records, tokenizer, template, cfg.max_length)
+                            if val_records else ([], None))
+    log(f"train data: {train_report.summary()}")
+    if val_report:
+        log(f"validation data: {val_report.summary()}")
+    if not train_rows:
+        raise UserError(f"every training example was dropped ({train_report.summary()}); "
+                        f"raise max_length (now {cfg.max_length})")
+
+    base = load_base(model_path, dtype, device, cfg.trust_remote_code)
+    torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as exc:
+        raise UserError(f"lora.target_modules={cfg.lora.target_modules!r}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    trainable, total = trainable_parameters(model)
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        metrics_path = staging / "metrics.jsonl"
+        writer = SummaryWriter(log_dir=str(staging / "tb"))
+        args = TrainingArguments(
+            output_dir=str(staging / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup,
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.logging_steps, save_strategy="no", report_to=[],
+            eval_strategy="epoch" if val_rows else "no", seed=cfg.seed, data_seed=cfg.seed,
+            bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+            use_cpu=device.type == "cpu", disable_tqdm=True,
+            include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+            remove_unused_columns=False,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=ListDataset(train_rows),
+            eval_dataset=ListDataset(val_rows) if val_rows else None,
+            data_collator=Collator(tokenizer.pad_token_id),
+            callbacks=[ProgressCallback(disable=not progress), MetricsLogCallback(metrics_path),
+                       TensorBoardCallback(tb_writer=writer)],
+        )
+        trainer.remove_callback(PrinterCallback)  # our bar and metrics log replace it
+        result = trainer.train()
+        writer.close()
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        template.save(staging)
+        write_config(cfg, staging / "config.yaml")
+        plot_loss(metrics_path, staging / "loss.png", title=f"{out.name}: loss")
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+        info = {
+            "status": "finished", "base_model": cfg.base_model, "base_model_path": model_path,
+            "method": cfg.method, "template": template.name, "adapter_init_seed": cfg.seed,
+            "trust_remote_code": cfg.trust_remote_code,
+            "trainable_parameters": trainable, "total_parameters": total,
+            "data": {"skipped_invalid": skipped, "train": train_report.as_dict(),
+                     "validation": val_report.as_dict() if val_report else None},
+            "train_loss": result.training_loss, "steps": result.global_step,
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            "wall_time_s": round(time.time() - started, 2), "device": device.type,
+            "dtype": str(dtype).removeprefix("torch."),
+        }
+        (staging / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _move_into_place(staging, out)
+    return out
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

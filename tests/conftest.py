@@ -1,0 +1,52 @@
+"""Shared fixtures: an isolated unitune cache with the small test preset, and ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unitune_home(tmp_path_factory):
+    """Every test uses a private cache, so no test reads a user's ~/.cache/unitune."""
+    home = tmp_path_factory.mktemp("unitune_home")
+    old = os.environ.get("UNITUNE_HOME")
+    os.environ["UNITUNE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("UNITUNE_HOME", None)
+    else:
+        os.environ["UNITUNE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def test_preset(unitune_home) -> Path:
+    """The small 'tiny-llama-test' base, built once per session."""
+    from unitune.models.tiny import ensure_preset
+
+    return ensure_preset("tiny-llama-test", log=lambda *a: None, progress=False)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; fails (not skips) when UNITUNE_REQUIRE_SHARED=1 and it is missing."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("UNITUNE_REQUIRE_SHARED") == "1":
+            pytest.fail(f"UNITUNE_REQUIRE_SHARED=1 but {SHARED_DATA} does not exist")
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic suite (train/validation/test/pretrain)."""
+    from unitune.data.synth import DEFAULT_FAMILIES, write_suite
+
+    out = tmp_path_factory.mktemp("synth")
+    return write_suite(out, list(DEFAULT_FAMILIES), n_train=8, n_val=2, n_test=2, n_pretrain=4,
+                       seed=0)

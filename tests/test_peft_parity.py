@@ -1,0 +1,34 @@
+"""An adapter written by `unitune train` is a standard PEFT adapter."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def test_stock_peft_loads_the_adapter_with_identical_logits(tmp_path, test_preset, synth_data):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from unitune.config import TrainConfig
+    from unitune.models.loading import load_run
+    from unitune.train.sft import train
+
+    out = tmp_path / "run"
+    # a high learning rate so the adapter is far from its (zero-B) initialisation
+    train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
+                      output_dir=str(out), max_steps=5, batch_size=4, lr=5e-2,
+                      lora={"r": 4, "dropout": 0.0}), log=lambda *a: None, progress=False)
+
+    ours, tokenizer, template = load_run(out, device="cpu")
+    base = AutoModelForCausalLM.from_pretrained(str(test_preset), dtype=torch.float32)
+    stock = PeftModel.from_pretrained(base, str(out)).eval()
+    plain = AutoModelForCausalLM.from_pretrained(str(test_preset), dtype=torch.float32).eval()
+
+    enc = tokenizer([template.render_prompt("Sort the numbers.", "3 1 2")], return_tensors="pt")
+    with torch.no_grad():
+        a = ours(**enc).logits
+        b = stock(**enc).logits
+        c = plain(**enc).logits
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c, atol=1e-4)  # the adapter changes the model
