@@ -12,12 +12,22 @@ def test_overrides_flags_and_file_merge_in_order(tmp_path):
     cfg = build_config(TrainConfig, str(cfg_file), ["lr=1e-4", "lora.alpha=8"], {"lora.r": 2})
     assert cfg.lr == pytest.approx(1e-4)
     assert cfg.lora.r == 2 and cfg.lora.alpha == 8
-    assert cfg.data == ["x.json"]
+    assert [d.path for d in cfg.data] == ["x.json"]
 
 
-def test_comma_separated_data():
+def test_comma_separated_data_and_mixing_entries(tmp_path):
     cfg = build_config(TrainConfig, None, ["data=a.json,b.jsonl", "output_dir=o"], {})
-    assert cfg.data == ["a.json", "b.jsonl"]
+    assert [d.path for d in cfg.data] == ["a.json", "b.jsonl"]
+    f = tmp_path / "mix.yaml"
+    f.write_text("output_dir: o\ndata:\n  - alpaca\n  - {path: belle_cn, weight: 0.5}\n"
+                 "  - {path: x.json, count: 100, format: sharegpt}\n")
+    cfg = build_config(TrainConfig, str(f), [], {})
+    assert [(d.path, d.weight, d.count, d.format) for d in cfg.data] == [
+        ("alpaca", None, None, None), ("belle_cn", 0.5, None, None),
+        ("x.json", None, 100, "sharegpt")]
+    with pytest.raises(UserError, match="unknown config key 'data.0.wieght'"):
+        f.write_text("output_dir: o\ndata:\n  - {path: a, wieght: 1}\n")
+        build_config(TrainConfig, str(f), [], {})
 
 
 def test_unknown_key_suggests_the_closest():

@@ -1,10 +1,11 @@
-"""Loss masking and truncation, token by token."""
+"""Loss masking, truncation and packing, token by token."""
 
 import pytest
+import torch
 
-from unitune.data.encode import IGNORE, Collator, encode_records
-from unitune.data.readers import Record
-from unitune.data.templates import get_template
+from unitune.data.encode import IGNORE, Collator, encode_conversations, pack
+from unitune.data.schema import Conversation, Turn
+from unitune.data.templates import TEMPLATES, get_template
 
 
 @pytest.fixture(scope="module")
@@ -14,46 +15,140 @@ def tokenizer(test_preset):
     return load_tokenizer(str(test_preset))
 
 
-def rec(instruction, output, input=""):
-    return Record(instruction, input, output, "mem", 1)
+def trained_text(tokenizer, row) -> list[str]:
+    """The trained tokens, decoded per contiguous run."""
+    runs, cur = [], []
+    for tok, lab in zip(row["input_ids"], row["labels"], strict=True):
+        if lab != IGNORE:
+            cur.append(tok)
+        elif cur:
+            runs.append(tokenizer.decode(cur))
+            cur = []
+    if cur:
+        runs.append(tokenizer.decode(cur))
+    return runs
 
 
-def test_only_the_response_and_eos_are_trained(tokenizer):
+MULTI = Conversation((Turn("user", "Who are you?"), Turn("assistant", "I am a model."),
+                      Turn("user", "Add 2 and 3."), Turn("assistant", "5")), system="Be brief.")
+
+
+def test_single_turn_trains_exactly_the_answer_and_eos(tokenizer):
     template = get_template("alpaca")
-    r = rec("Sort the numbers in ascending order.", "1 2 3", "3 1 2")
-    (ex,), report = encode_records([r], tokenizer, template, max_length=256)
-    prompt = tokenizer(template.render_prompt(r.instruction, r.input))["input_ids"]
-    answer = tokenizer(r.output, add_special_tokens=False)["input_ids"]
-    assert ex["input_ids"] == prompt + answer + [tokenizer.eos_token_id]
-    assert ex["labels"] == [IGNORE] * len(prompt) + answer + [tokenizer.eos_token_id]
-    assert ex["input_ids"][0] == tokenizer.bos_token_id
-    trained = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
-    assert tokenizer.decode(trained) == "1 2 3" + tokenizer.eos_token
+    conv = Conversation.single("Sort the numbers in ascending order.", "1 2 3", "3 1 2")
+    (row,), report = encode_conversations([conv], tokenizer, template, max_length=256)
+    full = template.render(conv, tokenizer)[0]
+    assert row["input_ids"] == tokenizer(full)["input_ids"]  # same ids as the whole text
+    prompt = tokenizer(template.render_prompt(conv, tokenizer))["input_ids"]
+    assert row["input_ids"][: len(prompt)] == prompt
+    assert all(lab == IGNORE for lab in row["labels"][: len(prompt)])
+    assert trained_text(tokenizer, row) == ["1 2 3" + tokenizer.eos_token]
+    assert row["input_ids"][0] == tokenizer.bos_token_id
     assert report.kept == 1 and report.prompt_truncated == 0
+
+
+@pytest.mark.parametrize("name", ["alpaca", "vicuna", "llama-2-chat", "llama-3", "chatml", "qwen",
+                                  "chatglm2", "chatglm3", "baichuan2", "internlm", "moss",
+                                  "bloom"])
+def test_every_assistant_turn_and_only_them(tokenizer, name):
+    template = TEMPLATES[name]
+    (row,), _ = encode_conversations([MULTI], tokenizer, template, max_length=512)
+    eot = template.assistant_suffix.format(eos=tokenizer.eos_token, bos=tokenizer.bos_token)
+    runs = trained_text(tokenizer, row)
+    lead = template.answer_lead
+    assert runs == [f"{lead}I am a model.{eot}", f"{lead}5{eot}"], runs
+    # the user turns and the system prompt are never trained
+    untrained = tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"],
+                                                       strict=True) if lab == IGNORE])
+    assert "Who are you?" in untrained and "Add 2 and 3." in untrained
+    assert "Be brief." in untrained  # every template renders the system prompt
+
+
+def test_last_turn_only_and_all_tokens(tokenizer):
+    template = get_template("chatml")
+    (last,), _ = encode_conversations([MULTI], tokenizer, template, 512, masking="last")
+    assert trained_text(tokenizer, last) == ["5<|im_end|>"]
+    (every,), _ = encode_conversations([MULTI], tokenizer, template, 512, masking="all")
+    assert every["labels"][1:] == every["input_ids"][1:] and every["labels"][0] == IGNORE
+
+
+def test_inference_prompt_is_a_prefix_of_the_training_text(tokenizer):
+    for template in TEMPLATES.values():
+        if template.tokenizer_template:
+            continue
+        full, spans = template.render(MULTI, tokenizer)
+        prompt = template.render_prompt(MULTI, tokenizer)
+        assert full.startswith(prompt), template.name
+        assert spans[-1][0] == len(prompt), template.name
+
+
+def test_long_conversation_drops_early_turns_first(tokenizer):
+    template = get_template("chatml")
+    long = Conversation((Turn("user", "tell me a story " * 30), Turn("assistant", "long " * 30),
+                         Turn("user", "and now?"), Turn("assistant", "the end")))
+    (row,), report = encode_conversations([long], tokenizer, template, max_length=40)
+    assert len(row["input_ids"]) <= 40
+    assert trained_text(tokenizer, row) == ["the end<|im_end|>"]
+    assert report.turns_dropped == 1 and report.prompt_truncated == 0
 
 
 def test_long_prompt_is_cut_from_the_left_keeping_bos_and_answer(tokenizer):
     template = get_template("alpaca")
-    r = rec("word " * 200, "the answer")
-    (ex,), report = encode_records([r], tokenizer, template, max_length=48)
-    assert len(ex["input_ids"]) == 48
-    assert ex["input_ids"][0] == tokenizer.bos_token_id
-    assert ex["input_ids"][-1] == tokenizer.eos_token_id
-    trained = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
-    assert tokenizer.decode(trained) == "the answer" + tokenizer.eos_token
-    # the response header survives truncation
-    assert "### Response:" in tokenizer.decode(ex["input_ids"])
+    conv = Conversation.single("word " * 200, "the answer")
+    (row,), report = encode_conversations([conv], tokenizer, template, max_length=48)
+    assert len(row["input_ids"]) == 48
+    assert row["input_ids"][0] == tokenizer.bos_token_id
+    assert row["input_ids"][-1] == tokenizer.eos_token_id
+    assert trained_text(tokenizer, row) == ["the answer" + tokenizer.eos_token]
+    assert "### Response:" in tokenizer.decode(row["input_ids"])
     assert report.prompt_truncated == 1
 
 
 def test_answer_that_cannot_fit_is_dropped_and_reported(tokenizer):
     template = get_template("alpaca")
-    records = [rec("short", "ok"), Record("q", "", "long " * 100, "f.json", 7)]
-    rows, report = encode_records(records, tokenizer, template, max_length=32)
+    convs = [Conversation.single("short", "ok"),
+             Conversation.single("q", "long " * 100, source="f.json", line=7)]
+    rows, report = encode_conversations(convs, tokenizer, template, max_length=32)
     assert len(rows) == 1 and report.kept == 1
     assert sum(report.dropped.values()) == 1
     assert report.examples_dropped == ["f.json:7"]
     assert "1 dropped" in report.summary()
+
+
+def test_packing_restarts_positions_and_never_trains_across_examples(tokenizer):
+    template = get_template("alpaca")
+    convs = [Conversation.single(f"Count the letters {i}.", str(i)) for i in range(6)]
+    rows, _ = encode_conversations(convs, tokenizer, template, max_length=512)
+    packed = pack(rows, max_length=512)
+    assert len(packed) < len(rows)
+    assert all(len(p["input_ids"]) <= 512 for p in packed)
+    assert sum(len(p["input_ids"]) for p in packed) == sum(len(r["input_ids"]) for r in rows)
+    for p in packed:
+        starts = [i for i, pos in enumerate(p["position_ids"]) if pos == 0]
+        for s in starts:
+            assert p["labels"][s] == IGNORE
+            assert p["input_ids"][s] == tokenizer.bos_token_id
+
+
+def test_packed_logits_equal_separate_logits(test_preset, tokenizer):
+    """No attention across packed examples: each example's logits are as if alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(test_preset), dtype=torch.float32).eval()
+    template = get_template("alpaca")
+    convs = [Conversation.single("Sort the numbers.", "1 2 3", "3 2 1"),
+             Conversation.single("Count the letters.", "4", "a b c d")]
+    rows, _ = encode_conversations(convs, tokenizer, template, max_length=256)
+    (packed,) = pack(rows, max_length=256)
+    batch = Collator(tokenizer.pad_token_id)([packed])
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        n = len(rows[0]["input_ids"])
+        first = model(input_ids=torch.tensor([rows[0]["input_ids"]])).logits
+        second = model(input_ids=torch.tensor([rows[1]["input_ids"]])).logits
+    assert torch.allclose(together[0, :n], first[0], atol=1e-5)
+    assert torch.allclose(together[0, n:], second[0], atol=1e-5)
 
 
 def test_collator_pads_right_and_masks_padding():

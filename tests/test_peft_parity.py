@@ -25,7 +25,10 @@ def test_stock_peft_loads_the_adapter_with_identical_logits(tmp_path, test_prese
     stock = PeftModel.from_pretrained(base, str(out)).eval()
     plain = AutoModelForCausalLM.from_pretrained(str(test_preset), dtype=torch.float32).eval()
 
-    enc = tokenizer([template.render_prompt("Sort the numbers.", "3 1 2")], return_tensors="pt")
+    from unitune.data.schema import Conversation
+
+    prompt = template.render_prompt(Conversation.single("Sort the numbers.", "", "3 1 2"), tokenizer)
+    enc = tokenizer([prompt], return_tensors="pt")
     with torch.no_grad():
         a = ours(**enc).logits
         b = stock(**enc).logits

@@ -91,6 +91,9 @@ def _add_generate(sub) -> None:
     p.add_argument("run_dir", help="a finished run folder")
     p.add_argument("instruction", help="the instruction (prompt)")
     p.add_argument("--input", default="", help="optional input/context for the instruction")
+    p.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    p.add_argument("--template", default=None,
+                   help="override the run's template (warned about: it was trained with its own)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -102,6 +105,8 @@ def _add_generate(sub) -> None:
 
 
 def cmd_generate(args) -> int:
+    from unitune.data.schema import Conversation, Turn
+    from unitune.data.templates import get_template
     from unitune.infer.generate import Decoding, answer
     from unitune.models.loading import load_run
 
@@ -111,7 +116,12 @@ def cmd_generate(args) -> int:
     decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         repetition_penalty=args.repetition_penalty, seed=args.seed)
-    print(answer(model, tokenizer, template, [(args.instruction, args.input)], decoding)[0])
+    if args.template and args.template != template.name:
+        print(f"warning: the run was trained with template '{template.name}'; generating with "
+              f"'{args.template}' instead may give worse answers", file=sys.stderr)
+        template = get_template(args.template)
+    conv = Conversation((Turn("user", args.instruction, args.input),), system=args.system or "")
+    print(answer(model, tokenizer, template, [conv], decoding)[0])
     return 0
 
 
@@ -132,7 +142,7 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from unitune.data.readers import read_alpaca
+    from unitune.data.readers import read_conversations
     from unitune.data.templates import get_template
     from unitune.eval.exact_match import evaluate_exact_match, write_report
     from unitune.models.loading import (
@@ -144,7 +154,7 @@ def cmd_eval(args) -> int:
         resolve_model_path,
     )
 
-    records = read_alpaca(args.data)
+    records = read_conversations(args.data)
     if args.base:
         path = resolve_model_path(args.target)
         device = pick_device(args.device)

@@ -33,15 +33,60 @@ class LoraConfig(Section):
         "all-linear", description="module names to adapt, or 'all-linear'")
 
 
+class DataSpec(Section):
+    """One data source: a local file or folder, a catalog name, or a hub dataset id."""
+
+    path: str
+    format: str | None = Field(None, description="reader format (default: data_format)")
+    weight: float | None = Field(None, ge=0, description="relative share when mixing")
+    count: int | None = Field(None, ge=0, description="exact number of records to take")
+
+
+class AugmentConfig(Section):
+    """FLAN-style template augmentation, few-shot rendering and CoT prompting."""
+
+    flan_templates: str | None = Field(None, description="FLAN template JSON file")
+    zero_shot_ratio: float = Field(1.0, ge=0, le=1,
+                                   description="share of examples kept zero-shot")
+    k_shot: int = Field(0, ge=0, description="examples shown in a few-shot rendering")
+    cot_suffix: Literal["en", "zh"] | None = Field(
+        None, description="append 'Let's think step by step.' (en) or '先思考，再决定。' (zh)")
+
+
+def _data_list(value: Any) -> Any:
+    if isinstance(value, str | dict):
+        value = [value]
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            if isinstance(item, str):
+                out += [{"path": p.strip()} for p in item.split(",") if p.strip()]
+            else:
+                out.append(item)
+        return out
+    return value
+
+
 class TrainConfig(Section):
     """Supervised fine-tuning of a causal LM on instruction data."""
 
     base_model: str = Field("tiny-llama",
                             description="a unitune preset, a local HF folder, or a hub id")
-    data: list[str] = Field(..., min_length=1, description="training files (Alpaca json/jsonl)")
-    validation_data: list[str] = Field(default_factory=list)
+    data: list[DataSpec] = Field(..., min_length=1,
+                                 description="files, catalog names or hub ids (comma-separated)")
+    validation_data: list[DataSpec] = Field(default_factory=list)
+    data_format: str = Field("auto", description="reader format; auto detects per file")
+    data_dir: str | None = Field(None, description="where catalog datasets were downloaded")
+    validation_split: float = Field(0, ge=0, description="fraction (<1) or count of training "
+                                    "records held out for validation")
+    mix_total: int | None = Field(None, gt=0, description="total records when mixing by weight")
+    dedupe: bool = False
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     output_dir: str = Field(..., description="run folder to create")
-    template: str = "alpaca"
+    template: str = Field("auto", description="prompt template; auto = the model family's")
+    masking: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="train on every assistant reply, the last one, or everything")
+    packing: bool = Field(False, description="pack short examples into max_length rows")
     method: Literal["lora"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     max_length: int = Field(512, gt=8)
@@ -66,9 +111,14 @@ class TrainConfig(Section):
     @field_validator("data", "validation_data", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _data_list(value)
+
+    @field_validator("validation_split")
+    @classmethod
+    def _split_value(cls, value: float) -> float | int:
+        if value >= 1 and value != int(value):
+            raise ValueError("a count of records (a whole number) or a fraction below 1")
+        return int(value) if value >= 1 else value
 
 
 def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -76,7 +126,7 @@ def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
         ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and ann is not DataSpec:
             keys.extend(_model_keys(ann, prefix + name + "."))
     return keys
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unitune.config import TrainConfig
-from unitune.data.readers import read_alpaca
+from unitune.data.readers import read_conversations
 from unitune.data.synth import DEFAULT_FAMILIES, write_suite
 from unitune.data.templates import get_template
 from unitune.errors import UserError
@@ -58,7 +58,7 @@ def run_quickstart(out: Path, size: str = "full", overwrite: bool = False, seed:
     paths = write_suite(out / "data", list(DEFAULT_FAMILIES), spec.train_per_family,
                         spec.val_per_family, spec.test_per_family, n_pretrain=0, seed=seed)
     log(f"data: {out / 'data'} ({', '.join(DEFAULT_FAMILIES)})")
-    test = read_alpaca(paths["test"])
+    test = read_conversations(str(paths["test"]))
 
     model_path = resolve_model_path(spec.preset, log=log, progress=progress)
     device = pick_device("auto")

@@ -1,21 +1,32 @@
-"""Turning records into token ids with a loss mask, and batching them.
+"""Turning conversations into token ids with a loss mask, packing them, and batching them.
 
-Owns the rule that only response tokens (and the EOS that ends them) are trained on, the
-truncation policy (the prompt is cut from the left; an answer that cannot fit is never cut,
-the example is dropped and counted), and the padding collator.
+Owns which tokens are trained on (``masking``: every assistant reply with its end-of-turn
+marker by default, the last reply only, or everything), the truncation policy (drop the oldest
+exchanges of a long conversation first, then cut the prompt from the left keeping BOS; a
+reply that cannot fit is never cut: the example is dropped and counted), packing several
+examples into one row with restarting position ids, and the collators.
+
+Masking works on characters, not on separately tokenized pieces: each conversation is
+rendered to one string (``Template.render`` gives the character spans of the replies),
+tokenized once with offsets in a single batched call of the fast tokenizer, and a token is
+trained when its characters overlap a reply span. The ids are therefore exactly those of
+tokenizing the whole text, as at inference.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
-from unitune.data.readers import Record
+from unitune.data.schema import Conversation
 from unitune.data.templates import Template
+from unitune.errors import UserError, did_you_mean
 
 IGNORE = -100
+MASKING = ("assistant", "last", "all")
 
 
 @dataclass
@@ -24,51 +35,152 @@ class EncodeReport:
 
     kept: int = 0
     prompt_truncated: int = 0
+    turns_dropped: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples_dropped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.kept} examples", f"{self.prompt_truncated} with the prompt truncated "
                  "from the left"]
-        for reason, n in self.dropped.items():
-            parts.append(f"{n} dropped: {reason}")
+        if self.turns_dropped:
+            parts.append(f"{self.turns_dropped} with early turns dropped")
+        parts += [f"{n} dropped: {reason}" for reason, n in self.dropped.items()]
         return ", ".join(parts)
 
     def as_dict(self) -> dict:
         return {"kept": self.kept, "prompt_truncated": self.prompt_truncated,
-                "dropped": dict(self.dropped), "first_dropped": self.examples_dropped[:10]}
+                "turns_dropped": self.turns_dropped, "dropped": dict(self.dropped),
+                "first_dropped": self.examples_dropped[:10]}
 
 
-def encode_records(records: list[Record], tokenizer, template: Template, max_length: int,
-                   min_prompt_tokens: int = 8) -> tuple[list[dict], EncodeReport]:
-    """Tokenize prompts and responses in two batched calls; mask prompts out of the loss."""
-    prompts = [template.render_prompt(r.instruction, r.input) for r in records]
-    prompt_ids = tokenizer(prompts)["input_ids"]  # with the tokenizer's BOS, as at inference
-    response_ids = tokenizer([r.output for r in records], add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
+def check_masking(masking: str) -> str:
+    if masking not in MASKING:
+        raise UserError(f"unknown masking '{masking}'{did_you_mean(masking, MASKING)}; "
+                        f"choose {', '.join(MASKING)}")
+    return masking
+
+
+def _labels(ids: list[int], offsets, spans: list[tuple[int, int]], masking: str) -> list[int]:
+    if masking == "all":
+        labels = list(ids)
+        if ids:
+            labels[0] = IGNORE  # the first token is never predicted
+        return labels
+    if masking == "last":
+        spans = spans[-1:]
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = off[:, 0], off[:, 1]
+    trained = np.zeros(len(ids), dtype=bool)
+    for s, e in spans:
+        trained |= (ends > s) & (starts < e) & (ends > starts)
+    return np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE).tolist()
+
+
+def _encode_batch(texts: list[str], tokenizer):
+    enc = tokenizer(texts, return_offsets_mapping=True)
+    return enc["input_ids"], enc["offset_mapping"]
+
+
+def encode_conversations(convs: list[Conversation], tokenizer, template: Template,
+                         max_length: int, masking: str = "assistant",
+                         min_prompt_tokens: int = 8) -> tuple[list[dict], EncodeReport]:
+    """Token ids and labels for every conversation, in order, with a report."""
+    check_masking(masking)
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("unitune needs a fast (Rust) tokenizer for exact loss masking; this "
+                        "model only has a slow one (convert it with transformers first)")
+    rendered = [template.render(c, tokenizer) for c in convs]
+    all_ids, all_offsets = _encode_batch([r[0] for r in rendered], tokenizer)
     report = EncodeReport()
-    examples = []
-    for rec, p_ids, r_ids in zip(records, prompt_ids, response_ids, strict=True):
-        r_ids = [*r_ids, eos]
-        room = max_length - len(r_ids)
-        if room < min_prompt_tokens:
-            reason = f"answer + EOS longer than max_length - {min_prompt_tokens} prompt tokens"
-            report.dropped[reason] += 1
-            report.examples_dropped.append(rec.where)
+    rows: list[dict] = []
+    for conv, (_, spans), ids, offsets in zip(convs, rendered, all_ids, all_offsets,
+                                              strict=True):
+        if not spans and masking != "all":
+            report.dropped["no assistant reply to train on"] += 1
+            report.examples_dropped.append(conv.where)
             continue
-        if len(p_ids) > room:
-            # keep BOS (if any) and the end of the prompt, which holds the response header
-            head = p_ids[:1] if p_ids and p_ids[0] == tokenizer.bos_token_id else []
-            p_ids = head + p_ids[len(p_ids) - (room - len(head)):]
-            report.prompt_truncated += 1
-        examples.append({"input_ids": p_ids + r_ids,
-                         "labels": [IGNORE] * len(p_ids) + r_ids})
+        labels = _labels(ids, offsets, spans, masking)
+        if len(ids) > max_length:
+            ids, labels = _fit(conv, ids, labels, tokenizer, template, max_length, masking,
+                               min_prompt_tokens, report)
+            if ids is None:
+                report.examples_dropped.append(conv.where)
+                continue
+        rows.append({"input_ids": ids, "labels": labels})
         report.kept += 1
-    return examples, report
+    return rows, report
+
+
+def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt, report):
+    """Shorten one over-long example, or return (None, None) after counting why it was dropped."""
+    turns = conv.turns
+    dropped_turns = False
+    # 1. drop the oldest exchanges (user ... up to the next user turn), keep the system prompt
+    while len(ids) > max_length:
+        nxt = next((i for i in range(1, len(turns)) if turns[i].role == "user"), None)
+        if nxt is None:
+            break
+        turns = turns[nxt:]
+        shorter = replace(conv, turns=turns)
+        text, spans = template.render(shorter, tokenizer)
+        (ids,), (offsets,) = _encode_batch([text], tokenizer)
+        labels = _labels(ids, offsets, spans, masking)
+        dropped_turns = True
+    if len(ids) <= max_length:
+        report.turns_dropped += dropped_turns
+        return ids, labels
+    # 2. one exchange left: keep the whole final reply, cut the prompt from the left
+    trained = [i for i, lab in enumerate(labels) if lab != IGNORE]
+    first = trained[0] if trained and masking != "all" else len(ids) - (max_length - min_prompt)
+    reply = len(ids) - first
+    if reply + min_prompt > max_length:
+        report.dropped[f"reply + end-of-turn longer than max_length - {min_prompt} prompt "
+                       "tokens"] += 1
+        return None, None
+    head = 1 if ids and ids[0] == tokenizer.bos_token_id else 0
+    keep = max_length - head
+    ids = ids[:head] + ids[len(ids) - keep:]
+    labels = labels[:head] + labels[len(labels) - keep:]
+    report.turns_dropped += dropped_turns
+    report.prompt_truncated += 1
+    return ids, labels
+
+
+def pack(rows: list[dict], max_length: int) -> list[dict]:
+    """Greedily concatenate examples (in order) into rows of at most ``max_length`` tokens.
+
+    Each packed row carries ``position_ids`` that restart at 0 for every example; with no
+    attention mask, transformers turns them into a block-diagonal causal mask (eager, sdpa and
+    flex attention) or variable-length kernels (flash attention), so no token attends across
+    examples. The first token of every example is never a target.
+    """
+    packed: list[dict] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+
+    def flush() -> None:
+        if ids:
+            packed.append({"input_ids": list(ids), "labels": list(labels),
+                           "position_ids": list(positions)})
+            ids.clear()
+            labels.clear()
+            positions.clear()
+
+    for row in rows:
+        n = len(row["input_ids"])
+        if ids and len(ids) + n > max_length:
+            flush()
+        ids.extend(row["input_ids"])
+        labels.extend([IGNORE, *row["labels"][1:]])
+        positions.extend(range(n))
+    flush()
+    return packed
 
 
 class Collator:
-    """Right-pads a batch; padded positions get attention 0 and label -100."""
+    """Right-pads a batch. Unpacked rows get an attention mask; packed rows (with
+    ``position_ids``) get position ids only, padding forming its own block."""
 
     def __init__(self, pad_token_id: int):
         self.pad = pad_token_id
@@ -77,10 +189,16 @@ class Collator:
         width = max(len(ex["input_ids"]) for ex in batch)
         ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        packed = "position_ids" in batch[0]
+        extra = torch.zeros((len(batch), width), dtype=torch.long)
         for i, ex in enumerate(batch):
             n = len(ex["input_ids"])
             ids[i, :n] = torch.tensor(ex["input_ids"])
             labels[i, :n] = torch.tensor(ex["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+            if packed:
+                extra[i, :n] = torch.tensor(ex["position_ids"])
+                extra[i, n:] = torch.arange(width - n)
+            else:
+                extra[i, :n] = 1
+        key = "position_ids" if packed else "attention_mask"
+        return {"input_ids": ids, "labels": labels, key: extra}

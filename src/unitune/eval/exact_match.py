@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unitune.data.readers import Record
+from unitune.data.schema import Conversation
 from unitune.data.synth import FAMILIES, final_answer
 from unitune.data.templates import Template
 from unitune.infer.generate import Decoding, answer
@@ -36,31 +36,31 @@ class ExactMatch:
         return "\n".join(lines)
 
 
-def _family(rec: Record) -> str:
-    fam = (rec.meta or {}).get("family")
+def _family(rec: Conversation) -> str:
+    fam = rec.meta.get("family")
     return fam if fam in FAMILIES else "all"
 
 
-def score(record: Record, prediction: str) -> bool:
+def score(record: Conversation, prediction: str) -> bool:
     fam = _family(record)
     if fam == "all":
-        return prediction.strip() == record.output.strip()
-    return final_answer(fam, prediction) == final_answer(fam, record.output)
+        return prediction.strip() == record.answer.strip()
+    return final_answer(fam, prediction) == final_answer(fam, record.answer)
 
 
-def evaluate_exact_match(model, tokenizer, template: Template, records: list[Record],
+def evaluate_exact_match(model, tokenizer, template: Template, records: list[Conversation],
                          max_new_tokens: int = 64, batch_size: int = 64,
                          keep_samples: int = 5) -> ExactMatch:
-    preds = answer(model, tokenizer, template, [(r.instruction, r.input) for r in records],
-                   Decoding(max_new_tokens=max_new_tokens), batch_size=batch_size)
+    preds = answer(model, tokenizer, template, records, Decoding(max_new_tokens=max_new_tokens),
+                   batch_size=batch_size)
     hits: dict[str, list[bool]] = defaultdict(list)
     samples = []
     for rec, pred in zip(records, preds, strict=True):
         ok = score(rec, pred)
         hits[_family(rec)].append(ok)
         if len(samples) < keep_samples:
-            samples.append({"instruction": rec.instruction, "input": rec.input,
-                            "reference": rec.output, "prediction": pred, "correct": ok})
+            samples.append({"prompt": rec.turns[-2].user_text() if len(rec.turns) > 1 else "",
+                            "reference": rec.answer, "prediction": pred, "correct": ok})
     total = [h for v in hits.values() for h in v]
     per_family = {fam: sum(v) / len(v) for fam, v in hits.items()}
     return ExactMatch(sum(total) / max(1, len(total)), len(total), per_family, samples)

@@ -1,4 +1,8 @@
-"""Generation: render prompts with the run's template, decode in batches, return the answers."""
+"""Generation: render prompts with the run's template, decode in batches, return the answers.
+
+Generation stops at the tokenizer's EOS and at the template's end-of-turn markers (as token ids
+when they are single tokens, and by cutting the decoded text otherwise).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unitune.data.schema import Conversation
 from unitune.data.templates import Template
 
 
@@ -31,10 +36,28 @@ class Decoding:
         return kw
 
 
+def _stop_ids(tokenizer, stops: list[str]) -> list[int]:
+    ids = [tokenizer.eos_token_id]
+    for stop in stops:
+        pieces = tokenizer(stop, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1 and pieces[0] not in ids:
+            ids.append(pieces[0])
+    return ids
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    for stop in stops:
+        if stop in text:
+            text = text[: text.index(stop)]
+    return text.strip()
+
+
 @torch.inference_mode()
 def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
-                   batch_size: int = 32) -> list[str]:
+                   batch_size: int = 32, stops: list[str] | None = None) -> list[str]:
     """Answers to already-rendered prompts, in input order (left-padded batches)."""
+    stops = stops or []
+    eos_ids = _stop_ids(tokenizer, stops)
     answers: list[str] = []
     device = next(model.parameters()).device
     saved_side = tokenizer.padding_side
@@ -44,19 +67,20 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            out = model.generate(**enc, **decoding.generate_kwargs(),
-                                 eos_token_id=tokenizer.eos_token_id,
+            out = model.generate(**enc, **decoding.generate_kwargs(), eos_token_id=eos_ids,
                                  pad_token_id=tokenizer.pad_token_id)
             new = out[:, enc["input_ids"].shape[1]:]
-            answers.extend(t.strip() for t in tokenizer.batch_decode(new,
-                                                                      skip_special_tokens=True))
+            answers.extend(_cut(t, stops) for t in tokenizer.batch_decode(
+                new, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = saved_side
     return answers
 
 
-def answer(model, tokenizer, template: Template, instructions: list[tuple[str, str]],
+def answer(model, tokenizer, template: Template, conversations: list[Conversation],
            decoding: Decoding, batch_size: int = 32) -> list[str]:
-    """Answers to (instruction, input) pairs rendered through ``template``."""
-    prompts = [template.render_prompt(ins, inp) for ins, inp in instructions]
-    return generate_texts(model, tokenizer, prompts, decoding, batch_size)
+    """The next assistant reply to each conversation (a final assistant turn, if present, is
+    the reference and is left out), rendered through ``template``."""
+    prompts = [template.render_prompt(c, tokenizer) for c in conversations]
+    return generate_texts(model, tokenizer, prompts, decoding, batch_size,
+                          template.stop_strings(tokenizer))

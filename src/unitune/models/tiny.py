@@ -120,7 +120,7 @@ def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
     target = preset_dir(name)
     if (target / "preset.json").exists():
         return target
-    from unitune.data.readers import read_alpaca
+    from unitune.data.readers import read_conversations
     from unitune.data.synth import DEFAULT_FAMILIES, write_suite
     from unitune.train.pretrain import pretrain_completions
 
@@ -131,8 +131,8 @@ def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
         suite = write_suite(tmp / "corpus", list(DEFAULT_FAMILIES), n_train=0, n_val=0,
                             n_test=0, n_pretrain=preset.pretrain_examples_per_family,
                             seed=preset.seed)
-        records = read_alpaca(suite["pretrain"])
-        texts = [f"{r.instruction}\n{r.output}" for r in records]
+        records = read_conversations(str(suite["pretrain"]))
+        texts = [f"{r.turns[0].content}\n{r.answer}" for r in records]
         tokenizer = train_tokenizer(texts + _template_texts(), preset.vocab_size, tmp)
         model = init_model(preset, tokenizer)
         stats = pretrain_completions(model, tokenizer, records, steps=preset.pretrain_steps,
@@ -158,10 +158,11 @@ def _template_texts() -> list[str]:
     """Prompt-template text, so the tokenizer has compact pieces for the words templates use."""
     import random
 
+    from unitune.data.schema import Conversation
     from unitune.data.synth import FAMILIES
     from unitune.data.templates import TEMPLATES
 
     rng = random.Random(0)
     examples = [gen(rng) for _, gen in FAMILIES.values()]
-    return [t.render_prompt(ex.instruction, ex.input) + ex.output
-            for t in TEMPLATES.values() for ex in examples] * 20
+    return [t.render(Conversation.single(ex.instruction, ex.output, ex.input))[0]
+            for t in TEMPLATES.values() if not t.tokenizer_template for ex in examples] * 20

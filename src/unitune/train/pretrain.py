@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import tempfile
 
-from unitune.data.encode import Collator, encode_records
-from unitune.data.readers import Record
+from unitune.data.encode import Collator, encode_conversations
+from unitune.data.schema import Conversation
 from unitune.data.templates import get_template
 
 
-def pretrain_completions(model, tokenizer, records: list[Record], steps: int, lr: float,
+def pretrain_completions(model, tokenizer, records: list[Conversation], steps: int, lr: float,
                          seed: int, batch_size: int = 64, max_length: int = 128,
                          log=print, progress: bool = True) -> dict:
     """Train every weight of ``model`` for ``steps`` steps; returns the final statistics."""
@@ -24,7 +24,7 @@ def pretrain_completions(model, tokenizer, records: list[Record], steps: int, lr
     from unitune.train.callbacks import ProgressCallback
     from unitune.train.sft import ListDataset
 
-    rows, report = encode_records(records, tokenizer, get_template("raw"), max_length)
+    rows, report = encode_conversations(records, tokenizer, get_template("raw"), max_length)
     log(f"pre-training the base on {report.summary()} for {steps} steps")
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(

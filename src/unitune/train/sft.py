@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from unitune.config import TrainConfig, write_config
-from unitune.data.encode import Collator, encode_records
-from unitune.data.readers import read_many
+from unitune.data.encode import Collator, encode_conversations, pack
+from unitune.data.sources import build_datasets
 from unitune.data.templates import get_template
 from unitune.errors import UserError
+from unitune.models.families import default_template
 from unitune.models.loading import (
     RUN_FILE,
     load_base,
@@ -56,6 +57,13 @@ class ListDataset(torch.utils.data.Dataset):
         return self.rows[i]
 
 
+def _model_type(model_path: str) -> str | None:
+    config = Path(model_path) / "config.json"
+    if config.exists():
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    return None
+
+
 def trainable_parameters(model) -> tuple[int, int]:
     trainable, total = model.get_nb_trainable_parameters()
     return int(trainable), int(total)
@@ -73,22 +81,32 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
     started = time.time()
     out = Path(cfg.output_dir)
     check_output_dir(out, cfg.overwrite)
-    template = get_template(cfg.template)
-    skipped: list[str] = []
-    train_records = read_many(cfg.data, cfg.skip_invalid, skipped)
-    val_records = read_many(cfg.validation_data, cfg.skip_invalid, skipped)
-    if skipped:
-        log(f"skipped {len(skipped)} invalid records (skip_invalid), first: {skipped[0]}")
+    if cfg.template != "auto":
+        get_template(cfg.template)  # an unknown name fails before any data is read
+    train_records, val_records, data_report = build_datasets(cfg, log=log)
     if not train_records:
-        raise UserError(f"no training records in {', '.join(cfg.data)}")
+        raise UserError("no training records")
 
     model_path = resolve_model_path(cfg.base_model, log=log, progress=progress)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    train_rows, train_report = encode_records(train_records, tokenizer, template, cfg.max_length)
-    val_rows, val_report = (encode_records(val_records, tokenizer, template, cfg.max_length)
+    template = get_template(cfg.template if cfg.template != "auto" else
+                            default_template(_model_type(model_path), tokenizer))
+    cfg = cfg.model_copy(update={"template": template.name})  # the effective config
+    trained_on = {"assistant": "every assistant reply", "last": "the last assistant reply",
+                  "all": "all tokens"}[cfg.masking]
+    log(f"template: {template.name}; loss on {trained_on}{'; packing' if cfg.packing else ''}")
+    train_rows, train_report = encode_conversations(train_records, tokenizer, template,
+                                                    cfg.max_length, cfg.masking)
+    val_rows, val_report = (encode_conversations(val_records, tokenizer, template,
+                                                 cfg.max_length, cfg.masking)
                             if val_records else ([], None))
+    if cfg.packing:
+        n_before = len(train_rows)
+        train_rows = pack(train_rows, cfg.max_length)
+        log(f"packed {n_before} examples into {len(train_rows)} rows of <= {cfg.max_length} "
+            "tokens")
     log(f"train data: {train_report.summary()}")
     if val_report:
         log(f"validation data: {val_report.summary()}")
@@ -126,7 +144,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
             eval_strategy="epoch" if val_rows else "no", seed=cfg.seed, data_seed=cfg.seed,
             bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
             use_cpu=device.type == "cpu", disable_tqdm=True,
-            include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+            include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
+            dataloader_num_workers=0,
             remove_unused_columns=False,
         )
         trainer = Trainer(
@@ -150,7 +169,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
             "method": cfg.method, "template": template.name, "adapter_init_seed": cfg.seed,
             "trust_remote_code": cfg.trust_remote_code,
             "trainable_parameters": trainable, "total_parameters": total,
-            "data": {"skipped_invalid": skipped, "train": train_report.as_dict(),
+            "masking": cfg.masking, "packing": cfg.packing,
+            "data": {**data_report.as_dict(), "train": train_report.as_dict(),
                      "validation": val_report.as_dict() if val_report else None},
             "train_loss": result.training_loss, "steps": result.global_step,
             "tokens_seen": trainer.state.num_input_tokens_seen,

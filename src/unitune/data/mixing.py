@@ -1,0 +1,188 @@
+"""Combining datasets: mixing by weights or fixed counts, exact deduplication, train/val split.
+
+Owns ``Source`` (one named list of records with an optional weight or fixed count), ``mix``
+(the Flan-mini style sampler: fixed counts are taken exactly, repeating a source when it is
+too small, and the report says so), ``FLAN_MINI_COUNTS`` (the Flacuna recipe) with
+``flan_mini_sources``, ``dedupe`` and ``split`` (a validation split that works on tiny
+datasets). Everything is deterministic in the seed; every source gets its own RNG
+(``random.Random(f"{seed}:{name}")``) so adding a source does not change what the others give.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from unitune.data.schema import Conversation
+from unitune.errors import UserError, did_you_mean
+
+# Flan-mini (Flacuna tech report): fixed example counts per collection, 1.34M in all.
+FLAN_MINI_COUNTS: dict[str, int] = {
+    "flan2021": 388_000,
+    "p3": 320_000,
+    "niv2": 200_000,
+    "cot": 100_000,
+    "codesearchnet": 100_000,
+    "codecontests": 50_000,
+    "apps": 50_000,
+    "gpt4_alpaca": 52_000,
+    "code_alpaca": 20_000,
+    "sharegpt": 60_000,
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named list of records; ``weight`` or ``count`` (at most one) says how many to take."""
+
+    name: str
+    records: list
+    weight: float | None = None
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise UserError("data source: a source needs a non-empty name")
+        if self.weight is not None and self.count is not None:
+            raise UserError(f"data source {self.name!r}: give a weight or a count, not both "
+                            f"(weight={self.weight}, count={self.count})")
+        w = self.weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
+                              or not math.isfinite(w) or w < 0):
+            raise UserError(f"data source {self.name!r}: weight must be a finite number >= 0, "
+                            f"got {w!r}")
+        c = self.count
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 0):
+            raise UserError(f"data source {self.name!r}: count must be an integer >= 0, "
+                            f"got {c!r}")
+
+
+def _take(records: list, k: int, rng: random.Random) -> list:
+    """``k`` records: a shuffled prefix when k <= len, else the shuffled list repeated."""
+    order = list(records)
+    rng.shuffle(order)
+    if k <= len(order):
+        return order[:k]
+    full, rest = divmod(k, len(order))
+    return order * full + order[:rest]
+
+
+def mix(sources: list[Source], seed: int, total: int | None = None
+        ) -> tuple[list[Conversation], dict]:
+    """Mix ``sources`` into one shuffled list; returns (records, report).
+
+    - ``count``: exactly that many records (without replacement when count <= available,
+      otherwise by repeating the source's shuffled list; ``repeated`` is then true).
+    - ``weight`` with ``total``: round(total * w / sum of weights) records.
+    - ``weight`` without ``total``: relative to the source's size (1.0 keeps it, 0.5 halves
+      it, 2.0 doubles it by repetition).
+    - neither: all the source's records.
+
+    The report maps each source name to ``{"available", "taken", "repeated"}``.
+    """
+    if not sources:
+        raise UserError("mix: no data sources given")
+    names = [s.name for s in sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"mix: data source names must be unique; repeated: {', '.join(dupes)}")
+    weighted = [s for s in sources if s.weight is not None]
+    if total is not None:
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise UserError(f"mix: total must be an integer >= 0, got {total!r}")
+        if not weighted:
+            raise UserError("mix: total only applies to weighted sources, and no source has a "
+                            "weight")
+    weight_sum = sum(s.weight for s in weighted)
+    if total is not None and weight_sum <= 0:
+        raise UserError("mix: the weights of the weighted sources sum to 0")
+
+    out: list[Conversation] = []
+    report: dict[str, dict] = {}
+    for src in sources:
+        n = len(src.records)
+        if src.count is not None:
+            k = src.count
+        elif src.weight is not None:
+            k = round(total * src.weight / weight_sum) if total is not None \
+                else round(n * src.weight)
+        else:
+            k = n
+        if k > 0 and n == 0:
+            raise UserError(f"data source {src.name!r}: {k} records requested but the source "
+                            "is empty")
+        taken = _take(src.records, k, random.Random(f"{seed}:{src.name}"))
+        out.extend(taken)
+        report[src.name] = {"available": n, "taken": k, "repeated": k > n}
+    random.Random(f"{seed}:mix").shuffle(out)
+    return out, report
+
+
+def flan_mini_sources(records: dict[str, list], scale: float = 1.0) -> list[Source]:
+    """The Flan-mini recipe as sources with counts (``round(count * scale)`` each).
+
+    ``records`` maps every name of ``FLAN_MINI_COUNTS`` to its records; a missing or unknown
+    name is a ``UserError``.
+    """
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale < 0:
+        raise UserError(f"flan-mini: scale must be a number >= 0, got {scale!r}")
+    for name in records:
+        if name not in FLAN_MINI_COUNTS:
+            raise UserError(f"flan-mini: unknown collection {name!r}"
+                            f"{did_you_mean(name, FLAN_MINI_COUNTS)}; expected "
+                            f"{', '.join(FLAN_MINI_COUNTS)}")
+    missing = [n for n in FLAN_MINI_COUNTS if n not in records]
+    if missing:
+        raise UserError(f"flan-mini: no records given for {', '.join(missing)}")
+    return [Source(name, list(records[name]), count=round(count * scale))
+            for name, count in FLAN_MINI_COUNTS.items()]
+
+
+def _key(conv: Conversation) -> tuple:
+    return conv.system, tuple((t.role, t.content, t.input) for t in conv.turns)
+
+
+def dedupe(records: list[Conversation]) -> tuple[list[Conversation], int]:
+    """Drop exact duplicates (same system and turns), keeping the first; (kept, dropped)."""
+    seen: set = set()
+    kept: list[Conversation] = []
+    for conv in records:
+        key = _key(conv)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(conv)
+    return kept, len(records) - len(kept)
+
+
+def split(records: list, validation: float | int, seed: int) -> tuple[list, list]:
+    """Shuffle (seeded) and split into (train, validation).
+
+    ``validation`` is a fraction in (0, 1) or a count >= 0. A fraction gives at least one
+    validation record when there are two or more records, and always leaves at least one for
+    training; a count must be smaller than the number of records.
+    """
+    n = len(records)
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)):
+        raise UserError(f"validation split: expected a fraction in (0, 1) or a record count, "
+                        f"got {validation!r}")
+    if isinstance(validation, int):
+        if validation < 0:
+            raise UserError(f"validation split: the count must be >= 0, got {validation}")
+        if validation and validation >= n:
+            raise UserError(f"validation split: {validation} validation records requested but "
+                            f"the data has only {n} record{'s' if n != 1 else ''} (at least "
+                            "one must remain for training)")
+        n_val = validation
+    else:
+        if not math.isfinite(validation) or not 0 <= validation < 1:
+            raise UserError(f"validation split: a fraction must be in (0, 1), got {validation} "
+                            "(give an integer for a number of records)")
+        n_val = round(n * validation)
+        if validation > 0 and n >= 2:
+            n_val = max(1, n_val)
+        n_val = min(n_val, max(n - 1, 0))
+    order = list(records)
+    random.Random(f"{seed}:split").shuffle(order)
+    return order[n_val:], order[:n_val]

@@ -1,0 +1,125 @@
+"""The one internal record format every reader produces and every later stage consumes.
+
+A ``Conversation`` is an optional system prompt and a list of turns (user / assistant, plus
+tool turns where a format has them); a single-turn Alpaca record is the special case of one
+user turn (instruction, with an optional ``input`` kept apart for templates that show it) and
+one assistant turn. ``PreferencePair`` (a prompt conversation, chosen and rejected answers) and
+``PlainText`` (pre-training text) are the other two kinds. Every record knows where it came
+from (``source``, ``line``) so that any later error can point at it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from unitune.errors import UserError
+
+ROLES = ("user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+    input: str = ""  # Alpaca-style context of a user turn; templates without a slot append it
+
+    def user_text(self) -> str:
+        """The user's words with the input appended (for templates with no input slot)."""
+        return f"{self.content}\n\n{self.input}" if self.input else self.content
+
+
+@dataclass(frozen=True)
+class Conversation:
+    turns: tuple[Turn, ...]
+    system: str = ""
+    source: str = "<memory>"
+    line: int = 0
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    @classmethod
+    def single(cls, instruction: str, output: str, input: str = "", system: str = "",
+               source: str = "<memory>", line: int = 0, meta: dict | None = None):
+        return cls((Turn("user", instruction, input), Turn("assistant", output)), system, source,
+                   line, meta or {})
+
+    @property
+    def is_single_turn(self) -> bool:
+        return len(self.turns) == 2 and self.turns[0].role == "user"
+
+    @property
+    def answer(self) -> str:
+        """The final assistant reply (the reference answer of a single-turn example)."""
+        return self.turns[-1].content if self.turns and self.turns[-1].role == "assistant" \
+            else ""
+
+    def prompt(self) -> Conversation:
+        """The conversation without its final assistant turn (what a model is asked)."""
+        if self.turns and self.turns[-1].role == "assistant":
+            return replace(self, turns=self.turns[:-1])
+        return self
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    prompt: Conversation  # ends with a user turn
+    chosen: str
+    rejected: str
+
+    @property
+    def where(self) -> str:
+        return self.prompt.where
+
+
+@dataclass(frozen=True)
+class PlainText:
+    text: str
+    source: str = "<memory>"
+    line: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def check_conversation(conv: Conversation, for_training: bool = True) -> Conversation:
+    """Raise ``UserError`` (``file:line: turns[i].field: problem``) unless ``conv`` is usable.
+
+    Rules: at least one turn; roles are user/assistant/tool; the first turn is the user's;
+    user and assistant alternate (a tool turn may follow an assistant turn and is followed by
+    an assistant turn); contents are non-empty strings; for training, the last turn is the
+    assistant's.
+    """
+    where = conv.where
+    if not conv.turns:
+        raise UserError(f"{where}: turns: empty conversation")
+    previous = None
+    for i, turn in enumerate(conv.turns):
+        if turn.role not in ROLES:
+            raise UserError(f"{where}: turns[{i}].role: unknown role {turn.role!r} "
+                            f"(expected one of {', '.join(ROLES)})")
+        if not isinstance(turn.content, str):
+            raise UserError(f"{where}: turns[{i}].content: expected a string, got "
+                            f"{type(turn.content).__name__}")
+        if not turn.content.strip():
+            what = "answer" if turn.role == "assistant" else "message"
+            raise UserError(f"{where}: turns[{i}].content: empty {turn.role} {what}")
+        if i == 0 and turn.role != "user":
+            raise UserError(f"{where}: turns[0].role: a conversation must start with a user "
+                            f"turn, not {turn.role!r}")
+        if previous is not None:
+            allowed = {"user": ("assistant",), "assistant": ("user", "tool"),
+                       "tool": ("assistant",)}[previous]
+            if turn.role not in allowed:
+                raise UserError(f"{where}: turns[{i}].role: {turn.role!r} after "
+                                f"{previous!r}; roles out of order (expected "
+                                f"{' or '.join(allowed)})")
+        previous = turn.role
+    if for_training and conv.turns[-1].role != "assistant":
+        raise UserError(f"{where}: turns[{len(conv.turns) - 1}]: the conversation ends with a "
+                        f"{conv.turns[-1].role} turn; a training example must end with the "
+                        "assistant's answer")
+    return conv
