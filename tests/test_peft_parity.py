@@ -27,7 +27,8 @@ def test_stock_peft_loads_the_adapter_with_identical_logits(tmp_path, test_prese
 
     from unitune.data.schema import Conversation
 
-    prompt = template.render_prompt(Conversation.single("Sort the numbers.", "", "3 1 2"), tokenizer)
+    conv = Conversation.single("Sort the numbers.", "", "3 1 2")
+    prompt = template.render_prompt(conv, tokenizer)
     enc = tokenizer([prompt], return_tensors="pt")
     with torch.no_grad():
         a = ours(**enc).logits

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -175,15 +174,17 @@ def cmd_eval(args) -> int:
 
 
 def _add_data(sub) -> None:
-    p = sub.add_parser("data", help="data tools (synthetic suite)")
-    dsub = p.add_subparsers(dest="data_command", required=True, metavar="data-command")
+    p = sub.add_parser("data", help="data tools: catalog, synthetic suite, check, convert, "
+                       "preview, stats")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="data-command",
+                            parser_class=Parser)
     s = dsub.add_parser("synth", help="write the synthetic instruction-task suite",
                         description="Deterministic synthetic tasks with exact answers, in "
                         "Alpaca JSON: train/validation/test splits plus a raw pre-training "
                         "corpus.")
     s.add_argument("--out", default="data/synth", help="output folder (default data/synth)")
     s.add_argument("--families", default=None,
-                   help="comma-separated task families (default: the quickstart's five)")
+                   help="comma-separated task families (default: the quickstart's)")
     s.add_argument("--train", type=int, default=400, help="training examples per family")
     s.add_argument("--validation", type=int, default=20, help="validation examples per family")
     s.add_argument("--test", type=int, default=40, help="test examples per family")
@@ -192,31 +193,48 @@ def _add_data(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     dsub.add_parser("families", help="list the synthetic task families")
+    dsub.add_parser("templates", help="list the prompt templates")
+    ls = dsub.add_parser("list", help="the dataset catalog, with tags and filters")
+    ls.add_argument("--lang", help="EN, CN or ML")
+    ls.add_argument("--task", help="MT (multi-task) or TS (task-specific)")
+    ls.add_argument("--gen", help="HG, SI, MIX or COL")
+    info = dsub.add_parser("info", help="one catalog dataset: tags, size, where it lives")
+    info.add_argument("name")
+    info.add_argument("--data-dir", help="where catalog datasets are downloaded")
+    ck = dsub.add_parser("check", help="validate files; report every bad record as "
+                         "file:line: field: problem")
+    ck.add_argument("files", nargs="+")
+    ck.add_argument("--format", default="auto", help="reader format (default: detect)")
+    cv = dsub.add_parser("convert", help="convert a file to another format")
+    cv.add_argument("input")
+    cv.add_argument("output", help=".jsonl (one record per line) or .json (an array)")
+    cv.add_argument("--to", required=True, help="alpaca, sharegpt, openai, dolly, flan, "
+                    "prompt_completion, preference or text")
+    cv.add_argument("--format", default="auto", help="input format (default: detect)")
+    cv.add_argument("--overwrite", action="store_true")
+    for name, helptext in (("preview", "render examples through a template and mark the "
+                            "trained tokens"),
+                           ("stats", "counts, token lengths (histogram PNG), truncation at "
+                            "max_length")):
+        q = dsub.add_parser(name, help=helptext)
+        q.add_argument("files", nargs="+")
+        q.add_argument("--format", default="auto")
+        q.add_argument("--base-model", default="tiny-llama",
+                       help="whose tokenizer to use (preset, folder or hub id)")
+        q.add_argument("--template", default="auto")
+        q.add_argument("--max-length", type=int, default=512)
+        q.add_argument("--masking", choices=["assistant", "last", "all"], default="assistant")
+        if name == "preview":
+            q.add_argument("-n", type=int, default=2, help="how many examples")
+            q.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+        else:
+            q.add_argument("--plot", help="write the length histogram PNG here")
 
 
 def cmd_data(args) -> int:
-    from unitune.data.synth import DEFAULT_FAMILIES, FAMILIES, check_families, write_suite
+    from unitune.data import tools
 
-    if args.data_command == "families":
-        for name, (lang, gen) in FAMILIES.items():
-            ex = gen(random.Random(0))
-            default = "*" if name in DEFAULT_FAMILIES else " "
-            print(f"{default} {name:<12}{lang:<4}{ex.instruction}  {ex.input!r} -> {ex.output!r}")
-        print("* = in the quickstart")
-        return 0
-    families = check_families(args.families.split(",") if args.families
-                              else list(DEFAULT_FAMILIES))
-    for name in ("train", "validation", "test", "pretrain"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name} must be >= 0, got {getattr(args, name)}")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"{out} is not empty; pass --overwrite to regenerate it")
-    paths = write_suite(out, families, args.train, args.validation, args.test, args.pretrain,
-                        args.seed)
-    for name, path in paths.items():
-        print(f"{name:<11}{path}")
-    return 0
+    return tools.run(args)
 
 
 def _add_quickstart(sub) -> None:

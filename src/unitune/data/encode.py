@@ -7,10 +7,10 @@ reply that cannot fit is never cut: the example is dropped and counted), packing
 examples into one row with restarting position ids, and the collators.
 
 Masking works on characters, not on separately tokenized pieces: each conversation is
-rendered to one string (``Template.render`` gives the character spans of the replies),
-tokenized once with offsets in a single batched call of the fast tokenizer, and a token is
-trained when its characters overlap a reply span. The ids are therefore exactly those of
-tokenizing the whole text, as at inference.
+rendered to one string (``Template.render`` gives the character spans of the replies), all
+strings are tokenized in one parallel call of the Rust tokenizer, and the tokens from the one
+covering a reply's first character to the one covering its last are trained. The ids are
+therefore exactly those of tokenizing the whole text, as at inference.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 
 from unitune.data.schema import Conversation
@@ -60,7 +59,18 @@ def check_masking(masking: str) -> str:
     return masking
 
 
-def _labels(ids: list[int], offsets, spans: list[tuple[int, int]], masking: str) -> list[int]:
+def _token_at(encoding, pos: int, end: int, step: int) -> int | None:
+    """The token covering character ``pos``, looking onwards (step 1) or back (step -1) over
+    characters no token covers (such as a space a tokenizer folds into the next token)."""
+    while (step > 0 and pos < end) or (step < 0 and pos >= end):
+        tok = encoding.char_to_token(pos)
+        if tok is not None:
+            return tok
+        pos += step
+    return None
+
+
+def _labels(encoding, ids: list[int], spans: list[tuple[int, int]], masking: str) -> list[int]:
     if masking == "all":
         labels = list(ids)
         if ids:
@@ -68,17 +78,30 @@ def _labels(ids: list[int], offsets, spans: list[tuple[int, int]], masking: str)
         return labels
     if masking == "last":
         spans = spans[-1:]
-    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    starts, ends = off[:, 0], off[:, 1]
-    trained = np.zeros(len(ids), dtype=bool)
+    labels = [IGNORE] * len(ids)
     for s, e in spans:
-        trained |= (ends > s) & (starts < e) & (ends > starts)
-    return np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE).tolist()
+        first = _token_at(encoding, s, e, 1)
+        last = _token_at(encoding, e - 1, s, -1)
+        if first is not None and last is not None and last >= first:
+            labels[first:last + 1] = ids[first:last + 1]
+    return labels
 
 
-def _encode_batch(texts: list[str], tokenizer):
-    enc = tokenizer(texts, return_offsets_mapping=True)
-    return enc["input_ids"], enc["offset_mapping"]
+@dataclass(frozen=True)
+class _Specials:
+    eos_token: str
+    bos_token: str
+
+
+def _encode_batch(texts: list[str], tokenizer) -> list:
+    """One call of the Rust tokenizer over all texts (parallel), special tokens added as the
+    tokenizer adds them to a prompt at inference; no truncation or padding."""
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return backend.encode_batch(texts, add_special_tokens=True)
 
 
 def encode_conversations(convs: list[Conversation], tokenizer, template: Template,
@@ -89,17 +112,20 @@ def encode_conversations(convs: list[Conversation], tokenizer, template: Templat
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("unitune needs a fast (Rust) tokenizer for exact loss masking; this "
                         "model only has a slow one (convert it with transformers first)")
-    rendered = [template.render(c, tokenizer) for c in convs]
-    all_ids, all_offsets = _encode_batch([r[0] for r in rendered], tokenizer)
+    # plain attributes: the tokenizer's own attribute lookup is slow in a hot loop
+    specials = tokenizer if template.tokenizer_template else _Specials(
+        tokenizer.eos_token or "", tokenizer.bos_token or "")
+    rendered = [template.render(c, specials) for c in convs]
+    encodings = _encode_batch([r[0] for r in rendered], tokenizer)
     report = EncodeReport()
     rows: list[dict] = []
-    for conv, (_, spans), ids, offsets in zip(convs, rendered, all_ids, all_offsets,
-                                              strict=True):
+    for conv, (_, spans), encoding in zip(convs, rendered, encodings, strict=True):
         if not spans and masking != "all":
             report.dropped["no assistant reply to train on"] += 1
             report.examples_dropped.append(conv.where)
             continue
-        labels = _labels(ids, offsets, spans, masking)
+        ids = encoding.ids
+        labels = _labels(encoding, ids, spans, masking)
         if len(ids) > max_length:
             ids, labels = _fit(conv, ids, labels, tokenizer, template, max_length, masking,
                                min_prompt_tokens, report)
@@ -123,8 +149,9 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt
         turns = turns[nxt:]
         shorter = replace(conv, turns=turns)
         text, spans = template.render(shorter, tokenizer)
-        (ids,), (offsets,) = _encode_batch([text], tokenizer)
-        labels = _labels(ids, offsets, spans, masking)
+        (encoding,) = _encode_batch([text], tokenizer)
+        ids = encoding.ids
+        labels = _labels(encoding, ids, spans, masking)
         dropped_turns = True
     if len(ids) <= max_length:
         report.turns_dropped += dropped_turns

@@ -1,0 +1,127 @@
+"""`unitune data ...` and training on catalog names, mixes, packing and other templates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from unitune.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_list_and_filters(capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "35 datasets" in out and "belle_cn" in out and "xp3" in out
+    assert main(["data", "list", "--lang", "CN", "--gen", "SI"]) == 0
+    out = capsys.readouterr().out
+    assert "belle_cn" in out and "alpaca " not in out
+    assert main(["data", "list", "--task", "XX"]) == 2
+    assert "allowed values" in capsys.readouterr().err
+
+
+def test_info(capsys):
+    assert main(["data", "info", "alpaca"]) == 0
+    out = capsys.readouterr().out
+    assert "52,002" in out and "QingyiSi/Alpaca-CoT" in out
+    assert main(["data", "info", "alpaka"]) == 2
+    assert "did you mean 'alpaca'" in capsys.readouterr().err
+
+
+def test_check_reports_every_bad_record(shared_data, capsys):
+    path = shared_data / "instruct" / "alpaca_en_2k.json"
+    assert main(["data", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    bad = captured.err.strip().splitlines()
+    assert len(bad) == 4 and all(line.startswith(f"{path}:") for line in bad)
+    assert "1996 conversations; 4 invalid" in captured.out
+    assert main(["data", "check", str(shared_data / "instruct" / "sharegpt_500.json"),
+                 str(shared_data / "instruct" / "dpo_en_demo.json")]) == 0
+    out = capsys.readouterr().out
+    assert "500 conversations; 0 invalid" in out and "300 preference pairs" in out
+
+
+def test_convert(shared_data, tmp_path, capsys):
+    out = tmp_path / "sg.json"
+    src = shared_data / "instruct" / "sharegpt_500.json"
+    assert main(["data", "convert", str(src), str(out), "--to", "openai"]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 500 and rows[0]["messages"][0] == {"role": "user",
+                                                           "content": "Who are you?"}
+    assert main(["data", "convert", str(src), str(out), "--to", "openai"]) == 2  # exists
+    assert main(["data", "convert", str(src), str(tmp_path / "x.jsonl"), "--to", "flan"]) == 2
+    assert "cannot be written as flan" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_preview_marks_trained_tokens(shared_data, test_preset, capsys):
+    assert main(["data", "preview", str(shared_data / "instruct" / "sharegpt_500.json"),
+                 "--base-model", "tiny-llama-test", "--template", "vicuna", "-n", "1",
+                 "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "[[ I am Vicuna, a language model" in out and "You too!<|eos|>]]" in out
+    assert "[[Who are you?" not in out and "USER: Who are you?" in out
+
+
+def test_stats_writes_histogram(shared_data, test_preset, tmp_path, capsys):
+    png = tmp_path / "h.png"
+    assert main(["data", "stats", str(shared_data / "instruct" / "alpaca_zh_1k.json"),
+                 "--base-model", "tiny-llama-test", "--max-length", "128", "--plot",
+                 str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "records: 1000" in out and "at max_length=128" in out
+    assert png.stat().st_size > 1000
+
+
+def test_train_by_catalog_name(tmp_path, synth_data, test_preset, monkeypatch, capsys):
+    monkeypatch.setenv("UNITUNE_DATA_DIR", str(tmp_path / "catalog"))
+    out = tmp_path / "run"
+    args = ["train", "--data", "alpaca", "-o", str(out), "--base-model", "tiny-llama-test",
+            "--max-steps", "1", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "QingyiSi/Alpaca-CoT" in err and str(tmp_path / "catalog" / "alpaca") in err
+    (tmp_path / "catalog" / "alpaca").mkdir(parents=True)
+    (tmp_path / "catalog" / "alpaca" / "part.json").write_text(synth_data["train"].read_text())
+    assert main(args) == 0
+    assert json.loads((out / "run.json").read_text())["steps"] == 1
+
+
+def test_mix_pack_mask_and_template_travel(tmp_path, shared_data, synth_data, test_preset):
+    cfg = {
+        "base_model": "tiny-llama-test", "output_dir": str(tmp_path / "run"),
+        "data": [{"path": str(synth_data["train"]), "count": 20},
+                 {"path": str(shared_data / "instruct" / "sharegpt_500.json"), "count": 10}],
+        "validation_split": 0.2, "template": "chatml", "packing": True, "masking": "last",
+        "max_length": 512, "max_steps": 2, "batch_size": 2, "dedupe": True,
+        "augment": {"cot_suffix": "en"},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--no-progress"]) == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["template"] == "chatml" and info["packing"] and info["masking"] == "last"
+    sources = info["data"]["sources"]
+    assert [s["taken"] for s in sources.values()] == [20, 10]
+    assert info["data"]["validation_from_split"] == 6
+    assert info["data"]["train"]["kept"] == 24
+    assert json.loads((tmp_path / "run" / "template.json").read_text())["name"] == "chatml"
+    effective = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert effective["template"] == "chatml"
+
+
+def test_generate_warns_when_the_template_is_overridden(tmp_path, synth_data, test_preset,
+                                                        capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(synth_data["train"]), "-o", str(out), "--base-model",
+                 "tiny-llama-test", "--max-steps", "1", "--template", "vicuna",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(out), "hi", "--max-new-tokens", "2"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["generate", str(out), "hi", "--max-new-tokens", "2", "--template",
+                 "alpaca"]) == 0
+    assert "trained with template 'vicuna'" in capsys.readouterr().err
