@@ -157,3 +157,30 @@ def test_collator_pads_right_and_masks_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+CHATML_JINJA = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_the_tokenizers_own_chat_template(tokenizer):
+    """template 'tokenizer' renders with apply_chat_template; its masks match the named twin."""
+    import copy
+
+    from unitune.models.families import default_template
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = CHATML_JINJA
+    assert default_template("llama", tok) == "tokenizer"
+    (own,), _ = encode_conversations([MULTI], tok, get_template("tokenizer"), 512)
+    (named,), _ = encode_conversations([MULTI], tok, get_template("chatml"), 512)
+    # the Jinja template ends the conversation with a newline the named one leaves out
+    n = len(named["input_ids"])
+    assert own["input_ids"][:n] == named["input_ids"] and own["labels"][:n] == named["labels"]
+    assert all(lab == IGNORE for lab in own["labels"][n:])
+    assert trained_text(tok, own) == ["I am a model.<|im_end|>", "5<|im_end|>"]
+    prompt = get_template("tokenizer").render_prompt(MULTI, tok)
+    assert prompt.endswith("Add 2 and 3.<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(Exception, match="no chat_template"):
+        get_template("tokenizer").render(MULTI, tokenizer)

@@ -133,7 +133,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", required=True, help="Alpaca json/jsonl file with reference outputs")
     p.add_argument("--base", action="store_true", help="target is a base model, not a run")
     p.add_argument("--template", default=None,
-                   help="template for --base (a run always uses its own)")
+                   help="template for --base (default: the model's); a run uses its own")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--report", help="write the full result as JSON here")
@@ -142,24 +142,13 @@ def _add_eval(sub) -> None:
 
 def cmd_eval(args) -> int:
     from unitune.data.readers import read_conversations
-    from unitune.data.templates import get_template
     from unitune.eval.exact_match import evaluate_exact_match, write_report
-    from unitune.models.loading import (
-        load_base,
-        load_run,
-        load_tokenizer,
-        pick_device,
-        pick_dtype,
-        resolve_model_path,
-    )
+    from unitune.models.loading import load_model, load_run
 
     records = read_conversations(args.data)
     if args.base:
-        path = resolve_model_path(args.target)
-        device = pick_device(args.device)
-        model = load_base(path, pick_dtype("auto", device), device).eval()
-        tokenizer = load_tokenizer(path)
-        template = get_template(args.template or "alpaca")
+        model, tokenizer, template = load_model(args.target, device=args.device,
+                                                template=args.template or "auto")
     else:
         if args.template:
             raise UserError("--template is only for --base; a run uses the template it was "

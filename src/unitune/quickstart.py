@@ -14,7 +14,6 @@ from pathlib import Path
 from unitune.config import TrainConfig
 from unitune.data.readers import read_conversations
 from unitune.data.synth import DEFAULT_FAMILIES, write_suite
-from unitune.data.templates import get_template
 from unitune.errors import UserError
 
 
@@ -39,14 +38,7 @@ SIZES = {
 def run_quickstart(out: Path, size: str = "full", overwrite: bool = False, seed: int = 0,
                    log=print, progress: bool = True) -> dict:
     from unitune.eval.exact_match import evaluate_exact_match, write_report
-    from unitune.models.loading import (
-        load_base,
-        load_run,
-        load_tokenizer,
-        pick_device,
-        pick_dtype,
-        resolve_model_path,
-    )
+    from unitune.models.loading import load_model, load_run
     from unitune.train.sft import check_output_dir, train
 
     spec = SIZES[size]
@@ -60,12 +52,8 @@ def run_quickstart(out: Path, size: str = "full", overwrite: bool = False, seed:
     log(f"data: {out / 'data'} ({', '.join(DEFAULT_FAMILIES)})")
     test = read_conversations(str(paths["test"]))
 
-    model_path = resolve_model_path(spec.preset, log=log, progress=progress)
-    device = pick_device("auto")
-    base = load_base(model_path, pick_dtype("auto", device), device)
-    base.eval()
-    tokenizer = load_tokenizer(model_path)
-    template = get_template("alpaca")
+    base, tokenizer, template = load_model(spec.preset, template="alpaca", log=log,
+                                           progress=progress)
     before = evaluate_exact_match(base, tokenizer, template, test, max_new_tokens=16)
     log(f"before fine-tuning: held-out exact match {before.accuracy:.1%} (n={before.n})")
     del base
@@ -83,7 +71,7 @@ def run_quickstart(out: Path, size: str = "full", overwrite: bool = False, seed:
     summary = {"before": before.accuracy, "after": after.accuracy, "n_test": after.n,
                "per_family_before": before.per_family, "per_family_after": after.per_family,
                "seconds": round(time.time() - t0, 1), "run_dir": str(run_dir),
-               "data_dir": str(out / "data"), "base_model": model_path}
+               "data_dir": str(out / "data"), "base_model": spec.preset}
     (out / "quickstart.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     log("\nper family (held-out test split):")
     log(f"{'family':<14}{'before':>9}{'after':>9}")

@@ -112,21 +112,11 @@ def _convert(args) -> int:
 
 
 def _tokenizer_and_template(args):
-    import json as _json
-
-    from unitune.data.templates import get_template
-    from unitune.models.families import default_template
-    from unitune.models.loading import load_tokenizer, resolve_model_path
+    from unitune.models.loading import load_tokenizer, resolve_model_path, resolve_template
 
     path = resolve_model_path(args.base_model)
     tokenizer = load_tokenizer(path)
-    name = args.template
-    if name == "auto":
-        config = Path(path) / "config.json"
-        model_type = _json.loads(config.read_text()).get("model_type") if config.exists() \
-            else None
-        name = default_template(model_type, tokenizer)
-    return tokenizer, get_template(name)
+    return tokenizer, resolve_template(args.template, path, tokenizer)
 
 
 def _preview(args) -> int:

@@ -76,6 +76,34 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
     return model.to(device)
 
 
+def model_type_of(model_path: str) -> str | None:
+    """``model_type`` from a local model folder's config.json (None for a hub id)."""
+    config = Path(model_path) / "config.json"
+    if config.exists():
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    return None
+
+
+def resolve_template(name: str, model_path: str, tokenizer):
+    """The named template, or for ``auto`` the model's (see ``models.families``)."""
+    from unitune.data.templates import get_template
+    from unitune.models.families import default_template
+
+    if name == "auto":
+        name = default_template(model_type_of(model_path), tokenizer)
+    return get_template(name)
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", template: str = "auto",
+               trust_remote_code: bool = False, log=print, progress: bool = True):
+    """(base model in eval mode, tokenizer, template) for inference without an adapter."""
+    path = resolve_model_path(name, log=log, progress=progress)
+    dev = pick_device(device)
+    model = load_base(path, pick_dtype(dtype, dev), dev, trust_remote_code).eval()
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    return model, tokenizer, resolve_template(template, path, tokenizer)
+
+
 def read_run(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE

@@ -21,7 +21,6 @@ from unitune.data.encode import Collator, encode_conversations, pack
 from unitune.data.sources import build_datasets
 from unitune.data.templates import get_template
 from unitune.errors import UserError
-from unitune.models.families import default_template
 from unitune.models.loading import (
     RUN_FILE,
     load_base,
@@ -29,6 +28,7 @@ from unitune.models.loading import (
     pick_device,
     pick_dtype,
     resolve_model_path,
+    resolve_template,
 )
 
 
@@ -55,13 +55,6 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
-
-
-def _model_type(model_path: str) -> str | None:
-    config = Path(model_path) / "config.json"
-    if config.exists():
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    return None
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -91,8 +84,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    template = get_template(cfg.template if cfg.template != "auto" else
-                            default_template(_model_type(model_path), tokenizer))
+    template = resolve_template(cfg.template, model_path, tokenizer)
     cfg = cfg.model_copy(update={"template": template.name})  # the effective config
     trained_on = {"assistant": "every assistant reply", "last": "the last assistant reply",
                   "all": "all tokens"}[cfg.masking]
