@@ -89,8 +89,7 @@ def _spec_rows() -> list[list[str]]:
     return rows
 
 
-@pytest.mark.skipif(not SPEC.is_file(), reason="../shared/SPEC.md not available")
-def test_catalog_matches_spec_table_exactly():
+def test_catalog_matches_spec_table_exactly(shared_data):
     rows = _spec_rows()
     assert len(rows) == 35
     by_title = {e.title: e for e in CATALOG.values()}

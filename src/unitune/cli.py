@@ -38,10 +38,10 @@ def unknown_flags_message(parser: argparse.ArgumentParser, args: list[str]) -> s
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model on instruction data (LoRA)",
-                       description="Fine-tune with LoRA. Configuration: an optional YAML file, "
-                       "then key=value overrides (nested keys with dots, e.g. lora.r=16), then "
-                       "the flags below. Unknown keys are errors.")
+    p = sub.add_parser("train", help="fine-tune a model on instruction data (any method)",
+                       description="Fine-tune (--method lora by default). Configuration: an "
+                       "optional YAML file, then key=value overrides (nested keys with dots, "
+                       "e.g. lora.r=16), then the flags below. Unknown keys are errors.")
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                    help="a YAML config file and/or key=value overrides")
     p.add_argument("--data", help="comma-separated training files (Alpaca json/jsonl)")
@@ -55,6 +55,8 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=float, help="number of epochs")
     p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after N steps")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="per-device batch size")
+    p.add_argument("--method", help="lora, rslora, dora, qlora, adalora, prefix, p_tuning, "
+                   "prompt, ia3, adapter_seq, adapter_par, full, freeze")
     p.add_argument("--lora-r", dest="lora.r", type=int, help="LoRA rank")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -73,13 +75,41 @@ def cmd_train(args) -> int:
     overrides = [i for i in args.items if "=" in i]
     if len(configs) > 1:
         raise UserError(f"train takes one config file, got {len(configs)}: {', '.join(configs)}")
-    flag_keys = ["data", "validation_data", "output_dir", "base_model", "template", "lr",
+    flag_keys = ["data", "validation_data", "output_dir", "base_model", "template", "lr", "method",
                  "epochs", "max_steps", "batch_size", "lora.r", "seed", "device", "overwrite",
                  "skip_invalid"]
     flags = {k: getattr(args, k) for k in flag_keys}
     cfg = build_config(TrainConfig, configs[0] if configs else None, overrides, flags)
     out = train(cfg, progress=not args.no_progress)
     print(f"finished: {out}")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="train the same data with several methods; one loss "
+                       "picture and a table",
+                       description="Runs `train` once per method into OUT/<method>, then draws "
+                       "their training-loss curves on one picture and tabulates trainable "
+                       "share, final losses and (with --test) exact match.")
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
+    p.add_argument("--methods", required=True, help="comma-separated, e.g. lora,adalora,ia3")
+    p.add_argument("--out", required=True, help="folder for the runs, compare.png, compare.md")
+    p.add_argument("--test", help="Alpaca/ShareGPT file scored by exact match after training")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_compare(args) -> int:
+    from unitune.config import TrainConfig, build_config
+    from unitune.train.compare import compare
+
+    configs = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
+    if len(configs) > 1:
+        raise UserError(f"compare takes one config file, got {len(configs)}")
+    cfg = build_config(TrainConfig, configs[0] if configs else None,
+                       [*overrides, f"output_dir={args.out}"], {})
+    compare(cfg, [m.strip() for m in args.methods.split(",") if m.strip()], Path(args.out),
+            args.test, progress=not args.no_progress)
     return 0
 
 
@@ -249,7 +279,7 @@ def cmd_quickstart(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
-            "quickstart": cmd_quickstart}
+            "quickstart": cmd_quickstart, "compare": cmd_compare}
 
 
 def build_parser() -> Parser:
@@ -259,7 +289,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"unitune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command",
                                 parser_class=Parser)
-    for add in (_add_quickstart, _add_data, _add_train, _add_generate, _add_eval):
+    for add in (_add_quickstart, _add_data, _add_train, _add_compare, _add_generate, _add_eval):
         add(sub)
     return parser
 

@@ -23,14 +23,63 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Targets = list[str] | Literal["auto", "all-linear"]
+
+
 class LoraConfig(Section):
-    """LoRA hyper-parameters (passed to ``peft.LoraConfig``)."""
+    """LoRA hyper-parameters (lora, rslora, dora, qlora, adalora; ``peft.LoraConfig``)."""
 
     r: int = Field(8, gt=0, description="rank of the update matrices")
     alpha: float = Field(16, gt=0, description="scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="module names to adapt, or 'all-linear'")
+    target_modules: Targets = Field(
+        "auto", description="module names, 'all-linear', or 'auto' (the model family's "
+        "attention + MLP projections)")
+
+
+class AdaLoraSection(Section):
+    """AdaLoRA's rank schedule (``peft.AdaLoraConfig``); lora.alpha/dropout/targets apply."""
+
+    init_r: int = Field(12, gt=0, description="starting rank of every module")
+    target_r: int = Field(8, gt=0, description="average rank after pruning")
+    tinit: float = Field(0.1, ge=0, description="warm-up before pruning: steps or fraction")
+    tfinal: float = Field(0.2, ge=0, description="final fine-tuning at the target budget")
+    delta_t: int = Field(10, gt=0, description="steps between two budget allocations")
+    beta1: float = Field(0.85, gt=0, lt=1)
+    beta2: float = Field(0.85, gt=0, lt=1)
+    orth_reg_weight: float = Field(0.5, ge=0)
+
+
+class PromptSection(Section):
+    """prefix / p_tuning / prompt: virtual tokens prepended to every input."""
+
+    num_virtual_tokens: int = Field(20, gt=0)
+    encoder_hidden_size: int = Field(128, gt=0, description="p_tuning's prompt encoder width")
+    init_text: str | None = Field(None, description="prompt tuning: initialise from this text")
+
+
+class IA3Section(Section):
+    target_modules: Targets = "auto"
+    feedforward_modules: list[str] = Field(default_factory=list)
+
+
+class AdapterSection(Section):
+    """Bottleneck adapters (adapter_seq, adapter_par)."""
+
+    bottleneck_size: int = Field(64, gt=0)
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "pfeiffer", description="adapter_seq: after attention and MLP (houlsby) or MLP only")
+    scaling: float = Field(1.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    target_modules: list[str] | Literal["auto"] = "auto"
+
+
+class FreezeSection(Section):
+    """freeze: train only the last N decoder blocks (and the named modules)."""
+
+    trainable_layers: int = Field(2, ge=0)
+    modules: list[str] = Field(default_factory=list)
 
 
 class DataSpec(Section):
@@ -87,8 +136,19 @@ class TrainConfig(Section):
     masking: Literal["assistant", "last", "all"] = Field(
         "assistant", description="train on every assistant reply, the last one, or everything")
     packing: bool = Field(False, description="pack short examples into max_length rows")
-    method: Literal["lora"] = "lora"
+    method: Literal["lora", "rslora", "dora", "qlora", "adalora", "prefix", "p_tuning", "prompt",
+                    "ia3", "adapter_seq", "adapter_par", "full", "freeze"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    adalora: AdaLoraSection = Field(default_factory=AdaLoraSection)
+    prompt: PromptSection = Field(default_factory=PromptSection)
+    ia3: IA3Section = Field(default_factory=IA3Section)
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    freeze: FreezeSection = Field(default_factory=FreezeSection)
+    modules_to_save: list[str] = Field(default_factory=list, description="modules trained "
+                                       "fully beside an adapter (e.g. embed_tokens, lm_head)")
+    load_in: Literal["none", "8bit", "4bit"] = Field("none", description="quantized base "
+                                                     "(bitsandbytes, CUDA only)")
+    gradient_checkpointing: bool = False
     max_length: int = Field(512, gt=8)
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many steps (-1: use epochs)")

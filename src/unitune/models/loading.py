@@ -64,16 +64,32 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_base(path: str, dtype: torch.dtype, device: torch.device,
-              trust_remote_code: bool = False):
+              trust_remote_code: bool = False, quantize: str | None = None):
+    """A causal LM from safetensors; ``quantize`` '4bit' (NF4, double quantization, compute in
+    ``dtype``) or '8bit' loads it through bitsandbytes on the GPU."""
     from transformers import AutoModelForCausalLM
 
+    kwargs = {}
+    if quantize:
+        try:
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise UserError(f"{quantize} loading needs bitsandbytes: {exc}") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype) if quantize == "4bit" else \
+            BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": device.index or 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+            **kwargs)
     except OSError as exc:
         raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]} (offline? "
                         "give a local folder with config.json and *.safetensors)") from None
-    return model.to(device)
+    except ImportError as exc:
+        raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]}") from None
+    return model if quantize else model.to(device)
 
 
 def model_type_of(model_path: str) -> str | None:
@@ -113,17 +129,15 @@ def read_run(run_dir: str | Path) -> dict:
 
 
 def load_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
-    """(model with adapter, tokenizer, template) of a finished run, ready for inference."""
-    from peft import PeftModel
-
+    """(trained model, tokenizer, template) of a finished run, ready for inference."""
     from unitune.data.templates import load_template
+    from unitune.methods import registry
 
     run_dir = Path(run_dir)
     info = read_run(run_dir)
     dev = pick_device(device)
-    base = load_base(resolve_model_path(info["base_model"]), pick_dtype(dtype, dev), dev,
-                     info.get("trust_remote_code", False))
-    model = PeftModel.from_pretrained(base, str(run_dir))
+    model = registry.load(info["method"], resolve_model_path(info["base_model"]), run_dir,
+                          pick_dtype(dtype, dev), dev, info.get("trust_remote_code", False))
     model.eval()
     tokenizer = load_tokenizer(str(run_dir))
     return model, tokenizer, load_template(run_dir)

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with LoRA: the loop around the HF Trainer and the run folder it makes.
+"""Supervised fine-tuning with any method: the loop around the HF Trainer and its run folder.
 
 A run is built in ``<output_dir>.partial`` and moved into place only when it has finished, so a
 crash or Ctrl-C never leaves a half-run that looks complete, and ``--overwrite`` replaces an
@@ -10,6 +10,7 @@ what, with which results), ``metrics.jsonl``, TensorBoard events in ``tb/`` and 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -21,10 +22,12 @@ from unitune.data.encode import Collator, encode_conversations, pack
 from unitune.data.sources import build_datasets
 from unitune.data.templates import get_template
 from unitune.errors import UserError
+from unitune.methods import registry as methods
 from unitune.models.loading import (
     RUN_FILE,
     load_base,
     load_tokenizer,
+    model_type_of,
     pick_device,
     pick_dtype,
     resolve_model_path,
@@ -58,13 +61,23 @@ class ListDataset(torch.utils.data.Dataset):
 
 
 def trainable_parameters(model) -> tuple[int, int]:
-    trainable, total = model.get_nb_trainable_parameters()
-    return int(trainable), int(total)
+    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts virtual tokens right
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    params = list(model.parameters())
+    return (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
-def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
-    """Run SFT as configured and return the finished run folder."""
-    from peft import LoraConfig, get_peft_model
+def total_steps(cfg: TrainConfig, n_rows: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(n_rows / (cfg.batch_size * cfg.grad_accum)) * math.ceil(cfg.epochs))
+
+
+def train(cfg: TrainConfig, log=print, progress: bool = True,
+          callbacks: list | None = None) -> Path:
+    """Run SFT as configured and return the finished run folder. ``callbacks`` (transformers
+    ``TrainerCallback``s) are added to the Trainer's."""
     from transformers import Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
     from transformers.trainer_callback import PrinterCallback
@@ -83,6 +96,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
     model_path = resolve_model_path(cfg.base_model, log=log, progress=progress)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
+    model_type = model_type_of(model_path)
+    methods.check(cfg, model_type, device)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     template = resolve_template(cfg.template, model_path, tokenizer)
     cfg = cfg.model_copy(update={"template": template.name})  # the effective config
@@ -106,17 +121,17 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
         raise UserError(f"every training example was dropped ({train_report.summary()}); "
                         f"raise max_length (now {cfg.max_length})")
 
-    base = load_base(model_path, dtype, device, cfg.trust_remote_code)
+    base = load_base(model_path, dtype, device, cfg.trust_remote_code,
+                     quantize=methods.quantization(cfg))
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable()
+        base.enable_input_require_grads()
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-    try:
-        model = get_peft_model(base, lora)
-    except ValueError as exc:
-        raise UserError(f"lora.target_modules={cfg.lora.target_modules!r}: "
-                        f"{str(exc).splitlines()[0]}") from None
+    model, method_callbacks = methods.build(base, cfg, model_type,
+                                            total_steps(cfg, len(train_rows)))
     trainable, total = trainable_parameters(model)
-    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    log(f"method: {cfg.method}; trainable parameters: {trainable:,} of {total:,} "
+        f"({100 * trainable / total:.2f}%)")
 
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -145,12 +160,13 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
             eval_dataset=ListDataset(val_rows) if val_rows else None,
             data_collator=Collator(tokenizer.pad_token_id),
             callbacks=[ProgressCallback(disable=not progress), MetricsLogCallback(metrics_path),
-                       TensorBoardCallback(tb_writer=writer)],
+                       TensorBoardCallback(tb_writer=writer), *method_callbacks,
+                       *(callbacks or [])],
         )
         trainer.remove_callback(PrinterCallback)  # our bar and metrics log replace it
         result = trainer.train()
         writer.close()
-        model.save_pretrained(str(staging), safe_serialization=True)
+        methods.save(model, cfg, staging)
         tokenizer.save_pretrained(str(staging))
         template.save(staging)
         write_config(cfg, staging / "config.yaml")
@@ -158,7 +174,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> Path:
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         info = {
             "status": "finished", "base_model": cfg.base_model, "base_model_path": model_path,
-            "method": cfg.method, "template": template.name, "adapter_init_seed": cfg.seed,
+            "method": cfg.method, "quantization": methods.quantization(cfg),
+            "template": template.name, "adapter_init_seed": cfg.seed,
             "trust_remote_code": cfg.trust_remote_code,
             "trainable_parameters": trainable, "total_parameters": total,
             "masking": cfg.masking, "packing": cfg.packing,

@@ -1,0 +1,90 @@
+"""Comparing methods on the same data: one run per method, their loss curves on one picture,
+and a table of trainable share, final losses and exact match (the seed study's figure)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from unitune.config import TrainConfig
+from unitune.errors import UserError
+
+
+def _losses(run: Path, key: str) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    return [(r["step"], r[key]) for r in rows if key in r]
+
+
+def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | None = None,
+            log=print, progress: bool = True) -> list[dict]:
+    from unitune.data.readers import read_conversations
+    from unitune.eval.exact_match import evaluate_exact_match
+    from unitune.methods.registry import METHODS
+    from unitune.models.loading import load_run
+    from unitune.train.sft import train
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; methods: {', '.join(METHODS)}")
+    test = read_conversations(test_file) if test_file else None
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for method in methods:
+        log(f"== {method}")
+        run = train(cfg.model_copy(update={"method": method,
+                                           "output_dir": str(out / method)}),
+                    log=log, progress=progress)
+        info = json.loads((run / "run.json").read_text())
+        val = _losses(run, "eval_loss")
+        row = {"method": method, "trainable_%": 100 * info["trainable_parameters"]
+               / info["total_parameters"], "train_loss_last": _losses(run, "loss")[-1][1],
+               "val_loss": val[-1][1] if val else None, "seconds": info["train_runtime_s"]}
+        if test:
+            model, tokenizer, template = load_run(run)
+            row["exact_match"] = evaluate_exact_match(model, tokenizer, template, test,
+                                                      max_new_tokens=16).accuracy
+        rows.append(row)
+    _plot(out, methods)
+    (out / "compare.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    table = format_table(rows)
+    (out / "compare.md").write_text(table + "\n", encoding="utf-8")
+    log(table)
+    log(f"picture: {out / 'compare.png'}")
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = ["method", "trainable_%", "train_loss_last", "val_loss", "exact_match", "seconds"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append("-" if v is None else f"{v:.1%}" if c == "exact_match" else
+                         f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(out: Path, methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for method in methods:
+        points = _losses(out / method, "loss")
+        if points:
+            ax.plot(*zip(*points, strict=True), label=method)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.set_title("training loss by method (same data, same steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "compare.png")
+    plt.close(fig)
