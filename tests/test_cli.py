@@ -28,8 +28,8 @@ def trained_run(tmp_path_factory, test_preset, synth_data) -> Path:
     out = tmp_path_factory.mktemp("runs") / "r1"
     code = main(["train", f"--data={synth_data['train']}",
                  f"--validation-data={synth_data['validation']}", "-o", str(out),
-                 "--base-model", "tiny-llama-test", "--max-steps", "3", "--batch-size", "4",
-                 "lora.r=4", "logging_steps=1", "--no-progress"])
+                 "--base-model", "tiny-llama-test", "--max-steps", "3", "lora.r=4",
+                 "--batch-size", "4", "--no-progress", "logging_steps=1"])
     assert code == 0
     return out
 

@@ -61,6 +61,7 @@ def runs(tmp_path_factory, test_preset, synth_data):
                                  "delta_t": 1}}
         cfg = TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
                           output_dir=str(root / method), method=method, max_steps=4,
+                          device="cpu",
                           batch_size=4, lr=3e-2, template="alpaca", seed=1,
                           prompt={"num_virtual_tokens": 4}, lora={"r": 4, "dropout": 0.0},
                           freeze={"trainable_layers": 1}, **extra)
@@ -176,3 +177,35 @@ def test_methods_that_do_not_apply_fail_clearly(tmp_path, synth_data, test_prese
 def test_rank_must_be_positive():
     with pytest.raises(Exception, match="greater than 0"):
         TrainConfig(data=["a.json"], output_dir="o", lora={"r": 0})
+
+
+def test_embeddings_trained_beside_an_adapter_survive_a_grown_vocabulary(tmp_path, test_preset):
+    """Add tokens, resize, train LoRA + modules_to_save=[embed_tokens]: the saved adapter
+    carries the resized embedding, reloads with identical logits, and the new rows trained."""
+    from transformers import AutoModelForCausalLM
+
+    from unitune.models.loading import load_run, load_tokenizer
+
+    tok = load_tokenizer(str(test_preset))
+    tok.add_tokens(["<unit1>", "<unit2>"])
+    base = AutoModelForCausalLM.from_pretrained(str(test_preset))
+    base.resize_token_embeddings(len(tok))
+    grown = tmp_path / "grown"
+    base.save_pretrained(grown)
+    tok.save_pretrained(grown)
+    rows = [{"instruction": f"Say the unit {i}.", "output": "<unit1> <unit2>"} for i in range(16)]
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(rows))
+    ids = tok(["Say <unit1> and <unit2>"], return_tensors="pt")["input_ids"]
+    cap = Capture(ids)
+    train(TrainConfig(base_model=str(grown), data=[str(data)], output_dir=str(tmp_path / "run"),
+                      max_steps=4, batch_size=4, lr=5e-2, device="cpu", template="alpaca",
+                      modules_to_save=["embed_tokens"], lora={"r": 4, "dropout": 0.0}),
+          log=lambda *a: None, progress=False, callbacks=[cap])
+    model, tok2, _ = load_run(tmp_path / "run", device="cpu")
+    assert len(tok2) == len(tok)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, cap.logits, atol=1e-5)
+    new_rows = [tok.convert_tokens_to_ids(t) for t in ("<unit1>", "<unit2>")]
+    trained = model.get_input_embeddings().weight[new_rows]
+    assert not torch.allclose(trained, base.get_input_embeddings().weight[new_rows])

@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        if hasattr(args, "items"):  # key=value overrides may also come after the flags
+            args.items += [e for e in extra if not e.startswith("-")]
+            extra = [e for e in extra if e.startswith("-")]
         if extra:
             sub_parser = parser._subparsers._group_actions[0].choices[args.command]
             if args.command == "data":

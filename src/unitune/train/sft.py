@@ -164,6 +164,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
                        *(callbacks or [])],
         )
         trainer.remove_callback(PrinterCallback)  # our bar and metrics log replace it
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         result = trainer.train()
         writer.close()
         methods.save(model, cfg, staging)
@@ -186,6 +188,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
             "train_runtime_s": result.metrics.get("train_runtime"),
             "wall_time_s": round(time.time() - started, 2), "device": device.type,
             "dtype": str(dtype).removeprefix("torch."),
+            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            if device.type == "cuda" else None,
         }
         (staging / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
     except BaseException:
