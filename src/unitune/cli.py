@@ -67,19 +67,26 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def cmd_train(args) -> int:
+def _train_config(args, flags: dict):
+    """A ``TrainConfig`` from the positional items (one YAML file, key=value overrides) and
+    flags."""
     from unitune.config import TrainConfig, build_config
-    from unitune.train.sft import train
 
     configs = [i for i in args.items if "=" not in i]
     overrides = [i for i in args.items if "=" in i]
     if len(configs) > 1:
-        raise UserError(f"train takes one config file, got {len(configs)}: {', '.join(configs)}")
+        raise UserError(f"{args.command} takes one config file, got {len(configs)}: "
+                        f"{', '.join(configs)}")
+    return build_config(TrainConfig, configs[0] if configs else None, overrides, flags)
+
+
+def cmd_train(args) -> int:
+    from unitune.train.sft import train
+
     flag_keys = ["data", "validation_data", "output_dir", "base_model", "template", "lr", "method",
                  "epochs", "max_steps", "batch_size", "lora.r", "seed", "device", "overwrite",
                  "skip_invalid"]
-    flags = {k: getattr(args, k) for k in flag_keys}
-    cfg = build_config(TrainConfig, configs[0] if configs else None, overrides, flags)
+    cfg = _train_config(args, {k: getattr(args, k) for k in flag_keys})
     out = train(cfg, progress=not args.no_progress)
     print(f"finished: {out}")
     return 0
@@ -99,15 +106,9 @@ def _add_compare(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from unitune.config import TrainConfig, build_config
     from unitune.train.compare import compare
 
-    configs = [i for i in args.items if "=" not in i]
-    overrides = [i for i in args.items if "=" in i]
-    if len(configs) > 1:
-        raise UserError(f"compare takes one config file, got {len(configs)}")
-    cfg = build_config(TrainConfig, configs[0] if configs else None,
-                       [*overrides, f"output_dir={args.out}"], {})
+    cfg = _train_config(args, {"output_dir": args.out})
     compare(cfg, [m.strip() for m in args.methods.split(",") if m.strip()], Path(args.out),
             args.test, progress=not args.no_progress)
     return 0

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from unitune.config import TrainConfig
-from unitune.errors import UserError
+from unitune.errors import UserError, did_you_mean
 
 
 def _losses(run: Path, key: str) -> list[tuple[int, float]]:
@@ -24,9 +24,10 @@ def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | No
     from unitune.models.loading import load_run
     from unitune.train.sft import train
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UserError(f"unknown method(s) {', '.join(unknown)}; methods: {', '.join(METHODS)}")
+    for m in methods:
+        if m not in METHODS:
+            raise UserError(f"unknown method(s) {m}{did_you_mean(m, METHODS)}; methods: "
+                            f"{', '.join(METHODS)}")
     test = read_conversations(test_file) if test_file else None
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -37,8 +38,10 @@ def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | No
                     log=log, progress=progress)
         info = json.loads((run / "run.json").read_text())
         val = _losses(run, "eval_loss")
+        logged = _losses(run, "loss")
         row = {"method": method, "trainable_%": 100 * info["trainable_parameters"]
-               / info["total_parameters"], "train_loss_last": _losses(run, "loss")[-1][1],
+               / info["total_parameters"],
+               "train_loss_last": logged[-1][1] if logged else info["train_loss"],
                "val_loss": val[-1][1] if val else None, "seconds": info["train_runtime_s"]}
         if test:
             model, tokenizer, template = load_run(run)
