@@ -114,6 +114,65 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _add_compose(sub) -> None:
+    p = sub.add_parser("compose", help="module arithmetic: add, negate, transfer adapters",
+                       description="Combine trained adapters with an expression such as "
+                       "'0.5*math + 0.5*code', 'chat - 0.6*toxic' or 'cls_a + lm_b - lm_a'. "
+                       "Names are run folders (or folders under --root). λ in the expression "
+                       "is set with --lambda or chosen by --sweep.")
+    p.add_argument("expression")
+    p.add_argument("-o", "--out", required=True, help="folder for the composed adapter")
+    p.add_argument("--root", default=".", help="where names are looked up (default .)")
+    p.add_argument("--lambda", dest="lam", type=float, help="value of λ")
+    p.add_argument("--semantics", choices=["params", "delta"], default="params",
+                   help="params: the paper's per-parameter operators (A and B separately); "
+                   "delta: exact ΔW = Σ c·BA (LoRA only), ranks concatenated")
+    p.add_argument("--rank", type=int, help="delta: SVD-truncate the result to this rank")
+    p.add_argument("--sweep", help="λ values to score, e.g. 'λ=0:1:0.1'")
+    p.add_argument("--eval-data", help="sweep: pick the λ with the best exact match here")
+    p.add_argument("--ppl-text", help="sweep: reference text; pick the largest λ whose "
+                   "perplexity rise over λ=0 stays within --ppl-bound")
+    p.add_argument("--ppl-bound", type=float, default=0.5)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def cmd_compose(args) -> int:
+    from unitune.compose.compose import compose, sweep
+    from unitune.compose.expr import parse_sweep
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if args.rank is not None and args.rank <= 0:
+        raise UserError(f"--rank must be > 0, got {args.rank}")
+    if args.sweep:
+        sweep(args.expression, out, parse_sweep(args.sweep), Path(args.root), args.eval_data,
+              args.ppl_text, args.ppl_bound, args.semantics, args.rank)
+    else:
+        compose(args.expression, out, Path(args.root), args.lam, args.semantics, args.rank)
+        print(f"composed adapter: {out}")
+    return 0
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="fold a run's adapter into its base; save a HF checkpoint",
+                       description="Merge LoRA/IA3 (or a composed adapter) into the base "
+                       "weights and save safetensors + tokenizer + template. A quantized base "
+                       "is merged in 16-bit, never in its quantized form.")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def cmd_merge(args) -> int:
+    from unitune.export.merge import merge
+
+    out = merge(Path(args.run_dir), Path(args.out), args.dtype, args.overwrite)
+    print(f"merged model: {out}")
+    return 0
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer an instruction with a trained run",
                        description="Load base + adapter of a run and answer one instruction, "
@@ -280,7 +339,8 @@ def cmd_quickstart(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
-            "quickstart": cmd_quickstart, "compare": cmd_compare}
+            "quickstart": cmd_quickstart, "compare": cmd_compare, "compose": cmd_compose,
+            "merge": cmd_merge}
 
 
 def build_parser() -> Parser:
@@ -290,7 +350,8 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"unitune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command",
                                 parser_class=Parser)
-    for add in (_add_quickstart, _add_data, _add_train, _add_compare, _add_generate, _add_eval):
+    for add in (_add_quickstart, _add_data, _add_train, _add_compare, _add_compose, _add_merge,
+                _add_generate, _add_eval):
         add(sub)
     return parser
 

@@ -1,0 +1,108 @@
+"""``unitune compose``: an expression over named runs -> a composed adapter, optionally with
+λ chosen by a sweep scored on a validation set (exact match) or, for unlearning, the largest λ
+whose perplexity rise on a reference text stays within a bound."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from unitune.compose import arithmetic
+from unitune.compose.expr import bind, parse
+from unitune.errors import UserError
+
+
+def resolve(name: str, root: Path) -> Path:
+    for candidate in (Path(name), root / name):
+        if (candidate / "run.json").exists():
+            return candidate
+    raise UserError(f"unknown module '{name}': no finished run at {name} or {root / name}")
+
+
+def compose(expression: str, out: Path, root: Path = Path("."), lam: float | None = None,
+            semantics: str = "params", rank: int | None = None, log=print) -> Path:
+    terms = parse(expression)
+    coefs, names = zip(*bind(terms, lam), strict=True)
+    inputs = arithmetic.load_inputs([resolve(n, root) for n in names])
+    warning = arithmetic.init_warning(inputs)
+    if warning:
+        log(warning)
+    if semantics == "delta":
+        weights, r = arithmetic.combine_delta(inputs, list(coefs), rank)
+        return arithmetic.write(inputs, weights, out, expression, list(coefs), list(names), r)
+    if rank is not None:
+        raise UserError("--rank applies to --semantics delta only")
+    weights = arithmetic.combine(inputs, list(coefs))
+    return arithmetic.write(inputs, weights, out, expression, list(coefs), list(names))
+
+
+def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
+          eval_data: str | None = None, ppl_text: str | None = None, ppl_bound: float = 0.5,
+          semantics: str = "params", rank: int | None = None, log=print) -> dict:
+    """Score every λ, pick one, write the composed adapter for it plus a table and a plot."""
+    from unitune.data.readers import read_conversations
+    from unitune.eval.exact_match import evaluate_exact_match
+    from unitune.eval.perplexity import perplexity, read_texts
+    from unitune.models.loading import load_run
+
+    if not any(t.lam for t in parse(expression)):
+        raise UserError("--sweep needs λ in the expression, e.g. 'chat - λ*toxic'")
+    if not eval_data and not ppl_text:
+        raise UserError("--sweep needs --eval-data (exact match) and/or --ppl-text "
+                        "(perplexity bound)")
+    if ppl_text and lams[0] != 0:
+        raise UserError("a perplexity bound is measured against λ=0: start the sweep at 0")
+    records = read_conversations(eval_data) if eval_data else None
+    texts = read_texts(ppl_text) if ppl_text else None
+    rows = []
+    points = out.with_name(out.name + ".sweep")
+    for lam in lams:
+        folder = compose(expression, points / f"lambda_{lam:g}", root, lam, semantics, rank,
+                         log=lambda *a: None)
+        model, tokenizer, template = load_run(folder)
+        row = {"lambda": lam}
+        if records:
+            row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
+                                                      max_new_tokens=32).accuracy
+        if texts:
+            row["perplexity"] = perplexity(model, tokenizer, texts)
+        rows.append(row)
+        log("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    if texts:
+        limit = rows[0]["perplexity"] + ppl_bound
+        ok = [r for r in rows if r["perplexity"] <= limit]
+        best = max(ok, key=lambda r: r["lambda"])
+        rule = f"largest λ with perplexity <= {rows[0]['perplexity']:.3f} + {ppl_bound}"
+    else:
+        best = max(rows, key=lambda r: (r["exact_match"], -abs(r["lambda"] - 0.5)))
+        rule = "highest exact match"
+    compose(expression, out, root, best["lambda"], semantics, rank, log=log)
+    result = {"expression": expression, "rule": rule, "chosen_lambda": best["lambda"],
+              "points": rows}
+    (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    _plot(rows, out / "sweep.png", best["lambda"], expression)
+    log(f"chosen λ={best['lambda']:g} ({rule}); adapter: {out}")
+    return result
+
+
+def _plot(rows: list[dict], path: Path, chosen: float, expression: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [k for k in ("exact_match", "perplexity") if k in rows[0]]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), dpi=100)
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    lams = [r["lambda"] for r in rows]
+    for ax, metric in zip(axes, metrics, strict=True):
+        ax.plot(lams, [r[metric] for r in rows], marker="o")
+        ax.axvline(chosen, color="red", linestyle="--", label=f"chosen λ={chosen:g}")
+        ax.set_xlabel("λ")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(expression)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

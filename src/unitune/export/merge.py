@@ -1,0 +1,51 @@
+"""Folding an adapter into its base and saving a standard Hugging Face checkpoint.
+
+A quantized base is never merged in place: the base is loaded again in 16-bit (bf16 on a GPU,
+fp32 on a CPU) from its original weights, the adapter is merged there, and the result is saved
+in safetensors with the tokenizer and the run's template, so every command can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from unitune.errors import UserError
+
+
+def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False,
+          log=print) -> Path:
+    from unitune.data.templates import load_template
+    from unitune.methods.registry import BOTTLENECK_METHODS, PROMPT_METHODS, WEIGHT_METHODS
+    from unitune.models.loading import load_run, read_run, resolve_model_path
+
+    info = read_run(run_dir)
+    method = info["method"]
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if method in BOTTLENECK_METHODS:
+        raise UserError("bottleneck adapters have a non-linearity and cannot be folded into "
+                        "the base weights; use the run folder as it is")
+    if method in PROMPT_METHODS:
+        raise UserError(f"{method} adds virtual tokens, not weight updates; nothing to merge")
+    if info.get("quantization"):
+        log(f"the run trained on a {info['quantization']} base: merging into the 16-bit "
+            "weights instead (de-quantized), never into the quantized ones")
+    model, tokenizer, template = load_run(run_dir, dtype=dtype)
+    if method not in WEIGHT_METHODS:
+        model = model.merge_and_unload()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    load_template(run_dir).save(tmp)
+    merged = {"status": "finished", "method": "full", "base_model": str(out),
+              "template": template.name, "merged_from": {
+                  "run": str(run_dir), "method": method,
+                  "base_model": resolve_model_path(info["base_model"])}}
+    (tmp / "run.json").write_text(json.dumps(merged, indent=1), encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
