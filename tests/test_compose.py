@@ -176,3 +176,49 @@ def test_compose_and_merge_cli(modules, tmp_path, capsys, test_preset):
                               merged_model(input_ids=ids).logits, atol=1e-4)
     assert main(["merge", str(modules / "adapter_seq0"), "-o", str(tmp_path / "m2")]) == 2
     assert "cannot be folded" in capsys.readouterr().err
+
+
+def test_shared_initialisation_is_recorded_and_checked(tmp_path, synth_data, test_preset):
+    def run(name, **kw):
+        kw.setdefault("lora", {"r": 4})
+        return train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
+                                 output_dir=str(tmp_path / name), max_steps=1, device="cpu",
+                                 **kw), log=lambda *a: None, progress=False)
+
+    x = run("x", seed=0)
+    y = run("y", seed=5, init_adapter=str(x))
+    run("z", seed=7)
+    assert (x / "adapter_init.safetensors").read_bytes() == \
+        (y / "adapter_init.safetensors").read_bytes()
+    assert json.loads((y / "run.json").read_text())["adapter_init"]["from"].endswith(
+        "x/adapter_init.safetensors")
+    logs = []
+    compose("0.5*x + 0.5*y", tmp_path / "xy", tmp_path, log=logs.append)
+    assert logs == []
+    compose("0.5*x + 0.5*z", tmp_path / "xz", tmp_path, log=logs.append)
+    assert any("different initialisations" in m for m in logs)
+    with pytest.raises(UserError, match="does not fit"):
+        run("w", init_adapter=str(x), lora={"r": 8})
+
+
+def test_sweep_by_exact_match_and_by_perplexity_bound(modules, tmp_path, synth_data):
+    from unitune.compose.compose import sweep
+
+    res = sweep("λ*lora0 + (1-λ)*lora1", tmp_path / "em", [0.0, 0.5, 1.0], modules,
+                eval_data=str(synth_data["test"]), log=lambda *a: None)
+    assert [p["lambda"] for p in res["points"]] == [0.0, 0.5, 1.0]
+    best = max(p["exact_match"] for p in res["points"])
+    assert next(p for p in res["points"] if p["lambda"] == res["chosen_lambda"])[
+        "exact_match"] == best
+    assert (tmp_path / "em" / "sweep.png").exists()
+    ref = tmp_path / "ref.txt"
+    ref.write_text("Count the letters. a b c 3\nFind the largest number. 1 7 2 7\n")
+    res = sweep("lora0 - λ*lora1", tmp_path / "ppl", [0.0, 0.5, 1.0], modules,
+                ppl_text=str(ref), ppl_bound=0.5, log=lambda *a: None)
+    base = res["points"][0]["perplexity"]
+    ok = [p["lambda"] for p in res["points"] if p["perplexity"] <= base + 0.5]
+    assert res["chosen_lambda"] == max(ok)
+    assert json.loads((tmp_path / "ppl" / "run.json").read_text())["composed"]["terms"][1][
+        "coef"] == -res["chosen_lambda"]
+    with pytest.raises(UserError, match="needs λ"):
+        sweep("lora0 - lora1", tmp_path / "n", [0.0], modules, ppl_text=str(ref))

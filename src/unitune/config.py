@@ -144,6 +144,8 @@ class TrainConfig(Section):
     ia3: IA3Section = Field(default_factory=IA3Section)
     adapter: AdapterSection = Field(default_factory=AdapterSection)
     freeze: FreezeSection = Field(default_factory=FreezeSection)
+    init_adapter: str | None = Field(None, description="start the adapter from this run's "
+                                     "initial adapter (shared init for module arithmetic)")
     modules_to_save: list[str] = Field(default_factory=list, description="modules trained "
                                        "fully beside an adapter (e.g. embed_tokens, lm_head)")
     load_in: Literal["none", "8bit", "4bit"] = Field("none", description="quantized base "

@@ -18,6 +18,7 @@ modules and (for per-parameter semantics) same shapes; different initialisations
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -91,12 +92,22 @@ def load_inputs(folders: list[Path]) -> list[dict]:
     return inputs
 
 
+def _init_of(inp: dict) -> str:
+    """Where an adapter started: the digest of its saved initial weights (runs that share a
+    seed or an ``init_adapter`` have byte-identical ones), else its recorded seed."""
+    init = inp["info"].get("adapter_init") or {}
+    for path in (Path(init.get("from", "")), inp["folder"] / "adapter_init.safetensors"):
+        if path.is_file():
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"seed {init.get('seed')}"
+
+
 def init_warning(inputs: list[dict]) -> str | None:
-    seeds = {i["info"].get("adapter_init") or i["info"].get("adapter_init_seed") for i in inputs}
-    if inputs[0]["kind"] == "lora" and len(seeds) > 1:
-        return ("warning: these LoRA adapters started from different initialisations "
-                f"({sorted(map(str, seeds))}); the paper's addition assumes one shared "
-                "initialisation (train with the same seed or --init-adapter)")
+    inits = {_init_of(i) for i in inputs}
+    if inputs[0]["kind"] == "lora" and len(inits) > 1:
+        return ("warning: these LoRA adapters started from different initialisations; the "
+                "paper's addition assumes one shared initialisation (train them with the same "
+                "seed, or with init_adapter=<one run>)")
     return None
 
 
@@ -163,7 +174,8 @@ def write(inputs: list[dict], weights: dict[str, torch.Tensor], out: Path, expre
     tmp.mkdir(parents=True)
     for path in first["folder"].iterdir():
         if path.is_file() and path.name not in (WEIGHTS, CONFIG, "run.json", "metrics.jsonl",
-                                                "loss.png", "config.yaml"):
+                                                "loss.png", "config.yaml",
+                                                "adapter_init.safetensors"):
             shutil.copy(path, tmp / path.name)
     config = dict(first["config"])
     if delta_rank is not None:
@@ -173,7 +185,7 @@ def write(inputs: list[dict], weights: dict[str, torch.Tensor], out: Path, expre
     save_file(weights, str(tmp / WEIGHTS))
     info = {k: v for k, v in first["info"].items()
             if k in ("base_model", "base_model_path", "method", "template", "trust_remote_code",
-                     "adapter_init_seed")}
+                     "adapter_init")}
     info.update(status="finished", composed={
         "expression": expression, "semantics": "delta" if delta_rank is not None else "params",
         "terms": [{"coef": c, "name": n, "folder": str(i["folder"])}

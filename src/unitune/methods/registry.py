@@ -189,6 +189,46 @@ class AdaLoraAllocator(TrainerCallback):
         self.calls += 1
 
 
+def adapter_weights(model, method: str) -> dict[str, torch.Tensor]:
+    """The adapter's own weights (the same keys as its saved ``adapter_model.safetensors``)."""
+    if method in PEFT_METHODS:
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(model)
+    elif method in BOTTLENECK_METHODS:
+        from unitune.methods import bottleneck
+
+        state = bottleneck.adapter_state(model)
+    else:
+        raise UserError(f"method={method} has no separate adapter weights")
+    return {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
+
+
+def load_init(model, method: str, folder: Path) -> Path:
+    """Start ``model``'s adapter from the initial adapter of another run (the paper's shared
+    initialisation): ``adapter_init.safetensors`` there, else its trained adapter."""
+    from safetensors.torch import load_file
+
+    path = folder / "adapter_init.safetensors"
+    if not path.exists():
+        path = folder / "adapter_model.safetensors"
+    if not path.exists():
+        raise UserError(f"init_adapter={folder}: no adapter_init.safetensors or "
+                        "adapter_model.safetensors there")
+    state = load_file(str(path))
+    mine = adapter_weights(model, method)
+    if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
+        raise UserError(f"init_adapter={folder}: its adapter does not fit this one (different "
+                        "method, target modules or rank)")
+    if method in PEFT_METHODS:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        model.load_state_dict(state, strict=False)
+    return path
+
+
 def save(model, cfg, folder: Path) -> None:
     if cfg.method in PEFT_METHODS:
         model.save_pretrained(str(folder), safe_serialization=True)

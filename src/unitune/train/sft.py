@@ -129,6 +129,14 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
     model, method_callbacks = methods.build(base, cfg, model_type,
                                             total_steps(cfg, len(train_rows)))
+    composable = cfg.method not in methods.WEIGHT_METHODS + methods.PROMPT_METHODS
+    adapter_init = {"seed": cfg.seed}
+    if cfg.init_adapter:
+        if not composable:
+            raise UserError(f"init_adapter does not apply to method={cfg.method}")
+        adapter_init = {"from": str(methods.load_init(model, cfg.method,
+                                                      Path(cfg.init_adapter)))}
+    init_state = methods.adapter_weights(model, cfg.method) if composable else None
     trainable, total = trainable_parameters(model)
     log(f"method: {cfg.method}; trainable parameters: {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%)")
@@ -169,6 +177,10 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
         result = trainer.train()
         writer.close()
         methods.save(model, cfg, staging)
+        if init_state is not None:  # lets later runs share this initialisation
+            from safetensors.torch import save_file
+
+            save_file(init_state, str(staging / "adapter_init.safetensors"))
         tokenizer.save_pretrained(str(staging))
         template.save(staging)
         write_config(cfg, staging / "config.yaml")
@@ -177,7 +189,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
         info = {
             "status": "finished", "base_model": cfg.base_model, "base_model_path": model_path,
             "method": cfg.method, "quantization": methods.quantization(cfg),
-            "template": template.name, "adapter_init_seed": cfg.seed,
+            "template": template.name, "adapter_init": adapter_init,
             "trust_remote_code": cfg.trust_remote_code,
             "trainable_parameters": trainable, "total_parameters": total,
             "masking": cfg.masking, "packing": cfg.packing,
