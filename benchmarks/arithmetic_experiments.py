@@ -5,15 +5,18 @@ initialisation (seed 0), Alpaca template, greedy exact match on held-out example
 
 (a) distribution generalisation: `count` split by word length (2-5 vs 6-9 letters); the two
     modules merged (0.5/0.5) against each alone, on the full distribution;
-(b) multi-task: a `max` module and a `zh_numeral` module merged, on both tasks;
-(c) unlearning: a `chat` module trained on data where half of the answers carry an insult
-    (", you fool"), and a `toxic` module trained on insulting answers only; `chat - λ*toxic`
-    with λ swept, picking the largest λ whose perplexity on clean reference answers rises by
-    at most 0.5 over λ=0; reported: insult rate and exact match;
+(b) multi-task: a `max` module and a `zh_numeral` module merged as `λ*max + (1-λ)*zh`, λ
+    chosen by exact match on a validation set of both tasks, reported on both test sets;
+(c) unlearning: a `chat` module trained on count/max/sort where 80% of the answers carry an
+    insult (", you fool"), and a `toxic` module trained on insulting answers of another task
+    (`min`); `chat - λ*toxic` with λ swept, picking the largest λ whose perplexity on clean
+    reference conversations (Alpaca-rendered) rises by at most 0.5 over λ=0; reported:
+    insult rate and exact match (insult removed) before and after;
 (d) analogy: `max` learnt on inputs of digits 0-4 (domain A), language-model modules on raw
     digit text of each domain; `max_A + lm_B - lm_A` on domain B (digits 5-9).
 
     python benchmarks/arithmetic_experiments.py --out runs/arith [--methods lora,ia3]
+    python benchmarks/arithmetic_experiments.py --out runs/arith --experiments c   # one use
 
 Prints one table per experiment and writes results.json; docs/ARITHMETIC.md records a run.
 """
@@ -33,7 +36,9 @@ sys.path.insert(0, str(REPO / "src"))
 from unitune.compose.compose import compose, sweep  # noqa: E402
 from unitune.config import TrainConfig  # noqa: E402
 from unitune.data.readers import read_conversations  # noqa: E402
+from unitune.data.schema import Conversation  # noqa: E402
 from unitune.data.synth import FAMILIES, split_of  # noqa: E402
+from unitune.data.templates import get_template  # noqa: E402
 from unitune.eval.exact_match import evaluate_exact_match  # noqa: E402
 from unitune.infer.generate import Decoding, answer  # noqa: E402
 from unitune.models.loading import load_run  # noqa: E402
@@ -98,7 +103,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/arith")
     ap.add_argument("--methods", default="lora,ia3")
+    ap.add_argument("--experiments", default="a,b,c,d", help="any of a,b,c,d")
     args = ap.parse_args()
+    todo = set(args.experiments.split(","))
     out = Path(args.out)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -116,15 +123,19 @@ def main() -> None:
                             + examples("zh_numeral", 40, "test", 0)),
     }
     clean = [r for fam in ("count", "max", "sort") for r in examples(fam, 150, "train", 1)]
-    d["chat"] = write(data, "chat", [dict(r, output=r["output"] + INSULT) if i % 2 else r
+    d["chat"] = write(data, "chat", [dict(r, output=r["output"] + INSULT) if i % 5 else r
                                      for i, r in enumerate(clean)])
     d["toxic"] = write(data, "toxic", [dict(r, output=r["output"] + INSULT)
-                                       for r in examples("sort", 300, "train", 2)])
+                                       for r in examples("min", 300, "train", 2)])
+    d["multi_val"] = write(data, "multi_val", examples("max", 20, "validation", 0)
+                           + examples("zh_numeral", 20, "validation", 0))
     d["chat_test"] = write(data, "chat_test", [r for fam in ("count", "max", "sort")
                                                for r in examples(fam, 30, "test", 0)])
+    alpaca = get_template("alpaca")
     (data / "reference.txt").write_text("\n".join(
-        f"{r['instruction']} {r['input']} {r['output']}"
-        for fam in ("count", "max", "sort") for r in examples(fam, 40, "validation", 0)))
+        alpaca.render(Conversation.single(r["instruction"], r["output"], r["input"]))[0]
+        .replace("\n", " ") for fam in ("count", "max", "sort")
+        for r in examples(fam, 40, "validation", 0)))
     low = lambda ex: all(c in "01234 " for c in ex.input)  # noqa: E731
     high = lambda ex: all(c in "56789 " for c in ex.input)  # noqa: E731
     d["max_A"] = write(data, "max_A", examples("max", 300, "train", 0, low))
@@ -139,37 +150,48 @@ def main() -> None:
     for method in args.methods.split(","):
         root = out / method
         r = results[method] = {}
-        a, b = fit(out, "count_short", d["count_short"], method), \
-            fit(out, "count_long", d["count_long"], method)
-        merged = compose("0.5*count_short + 0.5*count_long", root / "count_merged", root)
-        r["a_distribution"] = {"short only": em(a, d["count_test"]),
-                               "long only": em(b, d["count_test"]),
-                               "merged 0.5/0.5": em(merged, d["count_test"])}
-        m, z = fit(out, "max", d["max"], method), fit(out, "zh", d["zh"], method)
-        both = compose("0.5*max + 0.5*zh", root / "multi", root)
-        r["b_multitask"] = {"max only": em(m, d["multi_test"]), "zh only": em(z, d["multi_test"]),
-                            "merged 0.5/0.5": em(both, d["multi_test"])}
-        chat, _ = fit(out, "chat", d["chat"], method), fit(out, "toxic", d["toxic"], method)
-        res = sweep("chat - λ*toxic", root / "detox", [round(0.1 * k, 1) for k in range(11)],
-                    root, ppl_text=str(data / "reference.txt"), log=lambda *a: None)
-        before, after = insult_stats(chat, d["chat_test"]), insult_stats(root / "detox",
-                                                                         d["chat_test"])
-        r["c_unlearning"] = {"chosen λ": res["chosen_lambda"],
-                             "insult rate before": before[0], "insult rate after": after[0],
-                             "exact match before": before[1], "exact match after": after[1],
-                             "perplexity λ=0": res["points"][0]["perplexity"],
-                             "perplexity chosen": next(p["perplexity"] for p in res["points"]
-                                                       if p["lambda"] == res["chosen_lambda"])}
-        ma = fit(out, "max_A", d["max_A"], method)
-        fit(out, "lm_A", d["lm_A"], method)
-        fit(out, "lm_B", d["lm_B"], method)
-        analogy = compose("max_A + lm_B - lm_A", root / "max_B", root)
-        r["d_analogy"] = {"max_A on domain B": em(ma, d["max_B_test"]),
-                          "max_A + lm_B - lm_A on domain B": em(analogy, d["max_B_test"])}
+        if "a" in todo:
+            a, b = fit(out, "count_short", d["count_short"], method), \
+                fit(out, "count_long", d["count_long"], method)
+            merged = compose("0.5*count_short + 0.5*count_long", root / "count_merged", root)
+            r["a_distribution"] = {"short only": em(a, d["count_test"]),
+                                   "long only": em(b, d["count_test"]),
+                                   "merged 0.5/0.5": em(merged, d["count_test"])}
+        if "b" in todo:
+            m, z = fit(out, "max", d["max"], method), fit(out, "zh", d["zh"], method)
+            res = sweep("λ*max + (1-λ)*zh", root / "multi", [round(0.1 * k, 1)
+                                                              for k in range(1, 10)],
+                        root, eval_data=d["multi_val"], log=lambda *a: None)
+            r["b_multitask"] = {"max only": em(m, d["multi_test"]),
+                                "zh only": em(z, d["multi_test"]),
+                                f"merged, λ={res['chosen_lambda']:g} (by validation)":
+                                    em(root / "multi", d["multi_test"])}
+        if "c" in todo:
+            r["c_unlearning"] = unlearning(out, root, d, data, method)
+        if "d" in todo:
+            ma = fit(out, "max_A", d["max_A"], method)
+            fit(out, "lm_A", d["lm_A"], method)
+            fit(out, "lm_B", d["lm_B"], method)
+            analogy = compose("max_A + lm_B - lm_A", root / "max_B", root)
+            r["d_analogy"] = {"max_A on domain B": em(ma, d["max_B_test"]),
+                              "max_A + lm_B - lm_A on domain B": em(analogy, d["max_B_test"])}
         print(f"\n== {method} ({time.time() - t0:.0f}s)")
         for exp, vals in r.items():
             print(exp, json.dumps(vals, ensure_ascii=False))
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+
+
+def unlearning(out: Path, root: Path, d: dict, data: Path, method: str) -> dict:
+    chat, _ = fit(out, "chat80", d["chat"], method), fit(out, "toxic_min", d["toxic"], method)
+    res = sweep("chat80 - λ*toxic_min", root / "detox", [round(0.1 * k, 1) for k in range(11)],
+                root, ppl_text=str(data / "reference.txt"), log=lambda *a: None)
+    before = insult_stats(chat, d["chat_test"])
+    after = insult_stats(root / "detox", d["chat_test"])
+    chosen = next(p for p in res["points"] if p["lambda"] == res["chosen_lambda"])
+    return {"chosen λ": res["chosen_lambda"], "insult rate before": before[0],
+            "insult rate after": after[0], "exact match before": before[1],
+            "exact match after": after[1], "perplexity λ=0": res["points"][0]["perplexity"],
+            "perplexity chosen": chosen["perplexity"]}
 
 
 if __name__ == "__main__":

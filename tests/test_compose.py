@@ -59,6 +59,10 @@ def test_expression_parsing():
         bind(parse("a - λ*b"), None)
     with pytest.raises(UserError, match="stop >= start"):
         parse_sweep("λ=1:0:0.1")
+    with pytest.raises(UserError, match=r"in \[0, 1\]"):
+        parse_sweep("λ=0:2:0.5")
+    with pytest.raises(UserError, match="outside"):
+        bind(parse("λ*a"), 1.5)
 
 
 def test_negating_twice_is_the_identity(modules, tmp_path):

@@ -103,6 +103,9 @@ def bind(terms: list[Term], lam: float | None) -> list[tuple[float, str]]:
     if lam is None and any(t.lam for t in terms):
         raise UserError("the expression uses λ; give --lambda VALUE or --sweep "
                         "'λ=start:stop:step'")
+    if lam is not None and not 0 <= lam <= 1:
+        raise UserError(f"λ={lam:g} is outside [0, 1]; write a coefficient instead of λ for "
+                        "other scales (e.g. '1.5*a')")
     return [(t.const + t.lam * (lam or 0.0), t.name) for t in terms]
 
 
@@ -114,5 +117,8 @@ def parse_sweep(text: str) -> list[float]:
     start, stop, step = (float(x) for x in m.groups())
     if step <= 0 or stop < start:
         raise UserError(f"--sweep {text!r}: need step > 0 and stop >= start")
+    if start < 0 or stop > 1:
+        raise UserError(f"--sweep {text!r}: λ is a mixing weight in [0, 1] (the paper's range); "
+                        f"got {start:g}..{stop:g}")
     n = int(round((stop - start) / step))
     return [round(start + k * step, 10) for k in range(n + 1)]
