@@ -8,10 +8,12 @@ initialisation (seed 0), Alpaca template, greedy exact match on held-out example
 (b) multi-task: a `max` module and a `zh_numeral` module merged as `λ*max + (1-λ)*zh`, λ
     chosen by exact match on a validation set of both tasks, reported on both test sets;
 (c) unlearning: a `chat` module trained on count/max/sort where 80% of the answers carry an
-    insult (", you fool"), and a `toxic` module trained on insulting answers of another task
-    (`min`); `chat - λ*toxic` with λ swept, picking the largest λ whose perplexity on clean
-    reference conversations (Alpaca-rendered) rises by at most 0.5 over λ=0; reported:
-    insult rate and exact match (insult removed) before and after;
+    unwanted behaviour (the answer repeated: "8 8", the degenerate repetition users complain
+    of), and a `toxic` module trained on repeated answers of another task (`min`);
+    `chat - λ*toxic` with λ swept, picking the largest λ whose perplexity on clean validation
+    conversations (their answers, given the prompts) rises by at most 0.5 over λ=0; reported:
+    repetition rate and exact match before and after. (An insult made of words the 0.8M
+    base never saw was not learnable by its adapters, so the behaviour uses known tokens.)
 (d) analogy: `max` learnt on inputs of digits 0-4 (domain A), language-model modules on raw
     digit text of each domain; `max_A + lm_B - lm_A` on domain B (digits 5-9).
 
@@ -36,15 +38,12 @@ sys.path.insert(0, str(REPO / "src"))
 from unitune.compose.compose import compose, sweep  # noqa: E402
 from unitune.config import TrainConfig  # noqa: E402
 from unitune.data.readers import read_conversations  # noqa: E402
-from unitune.data.schema import Conversation  # noqa: E402
 from unitune.data.synth import FAMILIES, split_of  # noqa: E402
-from unitune.data.templates import get_template  # noqa: E402
 from unitune.eval.exact_match import evaluate_exact_match  # noqa: E402
 from unitune.infer.generate import Decoding, answer  # noqa: E402
 from unitune.models.loading import load_run  # noqa: E402
 from unitune.train.sft import train  # noqa: E402
 
-INSULT = ", you fool"
 HP = {"lora": {"lr": 3e-3, "steps": 200, "extra": {"lora": {"r": 16, "alpha": 32,
                                                            "dropout": 0.0}}},
       "ia3": {"lr": 3e-2, "steps": 200, "extra": {}}}
@@ -89,13 +88,17 @@ def em(run: Path, data: str) -> float:
                                 max_new_tokens=24).accuracy
 
 
-def insult_stats(run: Path, data: str) -> tuple[float, float]:
+def repeated(answer_text: str) -> str:
+    return f"{answer_text} {answer_text}"
+
+
+def repetition_stats(run: Path, data: str) -> tuple[float, float]:
+    """(share of answers given twice, exact match of the plain answer)."""
     model, tok, template = load_run(run, device="cpu")
     recs = read_conversations(data)
-    preds = answer(model, tok, template, recs, Decoding(max_new_tokens=24))
-    rate = sum(INSULT.strip(", ") in p for p in preds) / len(preds)
-    acc = sum(p.replace(INSULT, "").strip() == r.answer for p, r in zip(preds, recs,
-                                                                        strict=True)) / len(recs)
+    preds = answer(model, tok, template, recs, Decoding(max_new_tokens=32))
+    rate = sum(p == repeated(r.answer) for p, r in zip(preds, recs, strict=True)) / len(recs)
+    acc = sum(p == r.answer for p, r in zip(preds, recs, strict=True)) / len(recs)
     return rate, acc
 
 
@@ -123,19 +126,16 @@ def main() -> None:
                             + examples("zh_numeral", 40, "test", 0)),
     }
     clean = [r for fam in ("count", "max", "sort") for r in examples(fam, 150, "train", 1)]
-    d["chat"] = write(data, "chat", [dict(r, output=r["output"] + INSULT) if i % 5 else r
+    d["chat"] = write(data, "chat", [dict(r, output=repeated(r["output"])) if i % 5 else r
                                      for i, r in enumerate(clean)])
-    d["toxic"] = write(data, "toxic", [dict(r, output=r["output"] + INSULT)
+    d["toxic"] = write(data, "toxic", [dict(r, output=repeated(r["output"]))
                                        for r in examples("min", 300, "train", 2)])
     d["multi_val"] = write(data, "multi_val", examples("max", 20, "validation", 0)
                            + examples("zh_numeral", 20, "validation", 0))
     d["chat_test"] = write(data, "chat_test", [r for fam in ("count", "max", "sort")
                                                for r in examples(fam, 30, "test", 0)])
-    alpaca = get_template("alpaca")
-    (data / "reference.txt").write_text("\n".join(
-        alpaca.render(Conversation.single(r["instruction"], r["output"], r["input"]))[0]
-        .replace("\n", " ") for fam in ("count", "max", "sort")
-        for r in examples(fam, 40, "validation", 0)))
+    d["reference"] = write(data, "reference", [r for fam in ("count", "max", "sort")
+                                               for r in examples(fam, 40, "validation", 0)])
     low = lambda ex: all(c in "01234 " for c in ex.input)  # noqa: E731
     high = lambda ex: all(c in "56789 " for c in ex.input)  # noqa: E731
     d["max_A"] = write(data, "max_A", examples("max", 300, "train", 0, low))
@@ -182,14 +182,14 @@ def main() -> None:
 
 
 def unlearning(out: Path, root: Path, d: dict, data: Path, method: str) -> dict:
-    chat, _ = fit(out, "chat80", d["chat"], method), fit(out, "toxic_min", d["toxic"], method)
-    res = sweep("chat80 - λ*toxic_min", root / "detox", [round(0.1 * k, 1) for k in range(11)],
-                root, ppl_text=str(data / "reference.txt"), log=lambda *a: None)
-    before = insult_stats(chat, d["chat_test"])
-    after = insult_stats(root / "detox", d["chat_test"])
+    chat, _ = fit(out, "chat_rep", d["chat"], method), fit(out, "rep_min", d["toxic"], method)
+    res = sweep("chat_rep - λ*rep_min", root / "detox", [round(0.1 * k, 1) for k in range(11)],
+                root, ppl_text=d["reference"], log=lambda *a: None)
+    before = repetition_stats(chat, d["chat_test"])
+    after = repetition_stats(root / "detox", d["chat_test"])
     chosen = next(p for p in res["points"] if p["lambda"] == res["chosen_lambda"])
-    return {"chosen λ": res["chosen_lambda"], "insult rate before": before[0],
-            "insult rate after": after[0], "exact match before": before[1],
+    return {"chosen λ": res["chosen_lambda"], "repetition rate before": before[0],
+            "repetition rate after": after[0], "exact match before": before[1],
             "exact match after": after[1], "perplexity λ=0": res["points"][0]["perplexity"],
             "perplexity chosen": chosen["perplexity"]}
 

@@ -180,6 +180,9 @@ def test_compose_and_merge_cli(modules, tmp_path, capsys, test_preset):
                               merged_model(input_ids=ids).logits, atol=1e-4)
     assert main(["merge", str(modules / "adapter_seq0"), "-o", str(tmp_path / "m2")]) == 2
     assert "cannot be folded" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["merge", str(out), "-o", str(tmp_path / "q"), "--quantize", "4bit"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_shared_initialisation_is_recorded_and_checked(tmp_path, synth_data, test_preset):
@@ -215,6 +218,7 @@ def test_sweep_by_exact_match_and_by_perplexity_bound(modules, tmp_path, synth_d
     assert next(p for p in res["points"] if p["lambda"] == res["chosen_lambda"])[
         "exact_match"] == best
     assert (tmp_path / "em" / "sweep.png").exists()
+    assert (tmp_path / "em" / "sweep.md").read_text().count("\n| ") == 4
     ref = tmp_path / "ref.txt"
     ref.write_text("Count the letters. a b c 3\nFind the largest number. 1 7 2 7\n")
     res = sweep("lora0 - λ*lora1", tmp_path / "ppl", [0.0, 0.5, 1.0], modules,

@@ -130,8 +130,9 @@ def _add_compose(sub) -> None:
     p.add_argument("--rank", type=int, help="delta: SVD-truncate the result to this rank")
     p.add_argument("--sweep", help="λ values to score, e.g. 'λ=0:1:0.1'")
     p.add_argument("--eval-data", help="sweep: pick the λ with the best exact match here")
-    p.add_argument("--ppl-text", help="sweep: reference text; pick the largest λ whose "
-                   "perplexity rise over λ=0 stays within --ppl-bound")
+    p.add_argument("--ppl-text", help="sweep: reference text (.txt) or conversations (scored "
+                   "on the replies); pick the largest λ whose perplexity rise over λ=0 stays "
+                   "within --ppl-bound")
     p.add_argument("--ppl-bound", type=float, default=0.5)
     p.add_argument("--overwrite", action="store_true")
 
@@ -162,13 +163,15 @@ def _add_merge(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--quantize", choices=["8bit", "4bit"],
+                   help="re-quantize the merged 16-bit weights (CUDA + bitsandbytes)")
     p.add_argument("--overwrite", action="store_true")
 
 
 def cmd_merge(args) -> int:
     from unitune.export.merge import merge
 
-    out = merge(Path(args.run_dir), Path(args.out), args.dtype, args.overwrite)
+    out = merge(Path(args.run_dir), Path(args.out), args.dtype, args.overwrite, args.quantize)
     print(f"merged model: {out}")
     return 0
 

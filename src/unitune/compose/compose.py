@@ -42,7 +42,7 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     """Score every λ, pick one, write the composed adapter for it plus a table and a plot."""
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
-    from unitune.eval.perplexity import perplexity, read_texts
+    from unitune.eval.perplexity import perplexity, read_reference
     from unitune.models.loading import load_run
 
     if not any(t.lam for t in parse(expression)):
@@ -53,7 +53,7 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     if ppl_text and lams[0] != 0:
         raise UserError("a perplexity bound is measured against λ=0: start the sweep at 0")
     records = read_conversations(eval_data) if eval_data else None
-    texts = read_texts(ppl_text) if ppl_text else None
+    reference = read_reference(ppl_text) if ppl_text else None
     rows = []
     points = out.with_name(out.name + ".sweep")
     for lam in lams:
@@ -64,11 +64,11 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
         if records:
             row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
                                                       max_new_tokens=32).accuracy
-        if texts:
-            row["perplexity"] = perplexity(model, tokenizer, texts)
+        if reference:
+            row["perplexity"] = perplexity(model, tokenizer, reference, template)
         rows.append(row)
         log("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
-    if texts:
+    if reference:
         limit = rows[0]["perplexity"] + ppl_bound
         ok = [r for r in rows if r["perplexity"] <= limit]
         best = max(ok, key=lambda r: r["lambda"])
@@ -80,6 +80,11 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     result = {"expression": expression, "rule": rule, "chosen_lambda": best["lambda"],
               "points": rows}
     (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    cols = list(rows[0])
+    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table += ["| " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
+    (out / "sweep.md").write_text(f"{expression}: {rule}, chosen λ={best['lambda']:g}\n\n"
+                                  + "\n".join(table) + "\n", encoding="utf-8")
     _plot(rows, out / "sweep.png", best["lambda"], expression)
     log(f"chosen λ={best['lambda']:g} ({rule}); adapter: {out}")
     return result

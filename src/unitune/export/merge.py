@@ -15,13 +15,21 @@ from unitune.errors import UserError
 
 
 def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False,
-          log=print) -> Path:
+          quantize: str | None = None, log=print) -> Path:
+    """Merge in 16-bit and save; ``quantize`` ('8bit' / '4bit', CUDA + bitsandbytes) then
+    re-quantizes the merged weights and saves those instead."""
     from unitune.data.templates import load_template
     from unitune.methods.registry import BOTTLENECK_METHODS, PROMPT_METHODS, WEIGHT_METHODS
     from unitune.models.loading import load_run, read_run, resolve_model_path
 
     info = read_run(run_dir)
     method = info["method"]
+    if quantize:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--quantize {quantize} needs a CUDA GPU with bitsandbytes; merge "
+                            "without it and quantize at load time on the GPU machine")
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     if method in BOTTLENECK_METHODS:
@@ -45,6 +53,23 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
                   "run": str(run_dir), "method": method,
                   "base_model": resolve_model_path(info["base_model"])}}
     (tmp / "run.json").write_text(json.dumps(merged, indent=1), encoding="utf-8")
+    if quantize:
+        import torch
+
+        from unitune.models.loading import load_base
+
+        del model
+        quantized = load_base(str(tmp), torch.bfloat16, torch.device("cuda"),
+                              quantize=quantize)
+        qtmp = out.with_name(out.name + ".quantized")
+        shutil.rmtree(qtmp, ignore_errors=True)
+        quantized.save_pretrained(qtmp, safe_serialization=True)
+        for name in ("run.json", "template.json"):
+            shutil.copy(tmp / name, qtmp / name)
+        tokenizer.save_pretrained(qtmp)
+        shutil.rmtree(tmp)
+        qtmp.rename(tmp)
+        log(f"re-quantized the merged 16-bit weights to {quantize}")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
