@@ -29,11 +29,11 @@ from unitune.errors import UserError
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
-COMPOSABLE = ("lora", "rslora", "dora", "ia3", "adapter_seq", "adapter_par")
+COMPOSABLE = ("lora", "rslora", "qlora", "ia3", "adapter_seq", "adapter_par")
 
 
 def _kind(method: str) -> str:
-    if method in ("lora", "rslora", "dora", "qlora"):
+    if method in ("lora", "rslora", "qlora"):
         return "lora"
     if method in ("ia3", "adapter_seq", "adapter_par"):
         return method if method == "ia3" else "bottleneck"
@@ -48,9 +48,6 @@ def _role(key: str, kind: str) -> str:
             return "a"
         if "lora_B" in key:
             return "b"
-        if "lora_magnitude" in key:
-            raise UserError("DoRA magnitude vectors have no arithmetic in the paper; compose "
-                            "plain LoRA adapters")
     elif kind == "ia3":
         if "ia3_l" in key:
             return "l"
