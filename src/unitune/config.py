@@ -151,6 +151,8 @@ class TrainConfig(Section):
     load_in: Literal["none", "8bit", "4bit"] = Field("none", description="quantized base "
                                                      "(bitsandbytes, CUDA only)")
     gradient_checkpointing: bool = False
+    kernels: Literal["auto", "none"] = Field("auto", description="fused GPU kernels "
+                                             "(liger-kernel) where they apply; none: stock")
     max_length: int = Field(512, gt=8)
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many steps (-1: use epochs)")

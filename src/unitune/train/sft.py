@@ -33,6 +33,7 @@ from unitune.models.loading import (
     resolve_model_path,
     resolve_template,
 )
+from unitune.train.kernels import apply_kernels
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -123,6 +124,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
 
     base = load_base(model_path, dtype, device, cfg.trust_remote_code,
                      quantize=methods.quantization(cfg))
+    active = apply_kernels(base) if cfg.kernels == "auto" else []
+    log(f"optimizations: {'; '.join(active + (['packing'] if cfg.packing else [])) or 'none'}")
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
@@ -192,7 +195,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
             "template": template.name, "adapter_init": adapter_init,
             "trust_remote_code": cfg.trust_remote_code,
             "trainable_parameters": trainable, "total_parameters": total,
-            "masking": cfg.masking, "packing": cfg.packing,
+            "masking": cfg.masking, "packing": cfg.packing, "optimizations": active,
             "data": {**data_report.as_dict(), "train": train_report.as_dict(),
                      "validation": val_report.as_dict() if val_report else None},
             "train_loss": result.training_loss, "steps": result.global_step,
