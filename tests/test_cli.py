@@ -43,6 +43,7 @@ def test_train_writes_every_artefact(trained_run):
     assert any(p.name.startswith("events.out.tfevents") for p in (trained_run / "tb").iterdir())
     info = json.loads((trained_run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 3
+    assert info["optimizations"] == []  # no GPU kernels on the CPU: stock modules
     assert 0 < info["trainable_parameters"] < info["total_parameters"]
     assert info["data"]["train"]["kept"] == 8 * len(DEFAULT_FAMILIES)
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
