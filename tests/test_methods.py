@@ -209,3 +209,46 @@ def test_embeddings_trained_beside_an_adapter_survive_a_grown_vocabulary(tmp_pat
     new_rows = [tok.convert_tokens_to_ids(t) for t in ("<unit1>", "<unit2>")]
     trained = model.get_input_embeddings().weight[new_rows]
     assert not torch.allclose(trained, base.get_input_embeddings().weight[new_rows])
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_seq2seq_t5_trains_saves_reloads_and_generates(tmp_path, test_preset, synth_data,
+                                                       method, capsys):
+    """An encoder-decoder (T5, built from a config) through the same commands."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from unitune.cli import main
+    from unitune.models.loading import load_run, load_tokenizer
+
+    tok = load_tokenizer(str(test_preset))
+    config = T5Config(vocab_size=len(tok), d_model=64, d_ff=128, d_kv=16, num_layers=2,
+                      num_heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    base = tmp_path / "t5"
+    T5ForConditionalGeneration(config).save_pretrained(base)
+    tok.save_pretrained(base)
+    enc = tok(["Sort the numbers. 3 1 2"], return_tensors="pt")
+    dec = torch.tensor([[tok.pad_token_id, 5, 9, 13]])
+
+    class CaptureSeq2Seq(TrainerCallback):
+        logits = None
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            model.eval()
+            with torch.no_grad():
+                self.logits = model(**enc, decoder_input_ids=dec).logits
+
+    cap = CaptureSeq2Seq()
+    out = tmp_path / "run"
+    train(TrainConfig(base_model=str(base), data=[str(synth_data["train"])], output_dir=str(out),
+                      method=method, max_steps=3, batch_size=4, lr=3e-2, device="cpu",
+                      template="alpaca", lora={"r": 4, "dropout": 0.0}),
+          log=lambda *a: None, progress=False, callbacks=[cap])
+    model, _, _ = load_run(out, device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(model(**enc, decoder_input_ids=dec).logits, cap.logits, atol=1e-5)
+    assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
+    assert main(["generate", str(out), "Sort the numbers.", "--input", "3 1 2",
+                 "--max-new-tokens", "4"]) == 0
+    assert "### Response" not in capsys.readouterr().out  # the answer only, not the prompt

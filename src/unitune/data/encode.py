@@ -173,6 +173,30 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt
     return ids, labels
 
 
+def encode_seq2seq(convs: list[Conversation], tokenizer, template: Template,
+                   max_length: int) -> tuple[list[dict], EncodeReport]:
+    """Encoder-decoder examples: the encoder reads the rendered prompt (cut from the left when
+    too long), the decoder is trained on the final reply and EOS (never cut: dropped if too
+    long)."""
+    prompts = [template.render_prompt(c, tokenizer) for c in convs]
+    inputs = tokenizer(prompts)["input_ids"]
+    replies = tokenizer([c.answer for c in convs], add_special_tokens=False)["input_ids"]
+    report = EncodeReport()
+    rows = []
+    for conv, ids, reply in zip(convs, inputs, replies, strict=True):
+        labels = [*reply, tokenizer.eos_token_id]
+        if len(labels) > max_length:
+            report.dropped["reply + EOS longer than max_length"] += 1
+            report.examples_dropped.append(conv.where)
+            continue
+        if len(ids) > max_length:
+            ids = ids[len(ids) - max_length:]
+            report.prompt_truncated += 1
+        rows.append({"input_ids": ids, "labels": labels})
+        report.kept += 1
+    return rows, report
+
+
 def pack(rows: list[dict], max_length: int) -> list[dict]:
     """Greedily concatenate examples (in order) into rows of at most ``max_length`` tokens.
 
@@ -215,13 +239,15 @@ class Collator:
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(ex["input_ids"]) for ex in batch)
         ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        # labels have their own width: for an encoder-decoder they are the decoder's tokens
+        label_width = max(len(ex["labels"]) for ex in batch)
+        labels = torch.full((len(batch), label_width), IGNORE, dtype=torch.long)
         packed = "position_ids" in batch[0]
         extra = torch.zeros((len(batch), width), dtype=torch.long)
         for i, ex in enumerate(batch):
             n = len(ex["input_ids"])
             ids[i, :n] = torch.tensor(ex["input_ids"])
-            labels[i, :n] = torch.tensor(ex["labels"])
+            labels[i, :len(ex["labels"])] = torch.tensor(ex["labels"])
             if packed:
                 extra[i, :n] = torch.tensor(ex["position_ids"])
                 extra[i, n:] = torch.arange(width - n)

@@ -69,7 +69,9 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
             out = model.generate(**enc, **decoding.generate_kwargs(), eos_token_id=eos_ids,
                                  pad_token_id=tokenizer.pad_token_id)
-            new = out[:, enc["input_ids"].shape[1]:]
+            # a decoder-only model returns prompt + answer; an encoder-decoder only the answer
+            new = out if getattr(model.config, "is_encoder_decoder", False) else \
+                out[:, enc["input_ids"].shape[1]:]
             answers.extend(_cut(t, stops) for t in tokenizer.batch_decode(
                 new, skip_special_tokens=True))
     finally:

@@ -74,7 +74,8 @@ def build(model, cfg, model_type: str | None, total_steps: int):
     m = cfg.method
     callbacks = []
     if m in PEFT_METHODS:
-        common = {"task_type": "CAUSAL_LM"}
+        seq2seq = getattr(model.config, "is_encoder_decoder", False)
+        common = {"task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"}
         if m in ("lora", "rslora", "dora", "qlora", "adalora"):
             lo = cfg.lora
             targets = _targets(lo.target_modules, model_type, lambda f: f.linear)

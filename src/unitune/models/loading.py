@@ -65,9 +65,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def load_base(path: str, dtype: torch.dtype, device: torch.device,
               trust_remote_code: bool = False, quantize: str | None = None):
-    """A causal LM from safetensors; ``quantize`` '4bit' (NF4, double quantization, compute in
-    ``dtype``) or '8bit' loads it through bitsandbytes on the GPU."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM (or an encoder-decoder such as T5) from safetensors; ``quantize`` '4bit'
+    (NF4, double quantization, compute in ``dtype``) or '8bit' loads it through bitsandbytes on
+    the GPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kwargs = {}
     if quantize:
@@ -81,7 +82,10 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
             BitsAndBytesConfig(load_in_8bit=True)
         kwargs["device_map"] = {"": device.index or 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) \
+            else AutoModelForCausalLM
+        model = auto.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
             **kwargs)
     except OSError as exc:

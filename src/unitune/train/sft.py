@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from unitune.config import TrainConfig, write_config
-from unitune.data.encode import Collator, encode_conversations, pack
+from unitune.data.encode import Collator, encode_conversations, encode_seq2seq, pack
 from unitune.data.sources import build_datasets
 from unitune.data.templates import get_template
 from unitune.errors import UserError
@@ -59,6 +59,17 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
+
+
+def is_encoder_decoder(model_path: str, trust_remote_code: bool) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise UserError(f"cannot read the config of '{model_path}': "
+                        f"{str(exc).splitlines()[0]}") from None
+    return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -105,11 +116,18 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
     trained_on = {"assistant": "every assistant reply", "last": "the last assistant reply",
                   "all": "all tokens"}[cfg.masking]
     log(f"template: {template.name}; loss on {trained_on}{'; packing' if cfg.packing else ''}")
-    train_rows, train_report = encode_conversations(train_records, tokenizer, template,
-                                                    cfg.max_length, cfg.masking)
-    val_rows, val_report = (encode_conversations(val_records, tokenizer, template,
-                                                 cfg.max_length, cfg.masking)
-                            if val_records else ([], None))
+    seq2seq = is_encoder_decoder(model_path, cfg.trust_remote_code)
+    if seq2seq and (cfg.packing or cfg.masking != "assistant"):
+        raise UserError("an encoder-decoder model trains on the final reply given the prompt: "
+                        "packing and masking other than 'assistant' do not apply")
+
+    def encode(records):
+        if seq2seq:
+            return encode_seq2seq(records, tokenizer, template, cfg.max_length)
+        return encode_conversations(records, tokenizer, template, cfg.max_length, cfg.masking)
+
+    train_rows, train_report = encode(train_records)
+    val_rows, val_report = encode(val_records) if val_records else ([], None)
     if cfg.packing:
         n_before = len(train_rows)
         train_rows = pack(train_rows, cfg.max_length)
