@@ -5,6 +5,7 @@ whose perplexity rise on a reference text stays within a bound."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from unitune.compose import arithmetic
@@ -19,21 +20,27 @@ def resolve(name: str, root: Path) -> Path:
     raise UserError(f"unknown module '{name}': no finished run at {name} or {root / name}")
 
 
+def _combined(expression: str, root: Path, lam: float | None, semantics: str,
+              rank: int | None, inputs: list[dict] | None = None):
+    """(inputs, weights, coefficients, names, delta rank) of an expression at one λ."""
+    coefs, names = zip(*bind(parse(expression), lam), strict=True)
+    if inputs is None:
+        inputs = arithmetic.load_inputs([resolve(n, root) for n in names])
+    if semantics == "delta":
+        weights, r = arithmetic.combine_delta(inputs, list(coefs), rank)
+        return inputs, weights, list(coefs), list(names), r
+    if rank is not None:
+        raise UserError("--rank applies to --semantics delta only")
+    return inputs, arithmetic.combine(inputs, list(coefs)), list(coefs), list(names), None
+
+
 def compose(expression: str, out: Path, root: Path = Path("."), lam: float | None = None,
             semantics: str = "params", rank: int | None = None, log=print) -> Path:
-    terms = parse(expression)
-    coefs, names = zip(*bind(terms, lam), strict=True)
-    inputs = arithmetic.load_inputs([resolve(n, root) for n in names])
+    inputs, weights, coefs, names, r = _combined(expression, root, lam, semantics, rank)
     warning = arithmetic.init_warning(inputs)
     if warning:
         log(warning)
-    if semantics == "delta":
-        weights, r = arithmetic.combine_delta(inputs, list(coefs), rank)
-        return arithmetic.write(inputs, weights, out, expression, list(coefs), list(names), r)
-    if rank is not None:
-        raise UserError("--rank applies to --semantics delta only")
-    weights = arithmetic.combine(inputs, list(coefs))
-    return arithmetic.write(inputs, weights, out, expression, list(coefs), list(names))
+    return arithmetic.write(inputs, weights, out, expression, coefs, names, r)
 
 
 def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
@@ -43,6 +50,7 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
     from unitune.eval.perplexity import perplexity, read_reference
+    from unitune.methods.registry import set_adapter_weights
     from unitune.models.loading import load_run
 
     if not any(t.lam for t in parse(expression)):
@@ -55,11 +63,16 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     records = read_conversations(eval_data) if eval_data else None
     reference = read_reference(ppl_text) if ppl_text else None
     rows = []
-    points = out.with_name(out.name + ".sweep")
+    # load the base and the adapter structure once; every λ only swaps the adapter weights
+    scratch = out.with_name(out.name + ".sweep")
+    compose(expression, scratch, root, lams[0], semantics, rank, log=log)
+    model, tokenizer, template = load_run(scratch)
+    method = json.loads((scratch / "run.json").read_text())["method"]
+    inputs = None
     for lam in lams:
-        folder = compose(expression, points / f"lambda_{lam:g}", root, lam, semantics, rank,
-                         log=lambda *a: None)
-        model, tokenizer, template = load_run(folder)
+        inputs, weights, *_ = _combined(expression, root, lam, semantics, rank, inputs)
+        set_adapter_weights(model, method, {k: v.to(next(model.parameters()).device)
+                                            for k, v in weights.items()})
         row = {"lambda": lam}
         if records:
             row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
@@ -76,7 +89,8 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     else:
         best = max(rows, key=lambda r: (r["exact_match"], -abs(r["lambda"] - 0.5)))
         rule = "highest exact match"
-    compose(expression, out, root, best["lambda"], semantics, rank, log=log)
+    shutil.rmtree(scratch, ignore_errors=True)
+    compose(expression, out, root, best["lambda"], semantics, rank, log=lambda *a: None)
     result = {"expression": expression, "rule": rule, "chosen_lambda": best["lambda"],
               "points": rows}
     (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

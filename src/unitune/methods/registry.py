@@ -221,13 +221,18 @@ def load_init(model, method: str, folder: Path) -> Path:
     if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
         raise UserError(f"init_adapter={folder}: its adapter does not fit this one (different "
                         "method, target modules or rank)")
+    set_adapter_weights(model, method, state)
+    return path
+
+
+def set_adapter_weights(model, method: str, state: dict[str, torch.Tensor]) -> None:
+    """Replace the adapter's weights in place (keys as in ``adapter_weights``)."""
     if method in PEFT_METHODS:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, state)
     else:
         model.load_state_dict(state, strict=False)
-    return path
 
 
 def save(model, cfg, folder: Path) -> None:
