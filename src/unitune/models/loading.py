@@ -96,12 +96,16 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
     return model if quantize else model.to(device)
 
 
-def model_type_of(model_path: str) -> str | None:
-    """``model_type`` from a local model folder's config.json (None for a hub id)."""
-    config = Path(model_path) / "config.json"
-    if config.exists():
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    return None
+def model_config(model_path: str, trust_remote_code: bool = False):
+    """The model's ``PretrainedConfig`` (architecture, ``model_type``, encoder-decoder or not),
+    read without loading any weights."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the config of '{model_path}': "
+                        f"{str(exc).splitlines()[0]}") from None
 
 
 def resolve_template(name: str, model_path: str, tokenizer):
@@ -110,7 +114,7 @@ def resolve_template(name: str, model_path: str, tokenizer):
     from unitune.models.families import default_template
 
     if name == "auto":
-        name = default_template(model_type_of(model_path), tokenizer)
+        name = default_template(model_config(model_path).model_type, tokenizer)
     return get_template(name)
 
 

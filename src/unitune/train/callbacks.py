@@ -58,6 +58,12 @@ class MetricsLogCallback(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
+def read_metrics(path: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every ``metrics.jsonl`` row that logged ``key``."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["step"], r[key]) for r in rows if key in r]
+
+
 def plot_loss(metrics_path: Path, out_png: Path, title: str = "training loss") -> bool:
     """Draw train (and validation) loss against step; False when there is nothing to draw."""
     import matplotlib
@@ -65,9 +71,8 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "training loss") -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    train = read_metrics(metrics_path, "loss")
+    val = read_metrics(metrics_path, "eval_loss")
     if not train and not val:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)

@@ -11,9 +11,9 @@ from unitune.errors import UserError, did_you_mean
 
 
 def _losses(run: Path, key: str) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
-    return [(r["step"], r[key]) for r in rows if key in r]
+    from unitune.train.callbacks import read_metrics
+
+    return read_metrics(run / "metrics.jsonl", key)
 
 
 def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | None = None,

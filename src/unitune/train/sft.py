@@ -27,7 +27,7 @@ from unitune.models.loading import (
     RUN_FILE,
     load_base,
     load_tokenizer,
-    model_type_of,
+    model_config,
     pick_device,
     pick_dtype,
     resolve_model_path,
@@ -59,17 +59,6 @@ class ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
-
-
-def is_encoder_decoder(model_path: str, trust_remote_code: bool) -> bool:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise UserError(f"cannot read the config of '{model_path}': "
-                        f"{str(exc).splitlines()[0]}") from None
-    return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -108,7 +97,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
     model_path = resolve_model_path(cfg.base_model, log=log, progress=progress)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    model_type = model_type_of(model_path)
+    base_config = model_config(model_path, cfg.trust_remote_code)
+    model_type = base_config.model_type
     methods.check(cfg, model_type, device)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     template = resolve_template(cfg.template, model_path, tokenizer)
@@ -116,7 +106,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
     trained_on = {"assistant": "every assistant reply", "last": "the last assistant reply",
                   "all": "all tokens"}[cfg.masking]
     log(f"template: {template.name}; loss on {trained_on}{'; packing' if cfg.packing else ''}")
-    seq2seq = is_encoder_decoder(model_path, cfg.trust_remote_code)
+    seq2seq = bool(getattr(base_config, "is_encoder_decoder", False))
     if seq2seq and (cfg.packing or cfg.masking != "assistant"):
         raise UserError("an encoder-decoder model trains on the final reply given the prompt: "
                         "packing and masking other than 'assistant' do not apply")
