@@ -158,8 +158,8 @@ def test_trains_on_real_alpaca_data(tmp_path, shared_data, test_preset, capsys):
     # ...or skipped and reported on request
     assert main([*args, "--skip-invalid"]) == 0
     data = json.loads((out / "run.json").read_text())["data"]
-    assert len(data["skipped_invalid"]) == 4
-    assert data["skipped_invalid"][0] == (f"{path}:1422: output: empty; a training example "
+    assert data["skipped_invalid"] == len(data["first_invalid"]) == 4
+    assert data["first_invalid"][0] == (f"{path}:1422: output: empty; a training example "
                                           "needs an answer")
     train = data["train"]
     assert train["kept"] + sum(train["dropped"].values()) == 1996

@@ -97,11 +97,12 @@ def test_mix_pack_mask_and_template_travel(tmp_path, shared_data, synth_data, te
                  {"path": str(shared_data / "instruct" / "sharegpt_500.json"), "count": 10}],
         "validation_split": 0.2, "template": "chatml", "packing": True, "masking": "last",
         "max_length": 512, "max_steps": 2, "batch_size": 2, "dedupe": True,
-        "augment": {"cot_suffix": "en"},
+        "augment": {"cot_suffix": "en"}, "data_workers": 2,
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path), "--no-progress"]) == 0
+    assert not (tmp_path / "run" / "data").exists()  # the run's Arrow tables are cleaned up
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["template"] == "chatml" and info["packing"] and info["masking"] == "last"
     sources = info["data"]["sources"]

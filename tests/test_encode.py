@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from unitune.data.encode import IGNORE, Collator, encode_conversations, pack
+from unitune.data.encode import IGNORE, Collator, Packed, encode_conversations
 from unitune.data.schema import Conversation, Turn
 from unitune.data.templates import TEMPLATES, get_template
 
@@ -119,7 +119,7 @@ def test_packing_restarts_positions_and_never_trains_across_examples(tokenizer):
     template = get_template("alpaca")
     convs = [Conversation.single(f"Count the letters {i}.", str(i)) for i in range(6)]
     rows, _ = encode_conversations(convs, tokenizer, template, max_length=512)
-    packed = pack(rows, max_length=512)
+    packed = list(Packed(rows, max_length=512))
     assert len(packed) < len(rows)
     assert all(len(p["input_ids"]) <= 512 for p in packed)
     assert sum(len(p["input_ids"]) for p in packed) == sum(len(r["input_ids"]) for r in rows)
@@ -139,7 +139,7 @@ def test_packed_logits_equal_separate_logits(test_preset, tokenizer):
     convs = [Conversation.single("Sort the numbers.", "1 2 3", "3 2 1"),
              Conversation.single("Count the letters.", "4", "a b c d")]
     rows, _ = encode_conversations(convs, tokenizer, template, max_length=256)
-    (packed,) = pack(rows, max_length=256)
+    (packed,) = Packed(rows, max_length=256)
     batch = Collator(tokenizer.pad_token_id)([packed])
     assert "attention_mask" not in batch
     with torch.no_grad():

@@ -136,6 +136,8 @@ class TrainConfig(Section):
     masking: Literal["assistant", "last", "all"] = Field(
         "assistant", description="train on every assistant reply, the last one, or everything")
     packing: bool = Field(False, description="pack short examples into max_length rows")
+    data_workers: int | None = Field(None, gt=0, description="processes that tokenize; "
+                                     "default one per 50,000 records, up to one per CPU")
     method: Literal["lora", "rslora", "dora", "qlora", "adalora", "prefix", "p_tuning", "prompt",
                     "ia3", "adapter_seq", "adapter_par", "full", "freeze"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)

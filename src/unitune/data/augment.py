@@ -3,11 +3,11 @@
 Owns the FLAN template file reader (``load_flan_templates``: ``{task: [[input, target], ...]}``
 with ``{placeholder}`` fields), ``render_flan`` (one random template pair filled in),
 ``few_shot`` (k other examples prepended as ``Q: ...\\nA: ...`` blocks), ``add_cot_suffix``
-("Let's think step by step." / "先思考，再决定。", idempotent) and ``augment``, which applies them
-to a list of records deterministically in a seed. Records are frozen; new ones are built with
-``dataclasses.replace`` and keep their ``source``, ``line`` and ``meta``.
+("Let's think step by step." / "先思考，再决定。", idempotent) and ``iter_augment``, which applies
+them to a sequence of records deterministically in a seed. Records are frozen; new ones are
+built with ``dataclasses.replace`` and keep their ``source``, ``line`` and ``meta``.
 
-A record is FLAN-rendered by ``augment`` when a template file is given and its ``meta`` names
+A record is FLAN-rendered by ``iter_augment`` when a template file is given and its ``meta`` names
 a task of that file (``meta["flan_task"]`` or ``meta["task"]``); the template fields come from
 ``meta["flan_fields"]`` (or the rest of ``meta``), with ``answer`` defaulting to the record's
 answer.
@@ -18,8 +18,11 @@ from __future__ import annotations
 import json
 import random
 import string
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from unitune.data.schema import Conversation, Turn
 from unitune.errors import UserError, did_you_mean
@@ -151,18 +154,21 @@ def _flan_render_record(conv: Conversation, templates: dict[str, list[tuple[str,
                    meta=dict(meta))
 
 
-def augment(records: list[Conversation], templates: str | None, zero_shot_ratio: float,
-            k_shot: int, cot_suffix: str | None, seed: int) -> list[Conversation]:
-    """Augment ``records`` (same order and length), deterministically in ``seed``.
+def iter_augment(records: Sequence[Conversation], templates: str | None,
+                 zero_shot_ratio: float, k_shot: int, cot_suffix: str | None, seed: int
+                 ) -> Iterator[Conversation]:
+    """Augment ``records`` one by one (same order and number), deterministically in ``seed``.
 
     1. With ``templates`` (a FLAN template file), records whose meta names one of its tasks
        are rendered with a random template pair of that task.
     2. Each single-turn record is rendered few-shot, with ``k_shot`` other single-turn records
-       of the list as examples, with probability ``1 - zero_shot_ratio`` (fewer examples when
-       the list has fewer to offer).
+       of the sequence as examples, with probability ``1 - zero_shot_ratio`` (fewer examples
+       when the sequence has fewer to offer).
     3. With ``cot_suffix`` (a language of ``COT_SUFFIXES``), the suffix is added.
 
-    Multi-turn records pass through unchanged.
+    Multi-turn records pass through unchanged. Record i draws from its own RNG (seeded by
+    ``seed`` and i), so records are augmented independently and ``records`` may be an
+    Arrow-backed sequence of any size: only the positions of single-turn records are held.
     """
     if isinstance(zero_shot_ratio, bool) or not isinstance(zero_shot_ratio, (int, float)) \
             or not 0 <= zero_shot_ratio <= 1:
@@ -175,21 +181,32 @@ def augment(records: list[Conversation], templates: str | None, zero_shot_ratio:
                         f"{', '.join(COT_SUFFIXES)})")
     flan = load_flan_templates(templates) if templates is not None else None
 
-    rng = random.Random(f"{seed}:augment")
-    base = [_flan_render_record(c, flan, rng) if flan else c for c in records]
-    singles = [i for i, c in enumerate(base) if c.is_single_turn]
-    out: list[Conversation] = []
-    for i, conv in enumerate(base):
+    def base(i: int, conv: Conversation) -> Conversation:
+        if not flan:
+            return conv
+        return _flan_render_record(conv, flan, random.Random(f"{seed}:flan:{i}"))
+
+    singles = np.fromiter((i for i, c in enumerate(records) if c.is_single_turn),
+                          dtype=np.int64) if k_shot else np.zeros(0, np.int64)
+    for i, conv in enumerate(records):
+        conv = base(i, conv)
         if not conv.is_single_turn:
-            out.append(conv)
+            yield conv
             continue
+        rng = random.Random(f"{seed}:augment:{i}")
         if k_shot and rng.random() >= zero_shot_ratio:
-            picked = rng.sample(singles, min(k_shot + 1, len(singles)))
-            others = [base[j] for j in picked if j != i and not _is_same(base[j], conv)]
-            others = others[:k_shot]
+            picked = [int(singles[j]) for j in
+                      rng.sample(range(len(singles)), min(k_shot + 1, len(singles)))]
+            others = [base(j, records[j]) for j in picked if j != i]
+            others = [o for o in others if not _is_same(o, conv)][:k_shot]
             if others:
                 conv = few_shot(others, conv, len(others), rng)
         if cot_suffix is not None:
             conv = add_cot_suffix(conv, cot_suffix)
-        out.append(conv)
-    return out
+        yield conv
+
+
+def augment(records: Sequence[Conversation], templates: str | None, zero_shot_ratio: float,
+            k_shot: int, cot_suffix: str | None, seed: int) -> list[Conversation]:
+    """``iter_augment`` as a list."""
+    return list(iter_augment(records, templates, zero_shot_ratio, k_shot, cot_suffix, seed))

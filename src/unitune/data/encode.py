@@ -4,7 +4,9 @@ Owns which tokens are trained on (``masking``: every assistant reply with its en
 marker by default, the last reply only, or everything), the truncation policy (drop the oldest
 exchanges of a long conversation first, then cut the prompt from the left keeping BOS; a
 reply that cannot fit is never cut: the example is dropped and counted), packing several
-examples into one row with restarting position ids, and the collators.
+examples into one row with restarting position ids, and the collator. Small lists are encoded
+in memory (``encode_conversations``), training sets of any size as Arrow tables written and
+read by ``datasets`` (``encode_records``).
 
 Masking works on characters, not on separately tokenized pieces: each conversation is
 rendered to one string (``Template.render`` gives the character spans of the replies), all
@@ -15,12 +17,20 @@ therefore exactly those of tokenizing the whole text, as at inference.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import datasets
+import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from unitune.data.schema import Conversation
+from unitune.data.store import Records, from_row, rows_of
 from unitune.data.templates import Template
 from unitune.errors import UserError, did_you_mean
 
@@ -104,10 +114,10 @@ def _encode_batch(texts: list[str], tokenizer) -> list:
     return backend.encode_batch(texts, add_special_tokens=True)
 
 
-def encode_conversations(convs: list[Conversation], tokenizer, template: Template,
-                         max_length: int, masking: str = "assistant",
-                         min_prompt_tokens: int = 8) -> tuple[list[dict], EncodeReport]:
-    """Token ids and labels for every conversation, in order, with a report."""
+def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_length: int,
+            masking: str, min_prompt_tokens: int = 8) -> list[dict]:
+    """One row per conversation: ``input_ids``, ``labels`` and what fitting it did
+    (``prompt_truncated``, ``turns_dropped``, and ``dropped``: why it was left out, or "")."""
     check_masking(masking)
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("unitune needs a fast (Rust) tokenizer for exact loss masking; this "
@@ -117,30 +127,27 @@ def encode_conversations(convs: list[Conversation], tokenizer, template: Templat
         tokenizer.eos_token or "", tokenizer.bos_token or "")
     rendered = [template.render(c, specials) for c in convs]
     encodings = _encode_batch([r[0] for r in rendered], tokenizer)
-    report = EncodeReport()
     rows: list[dict] = []
     for conv, (_, spans), encoding in zip(convs, rendered, encodings, strict=True):
+        row = {"input_ids": [], "labels": [], "dropped": "", "prompt_truncated": False,
+               "turns_dropped": False}
+        rows.append(row)
         if not spans and masking != "all":
-            report.dropped["no assistant reply to train on"] += 1
-            report.examples_dropped.append(conv.where)
+            row["dropped"] = "no assistant reply to train on"
             continue
         ids = encoding.ids
         labels = _labels(encoding, ids, spans, masking)
         if len(ids) > max_length:
-            ids, labels = _fit(conv, ids, labels, tokenizer, template, max_length, masking,
-                               min_prompt_tokens, report)
-            if ids is None:
-                report.examples_dropped.append(conv.where)
-                continue
-        rows.append({"input_ids": ids, "labels": labels})
-        report.kept += 1
-    return rows, report
+            _fit(conv, ids, labels, tokenizer, template, max_length, masking,
+                 min_prompt_tokens, row)
+        else:
+            row["input_ids"], row["labels"] = ids, labels
+    return rows
 
 
-def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt, report):
-    """Shorten one over-long example, or return (None, None) after counting why it was dropped."""
+def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt, row) -> None:
+    """Shorten one over-long example into ``row``, or say in ``row`` why it was dropped."""
     turns = conv.turns
-    dropped_turns = False
     # 1. drop the oldest exchanges (user ... up to the next user turn), keep the system prompt
     while len(ids) > max_length:
         nxt = next((i for i in range(1, len(turns)) if turns[i].role == "user"), None)
@@ -152,81 +159,176 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt
         (encoding,) = _encode_batch([text], tokenizer)
         ids = encoding.ids
         labels = _labels(encoding, ids, spans, masking)
-        dropped_turns = True
-    if len(ids) <= max_length:
-        report.turns_dropped += dropped_turns
-        return ids, labels
-    # 2. one exchange left: keep the whole final reply, cut the prompt from the left
-    trained = [i for i, lab in enumerate(labels) if lab != IGNORE]
-    first = trained[0] if trained and masking != "all" else len(ids) - (max_length - min_prompt)
-    reply = len(ids) - first
-    if reply + min_prompt > max_length:
-        report.dropped[f"reply + end-of-turn longer than max_length - {min_prompt} prompt "
-                       "tokens"] += 1
-        return None, None
-    head = 1 if ids and ids[0] == tokenizer.bos_token_id else 0
-    keep = max_length - head
-    ids = ids[:head] + ids[len(ids) - keep:]
-    labels = labels[:head] + labels[len(labels) - keep:]
-    report.turns_dropped += dropped_turns
-    report.prompt_truncated += 1
-    return ids, labels
+        row["turns_dropped"] = True
+    if len(ids) > max_length:
+        # 2. one exchange left: keep the whole final reply, cut the prompt from the left
+        trained = [i for i, lab in enumerate(labels) if lab != IGNORE]
+        first = trained[0] if trained and masking != "all" else \
+            len(ids) - (max_length - min_prompt)
+        if len(ids) - first + min_prompt > max_length:
+            row["dropped"] = (f"reply + end-of-turn longer than max_length - {min_prompt} "
+                              "prompt tokens")
+            row["turns_dropped"] = False
+            return
+        head = 1 if ids and ids[0] == tokenizer.bos_token_id else 0
+        keep = max_length - head
+        ids = ids[:head] + ids[len(ids) - keep:]
+        labels = labels[:head] + labels[len(labels) - keep:]
+        row["prompt_truncated"] = True
+    row["input_ids"], row["labels"] = ids, labels
 
 
-def encode_seq2seq(convs: list[Conversation], tokenizer, template: Template,
-                   max_length: int) -> tuple[list[dict], EncodeReport]:
-    """Encoder-decoder examples: the encoder reads the rendered prompt (cut from the left when
+def _encode_seq2seq(convs: Sequence[Conversation], tokenizer, template: Template,
+                    max_length: int) -> list[dict]:
+    """Encoder-decoder rows: the encoder reads the rendered prompt (cut from the left when
     too long), the decoder is trained on the final reply and EOS (never cut: dropped if too
     long)."""
     prompts = [template.render_prompt(c, tokenizer) for c in convs]
     inputs = tokenizer(prompts)["input_ids"]
     replies = tokenizer([c.answer for c in convs], add_special_tokens=False)["input_ids"]
-    report = EncodeReport()
     rows = []
-    for conv, ids, reply in zip(convs, inputs, replies, strict=True):
+    for ids, reply in zip(inputs, replies, strict=True):
         labels = [*reply, tokenizer.eos_token_id]
+        row = {"input_ids": ids, "labels": labels, "dropped": "", "prompt_truncated": False,
+               "turns_dropped": False}
         if len(labels) > max_length:
-            report.dropped["reply + EOS longer than max_length"] += 1
-            report.examples_dropped.append(conv.where)
-            continue
-        if len(ids) > max_length:
-            ids = ids[len(ids) - max_length:]
-            report.prompt_truncated += 1
-        rows.append({"input_ids": ids, "labels": labels})
-        report.kept += 1
+            row.update(input_ids=[], labels=[], dropped="reply + EOS longer than max_length")
+        elif len(ids) > max_length:
+            row.update(input_ids=ids[len(ids) - max_length:], prompt_truncated=True)
+        rows.append(row)
+    return rows
+
+
+def encode_conversations(convs: Sequence[Conversation], tokenizer, template: Template,
+                         max_length: int, masking: str = "assistant", seq2seq: bool = False
+                         ) -> tuple[list[dict], EncodeReport]:
+    """Token ids and labels (``{"input_ids", "labels"}``) of the conversations that fit, in
+    order, with a report; ``seq2seq`` encodes for an encoder-decoder."""
+    rows = _encode_seq2seq(convs, tokenizer, template, max_length) if seq2seq else \
+        _encode(convs, tokenizer, template, max_length, masking)
+    report = EncodeReport(
+        kept=sum(not r["dropped"] for r in rows),
+        prompt_truncated=sum(r["prompt_truncated"] for r in rows),
+        turns_dropped=sum(r["turns_dropped"] for r in rows),
+        dropped=Counter(r["dropped"] for r in rows if r["dropped"]),
+        examples_dropped=[c.where for c, r in zip(convs, rows, strict=True) if r["dropped"]])
+    kept = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows
+            if not r["dropped"]]
+    return kept, report
+
+
+_ENCODED = datasets.Features({
+    "input_ids": datasets.Sequence(datasets.Value("int32")),
+    "labels": datasets.Sequence(datasets.Value("int32")),
+    "dropped": datasets.Value("string"),
+    "prompt_truncated": datasets.Value("bool"),
+    "turns_dropped": datasets.Value("bool"),
+})
+
+
+def _encode_table(batch: dict, tokenizer, template: Template, max_length: int, masking: str,
+                  seq2seq: bool) -> dict:
+    convs = [from_row(r) for r in rows_of(batch)]
+    rows = _encode_seq2seq(convs, tokenizer, template, max_length) if seq2seq else \
+        _encode(convs, tokenizer, template, max_length, masking)
+    return {key: [r[key] for r in rows] for key in _ENCODED}
+
+
+def encode_records(records: Records, tokenizer, template: Template, max_length: int,
+                   masking: str, seq2seq: bool, out: Path, workers: int | None = None,
+                   progress: bool = False) -> tuple[datasets.Dataset, EncodeReport]:
+    """``encode_conversations`` for an Arrow-backed set of any size: encoded in batches by
+    ``datasets.map`` (in ``workers`` processes; by default one per 50,000 records, up to one
+    per CPU) into the Arrow file ``out``, read back memory-mapped. Returns the rows that fit
+    (columns ``input_ids``, ``labels``) and the report."""
+    check_masking(masking)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, max(1, len(records) // 50_000))
+    if workers > 1:  # forked workers run the Rust tokenizer single-threaded, quietly
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet = not progress or len(records) < 50_000  # a bar only where it helps
+    was_on = not datasets.are_progress_bars_disabled()
+    if quiet and was_on:
+        datasets.disable_progress_bars()
+    try:
+        table = records.table.map(
+            _encode_table, batched=True, batch_size=1_000, features=_ENCODED,
+            remove_columns=records.table.column_names, num_proc=workers if workers > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length,
+                       "masking": masking, "seq2seq": seq2seq},
+            cache_file_name=str(out), load_from_cache_file=False,
+            new_fingerprint=uuid.uuid4().hex, desc=f"tokenizing {out.stem}")
+    finally:
+        if quiet and was_on:
+            datasets.enable_progress_bars()
+    dropped = table.data.column("dropped")
+    reasons = Counter({str(v["values"]): int(v["counts"])
+                       for v in pc.value_counts(dropped).to_pylist() if v["values"]})
+    kept = np.flatnonzero(pc.equal(dropped, "").to_numpy(zero_copy_only=False))
+    first_dropped = np.flatnonzero(pc.not_equal(dropped, "").to_numpy(zero_copy_only=False))
+    report = EncodeReport(
+        kept=len(kept),
+        prompt_truncated=int(pc.sum(table.data.column("prompt_truncated")).as_py() or 0),
+        turns_dropped=int(pc.sum(table.data.column("turns_dropped")).as_py() or 0),
+        dropped=reasons, examples_dropped=[records[int(i)].where for i in first_dropped[:10]])
+    rows = table.select_columns(["input_ids", "labels"])
+    if len(kept) < len(table):
+        rows = rows.select(kept)
     return rows, report
 
 
-def pack(rows: list[dict], max_length: int) -> list[dict]:
-    """Greedily concatenate examples (in order) into rows of at most ``max_length`` tokens.
+def row_lengths(rows) -> np.ndarray:
+    if isinstance(rows, datasets.Dataset):
+        ids = rows.select_columns(["input_ids"]).with_format("arrow")
+        return np.concatenate([pc.list_value_length(b["input_ids"]).to_numpy()
+                               for b in ids.iter(batch_size=100_000)] or [np.zeros(0, int)])
+    return np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
+
+
+class Packed(torch.utils.data.Dataset):
+    """Examples greedily concatenated, in order, into rows of at most ``max_length`` tokens.
 
     Each packed row carries ``position_ids`` that restart at 0 for every example; with no
     attention mask, transformers turns them into a block-diagonal causal mask (eager, sdpa and
     flex attention) or variable-length kernels (flash attention), so no token attends across
-    examples. The first token of every example is never a target.
+    examples. The first token of every example is never a target. Rows are assembled when
+    read: only where each one starts is held, so packing works on data of any size (a list of
+    encoded rows, or the Arrow table of ``encode_records``).
     """
-    packed: list[dict] = []
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
 
-    def flush() -> None:
-        if ids:
-            packed.append({"input_ids": list(ids), "labels": list(labels),
-                           "position_ids": list(positions)})
-            ids.clear()
-            labels.clear()
-            positions.clear()
+    def __init__(self, rows, max_length: int):
+        self.rows = rows
+        starts, total = [], 0
+        for i, n in enumerate(row_lengths(rows).tolist()):
+            if not starts or total + n > max_length:
+                starts.append(i)
+                total = 0
+            total += n
+        self.bounds = np.array([*starts, len(rows)], dtype=np.int64)
 
-    for row in rows:
-        n = len(row["input_ids"])
-        if ids and len(ids) + n > max_length:
-            flush()
-        ids.extend(row["input_ids"])
-        labels.extend([IGNORE, *row["labels"][1:]])
-        positions.extend(range(n))
-    flush()
-    return packed
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, g: int) -> dict:
+        if not 0 <= g < len(self):
+            raise IndexError(g)
+        a, b = int(self.bounds[g]), int(self.bounds[g + 1])
+        part = self.rows[a:b]
+        if isinstance(part, dict):  # a datasets slice: columns
+            examples, labels_of = part["input_ids"], part["labels"]
+        else:
+            examples, labels_of = [r["input_ids"] for r in part], [r["labels"] for r in part]
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for example, example_labels in zip(examples, labels_of, strict=True):
+            ids.extend(example)
+            labels.extend([IGNORE, *example_labels[1:]])
+            positions.extend(range(len(example)))
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+    def __iter__(self):
+        return (self[g] for g in range(len(self)))
 
 
 class Collator:

@@ -5,16 +5,24 @@ Owns ``Source`` (one named list of records with an optional weight or fixed coun
 too small, and the report says so), ``FLAN_MINI_COUNTS`` (the Flacuna recipe) with
 ``flan_mini_sources``, ``dedupe`` and ``split`` (a validation split that works on tiny
 datasets). Everything is deterministic in the seed; every source gets its own RNG
-(``random.Random(f"{seed}:{name}")``) so adding a source does not change what the others give.
+(seeded by ``f"{seed}:{name}"``) so adding a source does not change what the others give.
+
+Records are lists or Arrow-backed ``store.Records``; every step works on row indices (numpy),
+so on Records it selects rows of the memory-mapped table and copies no data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from unitune.data.schema import Conversation
+from unitune.data.store import Records
 from unitune.errors import UserError, did_you_mean
 
 # Flan-mini (Flacuna tech report): fixed example counts per collection, 1.34M in all.
@@ -37,7 +45,7 @@ class Source:
     """A named list of records; ``weight`` or ``count`` (at most one) says how many to take."""
 
     name: str
-    records: list
+    records: Sequence
     weight: float | None = None
     count: int | None = None
 
@@ -58,18 +66,35 @@ class Source:
                             f"got {c!r}")
 
 
-def _take(records: list, k: int, rng: random.Random) -> list:
-    """``k`` records: a shuffled prefix when k <= len, else the shuffled list repeated."""
-    order = list(records)
-    rng.shuffle(order)
-    if k <= len(order):
+def _rng(seed: int, name: str) -> np.random.Generator:
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def _take(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` indices of ``range(n)``: a shuffled prefix when k <= n, else the shuffle repeated."""
+    order = rng.permutation(n)
+    if k <= n:
         return order[:k]
-    full, rest = divmod(k, len(order))
-    return order * full + order[:rest]
+    full, rest = divmod(k, n)
+    return np.concatenate([np.tile(order, full), order[:rest]])
+
+
+def _select(records: Sequence, indices: np.ndarray) -> Sequence:
+    if isinstance(records, Records):
+        return records.select(indices)
+    return [records[i] for i in indices.tolist()]
+
+
+def _concat(parts: list[Sequence]) -> Sequence:
+    if not any(isinstance(p, Records) for p in parts):
+        return [r for p in parts for r in p]
+    return Records.concat([p if isinstance(p, Records) else Records.from_list(p)
+                           for p in parts])
 
 
 def mix(sources: list[Source], seed: int, total: int | None = None
-        ) -> tuple[list[Conversation], dict]:
+        ) -> tuple[Sequence[Conversation], dict]:
     """Mix ``sources`` into one shuffled list; returns (records, report).
 
     - ``count``: exactly that many records (without replacement when count <= available,
@@ -98,7 +123,8 @@ def mix(sources: list[Source], seed: int, total: int | None = None
     if total is not None and weight_sum <= 0:
         raise UserError("mix: the weights of the weighted sources sum to 0")
 
-    out: list[Conversation] = []
+    picked: list[np.ndarray] = []
+    offset = 0
     report: dict[str, dict] = {}
     for src in sources:
         n = len(src.records)
@@ -112,11 +138,12 @@ def mix(sources: list[Source], seed: int, total: int | None = None
         if k > 0 and n == 0:
             raise UserError(f"data source {src.name!r}: {k} records requested but the source "
                             "is empty")
-        taken = _take(src.records, k, random.Random(f"{seed}:{src.name}"))
-        out.extend(taken)
+        picked.append(offset + _take(n, k, _rng(seed, src.name)))
+        offset += n
         report[src.name] = {"available": n, "taken": k, "repeated": k > n}
-    random.Random(f"{seed}:mix").shuffle(out)
-    return out, report
+    order = np.concatenate(picked)
+    order = order[_rng(seed, ":mix").permutation(len(order))]
+    return _select(_concat([s.records for s in sources]), order), report
 
 
 def flan_mini_sources(records: dict[str, list], scale: float = 1.0) -> list[Source]:
@@ -139,24 +166,20 @@ def flan_mini_sources(records: dict[str, list], scale: float = 1.0) -> list[Sour
             for name, count in FLAN_MINI_COUNTS.items()]
 
 
-def _key(conv: Conversation) -> tuple:
-    return conv.system, tuple((t.role, t.content, t.input) for t in conv.turns)
+def _digest(conv: Conversation) -> bytes:
+    key = [conv.system, [(t.role, t.content, t.input) for t in conv.turns]]
+    return hashlib.blake2b(json.dumps(key, ensure_ascii=False).encode(), digest_size=16).digest()
 
 
-def dedupe(records: list[Conversation]) -> tuple[list[Conversation], int]:
-    """Drop exact duplicates (same system and turns), keeping the first; (kept, dropped)."""
-    seen: set = set()
-    kept: list[Conversation] = []
-    for conv in records:
-        key = _key(conv)
-        if key in seen:
-            continue
-        seen.add(key)
-        kept.append(conv)
-    return kept, len(records) - len(kept)
+def dedupe(records: Sequence[Conversation]) -> tuple[Sequence[Conversation], int]:
+    """Drop exact duplicates (same system and turns), keeping the first; (kept, dropped).
+    Holds a 16-byte digest per record, not the records."""
+    digests = np.fromiter((_digest(c) for c in records), dtype="S16", count=len(records))
+    first = np.sort(np.unique(digests, return_index=True)[1])
+    return _select(records, first), len(records) - len(first)
 
 
-def split(records: list, validation: float | int, seed: int) -> tuple[list, list]:
+def split(records: Sequence, validation: float | int, seed: int) -> tuple[Sequence, Sequence]:
     """Shuffle (seeded) and split into (train, validation).
 
     ``validation`` is a fraction in (0, 1) or a count >= 0. A fraction gives at least one
@@ -183,6 +206,5 @@ def split(records: list, validation: float | int, seed: int) -> tuple[list, list
         if validation > 0 and n >= 2:
             n_val = max(1, n_val)
         n_val = min(n_val, max(n - 1, 0))
-    order = list(records)
-    random.Random(f"{seed}:split").shuffle(order)
-    return order[n_val:], order[:n_val]
+    order = _rng(seed, ":split").permutation(n)
+    return _select(records, order[n_val:]), _select(records, order[:n_val])

@@ -5,12 +5,14 @@ ShareGPT (``conversations`` with ``from``/``value``), OpenAI ``messages``, Dolly
 (``instruction``/``context``/``response``), FLAN (``inputs``/``targets``), prompt/completion,
 preference pairs (``conversations`` + ``chosen``/``rejected``, or plain strings) and plain text
 (``.txt`` lines or ``{"text"}`` records), all producing the records of ``schema``. JSON Lines
-are streamed line by line; a JSON array is decoded element by element so each record knows
-its line. Every problem is reported as ``file:line: field: problem``.
+are streamed line by line, and a JSON array is decoded element by element from a window of
+the file (so a multi-gigabyte array streams too, and each record knows its line). Every
+problem is reported as ``file:line: field: problem``.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Iterator
@@ -35,51 +37,132 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
                    "function_call": "assistant", "tool": "tool", "function": "tool"}
 
 
-def _line_of(text: str, index: int) -> int:
-    return text.count("\n", 0, index) + 1
-
-
-def _json_error(path: Path, text: str, exc: json.JSONDecodeError) -> UserError:
+def _json_error(path: Path, text: str, exc: json.JSONDecodeError, first_line: int = 1,
+                first_col: int = 0) -> UserError:
+    """The one-line error for a JSON decoding failure in ``text`` (which starts at line
+    ``first_line``, column ``first_col + 1`` of the file), naming a trailing comma as such."""
     trailing = re.search(r",\s*$", text[: exc.pos])
     if trailing and exc.pos < len(text) and text[exc.pos] in "}]":
-        line = _line_of(text, trailing.start())
+        line = first_line + text.count("\n", 0, trailing.start())
         return UserError(f"{path}:{line}: invalid JSON: trailing comma before "
                          f"'{text[exc.pos]}' (remove the comma)")
-    return UserError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")
+    col = exc.colno + (first_col if exc.lineno == 1 else 0)
+    return UserError(f"{path}:{first_line + exc.lineno - 1}:{col}: invalid JSON: {exc.msg}")
 
 
-def _iter_json_array(text: str, path: Path) -> Iterator[tuple[int, object]]:
+_CHUNK = 1 << 20  # bytes read at a time from a JSON array
+
+
+class _ArrayStream:
+    """The text of a JSON array file, read in chunks: a window ``buf`` of decoded text and
+    the file line its first character is on. Consumed text is dropped, so memory holds about
+    one chunk and one record however large the file is."""
+
+    def __init__(self, f, path: Path, chunk: int):
+        self.f, self.path, self.chunk = f, path, chunk
+        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf = ""
+        self.line = 1  # the line of buf[0]
+        self.col = 0  # and its column (0-based)
+        self.newlines = 0  # newlines decoded so far (to place a UTF-8 error)
+        self.eof = False
+
+    def more(self, at_least: int = 0) -> bool:
+        """Append the next chunk (at least ``at_least`` bytes); False at end of file."""
+        if self.eof:
+            return False
+        raw = self.f.read(max(self.chunk, at_least))
+        try:
+            text = self.utf8.decode(raw, final=not raw)
+        except UnicodeDecodeError as exc:
+            line = self.newlines + raw.count(b"\n", 0, max(exc.start, 0)) + 1
+            raise UserError(f"{self.path}:{line}: not valid UTF-8; re-save the file as "
+                            "UTF-8") from None
+        self.eof = not raw
+        self.newlines += text.count("\n")
+        self.buf += text
+        return not self.eof
+
+    def skip_space(self, i: int) -> int:
+        while True:
+            n = len(self.buf)
+            while i < n and self.buf[i] in " \t\r\n":
+                i += 1
+            if i < n or not self.more():
+                return i
+
+    def drop(self, i: int) -> int:
+        """Forget the text before ``i`` once it is most of the window; the new index of i."""
+        if i < self.chunk:
+            return i
+        newlines = self.buf.count("\n", 0, i)
+        self.line += newlines
+        self.col = i - self.buf.rfind("\n", 0, i) - 1 if newlines else self.col + i
+        self.buf = self.buf[i:]
+        return 0
+
+    def line_of(self, i: int) -> int:
+        return self.line + self.buf.count("\n", 0, i)
+
+    def error(self, exc: json.JSONDecodeError) -> UserError:
+        return _json_error(self.path, self.buf, exc, self.line, self.col)
+
+
+def _maybe_cut(exc: json.JSONDecodeError, text: str) -> bool:
+    """Whether a decoding error may only mean the record goes on past the window."""
+    return exc.pos >= len(text) - 16 or exc.msg.startswith("Unterminated string")
+
+
+def _iter_json_array(f, path: Path, chunk: int = _CHUNK) -> Iterator[tuple[int, object]]:
+    """(line, element) pairs of a JSON array file, decoded element by element from a window
+    of the file, so a multi-gigabyte array streams like JSON Lines."""
     decoder = json.JSONDecoder()
-    i = len(text) - len(text.lstrip())
-    i += 1  # the caller checked for '['
-    n = len(text)
+    s = _ArrayStream(f, path, chunk)
+    s.more()
+    i = s.skip_space(0) + 1  # the caller checked for '['
     expect_value = True
+    line_at, line = 0, s.line  # line of buf[line_at], counted incrementally
+
+    def at_end(i: int) -> None:
+        if i >= len(s.buf):
+            raise UserError(f"{path}:{s.line_of(i)}: unexpected end of file inside the JSON "
+                            "array (missing ']')")
+
     while True:
-        while i < n and text[i] in " \t\r\n":
-            i += 1
-        if i >= n:
-            raise UserError(f"{path}:{_line_of(text, i)}: unexpected end of file inside the "
-                            "JSON array (missing ']')")
-        if text[i] == "]":
+        i = s.skip_space(i)
+        at_end(i)
+        if s.buf[i] == "]":
             return
         if not expect_value:
-            if text[i] != ",":
-                raise UserError(f"{path}:{_line_of(text, i)}: invalid JSON: expected ',' or "
-                                f"']' between records, found {text[i]!r}")
+            if s.buf[i] != ",":
+                raise UserError(f"{path}:{s.line_of(i)}: invalid JSON: expected ',' or ']' "
+                                f"between records, found {s.buf[i]!r}")
             comma = i
-            i += 1
-            while i < n and text[i] in " \t\r\n":
-                i += 1
-            if i < n and text[i] == "]":
-                raise UserError(f"{path}:{_line_of(text, comma)}: invalid JSON: trailing comma "
+            i = s.skip_space(i + 1)
+            at_end(i)
+            if s.buf[i] == "]":
+                raise UserError(f"{path}:{s.line_of(comma)}: invalid JSON: trailing comma "
                                 "before ']' (remove the comma)")
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise _json_error(path, text, exc) from None
-        yield _line_of(text, i), obj
-        i = end
+        while True:
+            try:
+                obj, end = decoder.raw_decode(s.buf, i)
+            except json.JSONDecodeError as exc:
+                if s.eof or not _maybe_cut(exc, s.buf):
+                    raise s.error(exc) from None
+                s.more(len(s.buf))  # a record longer than the window: grow it
+                continue
+            if end < len(s.buf) or s.eof or not s.more():
+                break  # (a value ending exactly at the window's end may go on)
+        if i < line_at:
+            line_at, line = 0, s.line
+        line += s.buf.count("\n", line_at, i)
+        line_at = i
+        yield line, obj
         expect_value = False
+        new = s.drop(end)
+        if new != end:
+            line_at, line = 0, s.line
+        i = new
 
 
 def _check_exists(path: Path) -> None:
@@ -104,8 +187,8 @@ def iter_objects(path: Path) -> Iterator[tuple[int, object]]:
     with path.open("rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"["):
-        text = _decode(path.read_bytes(), path)
-        yield from _iter_json_array(text, path)
+        with path.open("rb") as f:
+            yield from _iter_json_array(f, path)
         return
     if head.startswith(b"{") and path.suffix != ".jsonl":
         # a single JSON object: maybe a JSON Lines file, maybe one document (say so if so)
@@ -335,16 +418,24 @@ def read_records(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool =
     return [rec for p in paths for rec in iter_records(p, fmt, skip_invalid, problems)]
 
 
+def iter_conversations(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,
+                       problems: list[str] | None = None) -> Iterator[Conversation]:
+    """Stream records for instruction tuning; preference pairs and plain text are refused."""
+    paths = [paths] if isinstance(paths, str | Path) else paths
+    for path in paths:
+        for rec in iter_records(path, fmt, skip_invalid, problems):
+            if not isinstance(rec, Conversation):
+                kind = "a preference pair" if isinstance(rec, PreferencePair) else "plain text"
+                raise UserError(f"{rec.where}: is {kind}; instruction tuning needs "
+                                "conversations (Alpaca, ShareGPT, OpenAI messages, Dolly, FLAN, "
+                                "prompt/completion)")
+            yield rec
+
+
 def read_conversations(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,
                        problems: list[str] | None = None) -> list[Conversation]:
-    """Records for instruction tuning; preference pairs and plain text are refused."""
-    records = read_records(paths, fmt, skip_invalid, problems)
-    for rec in records:
-        if not isinstance(rec, Conversation):
-            kind = "a preference pair" if isinstance(rec, PreferencePair) else "plain text"
-            raise UserError(f"{rec.where}: is {kind}; instruction tuning needs conversations "
-                            "(Alpaca, ShareGPT, OpenAI messages, Dolly, FLAN, prompt/completion)")
-    return records  # type: ignore[return-value]
+    """``iter_conversations`` as a list."""
+    return list(iter_conversations(paths, fmt, skip_invalid, problems))
 
 
 def to_json(record: Record, fmt: str) -> dict:

@@ -2,31 +2,52 @@
 
 Owns resolving each data entry of a config, reading it, mixing the sources by weight or count,
 de-duplication, the train/validation split and augmentation, in that order, and the report of
-what each step did.
+what each step did. Records are streamed from the files into Arrow tables (``store``) and
+every later step selects rows of those, so a multi-million-record collection is never held
+in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unitune.data import catalog
-from unitune.data.readers import read_conversations, to_record
+import datasets
+
+from unitune.data import catalog, store
+from unitune.data.readers import iter_conversations, to_record
 from unitune.data.schema import Conversation
+from unitune.data.store import Records
 from unitune.errors import UserError
 
 _DATA_SUFFIXES = (".json", ".jsonl", ".txt")
 
 
+class Invalid:
+    """Invalid records left out (``skip_invalid``): how many, and the first messages."""
+
+    def __init__(self, keep: int = 100):
+        self.count = 0
+        self.first: list[str] = []
+        self.keep = keep
+
+    def append(self, message: str) -> None:
+        self.count += 1
+        if len(self.first) < self.keep:
+            self.first.append(message)
+
+
 @dataclass
 class DataReport:
     sources: dict = field(default_factory=dict)
-    skipped_invalid: list[str] = field(default_factory=list)
+    invalid: Invalid = field(default_factory=Invalid)
     duplicates_dropped: int = 0
     validation_from_split: int = 0
 
     def as_dict(self) -> dict:
-        return {"sources": self.sources, "skipped_invalid": self.skipped_invalid,
+        return {"sources": self.sources, "skipped_invalid": self.invalid.count,
+                "first_invalid": self.invalid.first,
                 "duplicates_dropped": self.duplicates_dropped,
                 "validation_from_split": self.validation_from_split}
 
@@ -53,21 +74,16 @@ def resolve_files(name: str, data_dir: str | None = None) -> list[Path] | None:
     return catalog.resolve(entry, Path(data_dir) if data_dir else None)
 
 
-def read_hub_dataset(name: str, fmt: str, split: str = "train") -> list[Conversation]:
-    """Rows of a Hugging Face hub dataset (needs ``datasets`` and network or its cache)."""
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"data '{name}' is not a local file or a catalog name; as a hub dataset "
-                        "id it needs the 'datasets' package: pip install 'unitune[hub]'") from None
+def iter_hub_dataset(name: str, fmt: str, split: str = "train") -> Iterator[Conversation]:
+    """Rows of a Hugging Face hub dataset (network or its cache), streamed from its Arrow
+    files."""
+    from unitune.data.readers import detect_format
+
     try:
         rows = datasets.load_dataset(name, split=split)
     except Exception as exc:  # hub errors come in many types; all mean "could not load"
         raise UserError(f"cannot load hub dataset '{name}' (split {split}): "
                         f"{str(exc).splitlines()[0]}") from None
-    from unitune.data.readers import detect_format
-
-    out = []
     for i, row in enumerate(rows):
         row_fmt = fmt if fmt != "auto" else detect_format(row)
         if row_fmt is None:
@@ -76,56 +92,64 @@ def read_hub_dataset(name: str, fmt: str, split: str = "train") -> list[Conversa
         rec = to_record(row, row_fmt, f"{name}:{i}", name, i)
         if not isinstance(rec, Conversation):
             raise UserError(f"{name}: rows are {row_fmt}; instruction tuning needs conversations")
-        out.append(rec)
-    return out
+        yield rec
 
 
-def read_source(name: str, fmt: str = "auto", skip_invalid: bool = False,
-                problems: list[str] | None = None, data_dir: str | None = None
-                ) -> list[Conversation]:
+def read_source(name: str, fmt: str, skip_invalid: bool, invalid: Invalid,
+                data_dir: str | None, out: Path, progress: bool = False) -> Records:
+    """The conversations a data entry names, streamed into the Arrow file ``out`` (with a
+    progress bar when that takes more than a few seconds)."""
+    from tqdm.auto import tqdm
+
     files = resolve_files(name, data_dir)
-    if files is None:
-        return read_hub_dataset(name, fmt)
-    return read_conversations([str(f) for f in files], fmt, skip_invalid, problems)
+    convs = iter_hub_dataset(name, fmt) if files is None else \
+        iter_conversations([str(f) for f in files], fmt, skip_invalid, invalid)
+    bar = tqdm(convs, desc=f"reading {name}", unit=" records", delay=3, mininterval=1,
+               disable=not progress)
+    return store.write(bar, out)
 
 
-def build_datasets(cfg, log=print) -> tuple[list[Conversation], list[Conversation], DataReport]:
+def build_datasets(cfg, workdir: Path, log=print, progress: bool = False
+                   ) -> tuple[Records, Records | None, DataReport]:
     """Train and validation conversations for a ``TrainConfig``: read, mix, dedupe, split,
-    augment (each step reported)."""
-    from unitune.data.augment import augment
+    augment (each step reported). Every stage is an Arrow table in ``workdir`` or a selection
+    of rows of one, so the data never has to fit in memory."""
+    from unitune.data.augment import iter_augment
     from unitune.data.mixing import Source, dedupe, mix, split
 
     report = DataReport()
-    sources = []
-    for spec in cfg.data:
+
+    def read(kind: str, i: int, spec) -> Records:
         records = read_source(spec.path, spec.format or cfg.data_format, cfg.skip_invalid,
-                              report.skipped_invalid, cfg.data_dir)
+                              report.invalid, cfg.data_dir, workdir / f"{kind}-{i}.arrow",
+                              progress)
         if not records:
             raise UserError(f"data '{spec.path}': no usable records")
-        sources.append(Source(spec.path, records, spec.weight, spec.count))
+        return records
+
+    sources = [Source(spec.path, read("source", i, spec), spec.weight, spec.count)
+               for i, spec in enumerate(cfg.data)]
     if any(s.weight is not None or s.count is not None for s in sources) or len(sources) > 1:
-        train, mixed = mix(sources, cfg.seed, cfg.mix_total)
-        report.sources = mixed
+        train, report.sources = mix(sources, cfg.seed, cfg.mix_total)
     else:
-        train = list(sources[0].records)
+        train = sources[0].records
         report.sources = {sources[0].name: {"available": len(train), "taken": len(train),
                                             "repeated": False}}
     if cfg.dedupe:
         train, report.duplicates_dropped = dedupe(train)
-    validation: list[Conversation] = []
-    for spec in cfg.validation_data:
-        validation += read_source(spec.path, spec.format or cfg.data_format, cfg.skip_invalid,
-                                  report.skipped_invalid, cfg.data_dir)
+    validation = [read("validation", i, spec) for i, spec in enumerate(cfg.validation_data)]
     if cfg.validation_split:
         if validation:
             raise UserError("give either validation_data or validation_split, not both")
-        train, validation = split(train, cfg.validation_split, cfg.seed)
-        report.validation_from_split = len(validation)
+        train, held_out = split(train, cfg.validation_split, cfg.seed)
+        validation = [held_out] if len(held_out) else []
+        report.validation_from_split = len(held_out)
     aug = cfg.augment
     if aug.flan_templates or aug.k_shot or aug.cot_suffix:
-        train = augment(train, aug.flan_templates, aug.zero_shot_ratio, aug.k_shot,
-                        aug.cot_suffix, cfg.seed)
-    if report.skipped_invalid:
-        log(f"skipped {len(report.skipped_invalid)} invalid records (skip_invalid), first: "
-            f"{report.skipped_invalid[0]}")
-    return train, validation, report
+        train = store.write(iter_augment(train, aug.flan_templates, aug.zero_shot_ratio,
+                                         aug.k_shot, aug.cot_suffix, cfg.seed),
+                            workdir / "augmented.arrow")
+    if report.invalid.count:
+        log(f"skipped {report.invalid.count} invalid records (skip_invalid), first: "
+            f"{report.invalid.first[0]}")
+    return train, Records.concat(validation) if validation else None, report

@@ -5,9 +5,11 @@ decides how data is parsed or masked.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -98,16 +100,22 @@ def _convert(args) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
-    rows = [to_json(rec, args.to) for rec in iter_records(args.input, args.format)]
     tmp = out.with_name(out.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as f:
-        if out.suffix == ".json":
-            json.dump(rows, f, ensure_ascii=False, indent=1)
-        else:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    n = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:  # streamed: any size converts
+            array = out.suffix == ".json"
+            f.write("[\n" if array else "")
+            for rec in iter_records(args.input, args.format):
+                row = json.dumps(to_json(rec, args.to), ensure_ascii=False)
+                f.write((",\n" if array and n else "") + row + ("" if array else "\n"))
+                n += 1
+            f.write("\n]\n" if array else "")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)
-    print(f"wrote {len(rows)} records as {args.to} to {out}")
+    print(f"wrote {n} records as {args.to} to {out}")
     return 0
 
 
@@ -121,11 +129,11 @@ def _tokenizer_and_template(args):
 
 def _preview(args) -> int:
     from unitune.data.encode import IGNORE, encode_conversations
-    from unitune.data.readers import read_conversations
+    from unitune.data.readers import iter_conversations
 
     if args.n <= 0:
         raise UserError(f"-n must be > 0, got {args.n}")
-    convs = read_conversations(args.files, args.format)[: args.n]
+    convs = list(itertools.islice(iter_conversations(args.files, args.format), args.n))
     tokenizer, template = _tokenizer_and_template(args)
     rows, report = encode_conversations(convs, tokenizer, template, args.max_length,
                                         args.masking)
@@ -150,30 +158,39 @@ def _preview(args) -> int:
 
 
 def _stats(args) -> int:
-    from unitune.data.encode import encode_conversations
-    from unitune.data.readers import read_conversations
+    import numpy as np
 
-    invalid: list[str] = []
-    convs = read_conversations(args.files, args.format, skip_invalid=True, problems=invalid)
-    if not convs:
-        raise UserError(f"no valid records in {', '.join(args.files)}")
+    from unitune.data import store
+    from unitune.data.encode import encode_records, row_lengths
+    from unitune.data.readers import iter_conversations
+    from unitune.data.sources import Invalid
+
+    invalid = Invalid()
     tokenizer, template = _tokenizer_and_template(args)
-    lengths = [len(ids) for ids in tokenizer([template.render(c, tokenizer)[0]
-                                              for c in convs])["input_ids"]]
-    _, report = encode_conversations(convs, tokenizer, template, args.max_length, args.masking)
-    turns = Counter(sum(t.role == "assistant" for t in c.turns) for c in convs)
-    ordered = sorted(lengths)
+    with tempfile.TemporaryDirectory(prefix="unitune-stats-") as tmp:  # streamed: any size
+        convs = store.write(iter_conversations(args.files, args.format, skip_invalid=True,
+                                               problems=invalid), Path(tmp) / "records.arrow")
+        if not len(convs):
+            raise UserError(f"no valid records in {', '.join(args.files)}")
+        single = system = 0
+        for c in convs:
+            single += sum(t.role == "assistant" for t in c.turns) == 1
+            system += bool(c.system)
+        whole, _ = encode_records(convs, tokenizer, template, 2**31 - 1, "all", False,
+                                  Path(tmp) / "whole.arrow", progress=True)
+        lengths = np.sort(row_lengths(whole))
+        _, report = encode_records(convs, tokenizer, template, args.max_length, args.masking,
+                                   False, Path(tmp) / "fitted.arrow", progress=True)
 
     def pct(q: float) -> int:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return int(lengths[min(len(lengths) - 1, int(q * len(lengths)))])
 
-    print(f"records: {len(convs)} ({turns.get(1, 0)} single-turn, "
-          f"{len(convs) - turns.get(1, 0)} multi-turn; "
-          f"{sum(bool(c.system) for c in convs)} with a system prompt; {len(invalid)} invalid "
-          "left out, see `unitune data check`)")
-    print(f"tokens ({template.name} template): mean {sum(lengths) / len(lengths):.0f}, "
-          f"median {pct(0.5)}, p90 {pct(0.9)}, p99 {pct(0.99)}, max {ordered[-1]}")
-    print(f"at max_length={args.max_length}: {sum(n > args.max_length for n in lengths)} "
+    print(f"records: {len(convs)} ({single} single-turn, {len(convs) - single} multi-turn; "
+          f"{system} with a system prompt; {invalid.count} invalid left out, see "
+          "`unitune data check`)")
+    print(f"tokens ({template.name} template): mean {lengths.mean():.0f}, "
+          f"median {pct(0.5)}, p90 {pct(0.9)}, p99 {pct(0.99)}, max {lengths[-1]}")
+    print(f"at max_length={args.max_length}: {int((lengths > args.max_length).sum())} "
           f"longer; {report.summary()}")
     if args.plot:
         import matplotlib

@@ -22,7 +22,6 @@ def pretrain_completions(model, tokenizer, records: list[Conversation], steps: i
     from transformers.trainer_callback import PrinterCallback
 
     from unitune.train.callbacks import ProgressCallback
-    from unitune.train.sft import ListDataset
 
     rows, report = encode_conversations(records, tokenizer, get_template("raw"), max_length)
     log(f"pre-training the base on {report.summary()} for {steps} steps")
@@ -34,7 +33,7 @@ def pretrain_completions(model, tokenizer, records: list[Conversation], steps: i
             report_to=[], seed=seed, data_seed=seed, disable_tqdm=True, use_cpu=True,
             include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=ListDataset(rows),
+        trainer = Trainer(model=model, args=args, train_dataset=rows,
                           data_collator=Collator(tokenizer.pad_token_id),
                           callbacks=[ProgressCallback(disable=not progress, desc="pre-train")])
         trainer.remove_callback(PrinterCallback)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from unitune.config import TrainConfig, write_config
-from unitune.data.encode import Collator, encode_conversations, encode_seq2seq, pack
+from unitune.data.encode import Collator, Packed, encode_records
 from unitune.data.sources import build_datasets
 from unitune.data.templates import get_template
 from unitune.errors import UserError
@@ -50,17 +50,6 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
                         "--overwrite")
 
 
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
-
-
 def trainable_parameters(model) -> tuple[int, int]:
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts virtual tokens right
         trainable, total = model.get_nb_trainable_parameters()
@@ -79,20 +68,31 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
           callbacks: list | None = None) -> Path:
     """Run SFT as configured and return the finished run folder. ``callbacks`` (transformers
     ``TrainerCallback``s) are added to the Trainer's."""
+    started = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, cfg.overwrite)
+    if cfg.template != "auto":
+        get_template(cfg.template)  # an unknown name fails before any data is read
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        return _train(cfg, out, staging, started, log, progress, callbacks)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, progress: bool,
+           callbacks: list | None) -> Path:
     from transformers import Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
     from transformers.trainer_callback import PrinterCallback
 
     from unitune.train.callbacks import MetricsLogCallback, ProgressCallback, plot_loss
 
-    started = time.time()
-    out = Path(cfg.output_dir)
-    check_output_dir(out, cfg.overwrite)
-    if cfg.template != "auto":
-        get_template(cfg.template)  # an unknown name fails before any data is read
-    train_records, val_records, data_report = build_datasets(cfg, log=log)
-    if not train_records:
-        raise UserError("no training records")
+    workdir = staging / "data"  # the Arrow tables of this run's data, removed at the end
+    train_records, val_records, data_report = build_datasets(cfg, workdir, log, progress)
 
     model_path = resolve_model_path(cfg.base_model, log=log, progress=progress)
     device = pick_device(cfg.device)
@@ -111,22 +111,22 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
         raise UserError("an encoder-decoder model trains on the final reply given the prompt: "
                         "packing and masking other than 'assistant' do not apply")
 
-    def encode(records):
-        if seq2seq:
-            return encode_seq2seq(records, tokenizer, template, cfg.max_length)
-        return encode_conversations(records, tokenizer, template, cfg.max_length, cfg.masking)
+    def encode(records, name):
+        return encode_records(records, tokenizer, template, cfg.max_length, cfg.masking,
+                              seq2seq, workdir / f"{name}-encoded.arrow", cfg.data_workers,
+                              progress)
 
-    train_rows, train_report = encode(train_records)
-    val_rows, val_report = encode(val_records) if val_records else ([], None)
+    train_rows, train_report = encode(train_records, "train")
+    val_rows, val_report = encode(val_records, "validation") if val_records else (None, None)
     if cfg.packing:
         n_before = len(train_rows)
-        train_rows = pack(train_rows, cfg.max_length)
+        train_rows = Packed(train_rows, cfg.max_length)
         log(f"packed {n_before} examples into {len(train_rows)} rows of <= {cfg.max_length} "
             "tokens")
     log(f"train data: {train_report.summary()}")
     if val_report:
         log(f"validation data: {val_report.summary()}")
-    if not train_rows:
+    if not len(train_rows):
         raise UserError(f"every training example was dropped ({train_report.summary()}); "
                         f"raise max_length (now {cfg.max_length})")
 
@@ -152,72 +152,66 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
     log(f"method: {cfg.method}; trainable parameters: {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%)")
 
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter
 
-        metrics_path = staging / "metrics.jsonl"
-        writer = SummaryWriter(log_dir=str(staging / "tb"))
-        args = TrainingArguments(
-            output_dir=str(staging / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup,
-            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-            logging_steps=cfg.logging_steps, save_strategy="no", report_to=[],
-            eval_strategy="epoch" if val_rows else "no", seed=cfg.seed, data_seed=cfg.seed,
-            bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-            use_cpu=device.type == "cpu", disable_tqdm=True,
-            include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-        )
-        trainer = Trainer(
-            model=model, args=args, train_dataset=ListDataset(train_rows),
-            eval_dataset=ListDataset(val_rows) if val_rows else None,
-            data_collator=Collator(tokenizer.pad_token_id),
-            callbacks=[ProgressCallback(disable=not progress), MetricsLogCallback(metrics_path),
-                       TensorBoardCallback(tb_writer=writer), *method_callbacks,
-                       *(callbacks or [])],
-        )
-        trainer.remove_callback(PrinterCallback)  # our bar and metrics log replace it
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        result = trainer.train()
-        writer.close()
-        methods.save(model, cfg, staging)
-        if init_state is not None:  # lets later runs share this initialisation
-            from safetensors.torch import save_file
+    metrics_path = staging / "metrics.jsonl"
+    writer = SummaryWriter(log_dir=str(staging / "tb"))
+    args = TrainingArguments(
+        output_dir=str(staging / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps, save_strategy="no", report_to=[],
+        eval_strategy="epoch" if val_rows is not None else "no", seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        use_cpu=device.type == "cpu", disable_tqdm=True,
+        include_num_input_tokens_seen="all" if cfg.packing else "non_padding",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
+        data_collator=Collator(tokenizer.pad_token_id),
+        callbacks=[ProgressCallback(disable=not progress), MetricsLogCallback(metrics_path),
+                   TensorBoardCallback(tb_writer=writer), *method_callbacks,
+                   *(callbacks or [])],
+    )
+    trainer.remove_callback(PrinterCallback)  # our bar and metrics log replace it
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = trainer.train()
+    writer.close()
+    methods.save(model, cfg, staging)
+    if init_state is not None:  # lets later runs share this initialisation
+        from safetensors.torch import save_file
 
-            save_file(init_state, str(staging / "adapter_init.safetensors"))
-        tokenizer.save_pretrained(str(staging))
-        template.save(staging)
-        write_config(cfg, staging / "config.yaml")
-        plot_loss(metrics_path, staging / "loss.png", title=f"{out.name}: loss")
-        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
-        info = {
-            "status": "finished", "base_model": cfg.base_model, "base_model_path": model_path,
-            "method": cfg.method, "quantization": methods.quantization(cfg),
-            "template": template.name, "adapter_init": adapter_init,
-            "trust_remote_code": cfg.trust_remote_code,
-            "trainable_parameters": trainable, "total_parameters": total,
-            "masking": cfg.masking, "packing": cfg.packing, "optimizations": active,
-            "data": {**data_report.as_dict(), "train": train_report.as_dict(),
-                     "validation": val_report.as_dict() if val_report else None},
-            "train_loss": result.training_loss, "steps": result.global_step,
-            "tokens_seen": trainer.state.num_input_tokens_seen,
-            "train_runtime_s": result.metrics.get("train_runtime"),
-            "wall_time_s": round(time.time() - started, 2), "device": device.type,
-            "dtype": str(dtype).removeprefix("torch."),
-            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            if device.type == "cuda" else None,
-        }
-        (staging / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        save_file(init_state, str(staging / "adapter_init.safetensors"))
+    tokenizer.save_pretrained(str(staging))
+    template.save(staging)
+    write_config(cfg, staging / "config.yaml")
+    plot_loss(metrics_path, staging / "loss.png", title=f"{out.name}: loss")
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    info = {
+        "status": "finished", "base_model": cfg.base_model, "base_model_path": model_path,
+        "method": cfg.method, "quantization": methods.quantization(cfg),
+        "template": template.name, "adapter_init": adapter_init,
+        "trust_remote_code": cfg.trust_remote_code,
+        "trainable_parameters": trainable, "total_parameters": total,
+        "masking": cfg.masking, "packing": cfg.packing, "optimizations": active,
+        "data": {**data_report.as_dict(), "train": train_report.as_dict(),
+                 "validation": val_report.as_dict() if val_report else None},
+        "train_loss": result.training_loss, "steps": result.global_step,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "wall_time_s": round(time.time() - started, 2), "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        if device.type == "cuda" else None,
+    }
+    (staging / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    shutil.rmtree(workdir, ignore_errors=True)
     _move_into_place(staging, out)
     return out
 
