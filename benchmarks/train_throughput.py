@@ -6,10 +6,13 @@ tokens with AdamW (fused), bf16, SDPA and (by default) activation checkpointing,
 process, timing steps after a warm-up with the device synchronised. Also measured in the same
 run: the bf16 matmul peak of this GPU, for MFU (LoRA step ≈ 4 N FLOPs per token).
 
-- baseline: transformers + peft as a user writes it (padded batch, dense causal mask).
+- baseline: transformers + peft as a user writes it (batch with an attention mask).
 - unitune: the same, plus the kernels `unitune train` turns on when it finds them
   (liger-kernel's RMSNorm, RoPE, SwiGLU and fused linear + cross-entropy that never builds
-  the 128K-vocabulary logits) and padding-free rows (position ids, no mask).
+  the 128K-vocabulary logits), fed by unitune's own collator. With --packed the batch is one
+  packed row of independent sequences (position ids restarting, no KV cache), as
+  `unitune train packing=true` feeds it; by default the rows are the full-length, unpadded
+  rows that `unitune train` feeds when every example fills max_length.
 
     python benchmarks/train_throughput.py --shape 8b --seq 2048 --batch 4 [--no-checkpointing]
     python benchmarks/train_throughput.py --shape tiny --device cpu   # keeps the script honest
@@ -24,6 +27,8 @@ import gc
 import time
 
 import torch
+
+from unitune.data.encode import Collator, Packed
 
 SHAPES = {
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -84,11 +89,17 @@ def run(name: str, args, device: torch.device, fast: bool) -> dict:
                for _ in range(4)]
     losses = []
 
+    collate = Collator(pad_token_id=0)
+
     def step(i: int) -> float:
         ids = batches[i % len(batches)]
-        if fast:  # padding-free: the batch is one packed row of independent sequences
-            pos = torch.arange(args.seq, device=device).repeat(args.batch).view(1, -1)
-            out = model(input_ids=ids.view(1, -1), position_ids=pos, labels=ids.view(1, -1))
+        if fast:  # what unitune's collator gives the model
+            rows = [{"input_ids": r, "labels": r} for r in ids.tolist()]
+            if args.packed:
+                rows = list(Packed(rows, args.seq * args.batch))
+            batch = {k: v.to(device) if torch.is_tensor(v) else v
+                     for k, v in collate(rows).items()}
+            out = model(**batch)
         else:
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
         out.loss.backward()
@@ -130,6 +141,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--packed", action="store_true", help="unitune side: one packed row")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -139,7 +151,7 @@ def main() -> None:
         rows.append(run(name, args, device, fast))
         free(device)
     print(f"\nshape={args.shape} seq={args.seq} batch={args.batch} steps={args.steps} "
-          f"checkpointing={not args.no_checkpointing} device={device}"
+          f"checkpointing={not args.no_checkpointing} packed={args.packed} device={device}"
           + (f" bf16 matmul peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
     print(f"{'setup':<22}{'tokens/s':>10}{'peak GiB':>10}{'MFU':>7}  final loss  active")
     for r in rows:

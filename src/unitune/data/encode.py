@@ -333,7 +333,8 @@ class Packed(torch.utils.data.Dataset):
 
 class Collator:
     """Right-pads a batch. Unpacked rows get an attention mask; packed rows (with
-    ``position_ids``) get position ids only, padding forming its own block."""
+    ``position_ids``) get position ids only, padding forming its own block, and
+    ``use_cache=False``."""
 
     def __init__(self, pad_token_id: int):
         self.pad = pad_token_id
@@ -355,5 +356,9 @@ class Collator:
                 extra[i, n:] = torch.arange(width - n)
             else:
                 extra[i, :n] = 1
-        key = "position_ids" if packed else "attention_mask"
-        return {"input_ids": ids, "labels": labels, key: extra}
+        if not packed:
+            return {"input_ids": ids, "labels": labels, "attention_mask": extra}
+        # transformers builds the block-diagonal mask from the position ids only when the
+        # forward pass has no KV cache; models whose config says use_cache=True (most real
+        # ones) would otherwise make one in training and attend across the packed examples
+        return {"input_ids": ids, "labels": labels, "position_ids": extra, "use_cache": False}
