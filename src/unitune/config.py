@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
 from unitune.errors import UserError, did_you_mean
 
@@ -152,7 +152,9 @@ class TrainConfig(Section):
                                        "fully beside an adapter (e.g. embed_tokens, lm_head)")
     load_in: Literal["none", "8bit", "4bit"] = Field("none", description="quantized base "
                                                      "(bitsandbytes, CUDA only)")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | NonNegativeInt = Field(
+        False, description="recompute activations in the backward pass: true (every layer), "
+        "false, or N (the first N layers)")
     kernels: Literal["auto", "none"] = Field("auto", description="fused GPU kernels "
                                              "(liger-kernel) where they apply; none: stock")
     max_length: int = Field(512, gt=8)

@@ -111,9 +111,8 @@ def build(model, cfg, model_type: str | None, total_steps: int):
                     "tokenizer_name_or_path": cfg.base_model} if cfg.prompt.init_text else {}
             config = peft.PromptTuningConfig(**common, **init,
                                              num_virtual_tokens=cfg.prompt.num_virtual_tokens)
-        if quantization(cfg):
-            model = peft.prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        if quantization(cfg):  # (checkpointing is already set up: train/checkpointing.py)
+            model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         try:
             model = peft.get_peft_model(model, config)
         except ValueError as exc:

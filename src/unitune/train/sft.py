@@ -33,6 +33,7 @@ from unitune.models.loading import (
     resolve_model_path,
     resolve_template,
 )
+from unitune.train import checkpointing
 from unitune.train.kernels import apply_kernels
 
 
@@ -133,10 +134,9 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
     base = load_base(model_path, dtype, device, cfg.trust_remote_code,
                      quantize=methods.quantization(cfg))
     active = apply_kernels(base) if cfg.kernels == "auto" else []
+    ckpt = checkpointing.enable(base, cfg.gradient_checkpointing)
+    active += [ckpt] if ckpt else []
     log(f"optimizations: {'; '.join(active + (['packing'] if cfg.packing else [])) or 'none'}")
-    if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable()
-        base.enable_input_require_grads()
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
     model, method_callbacks = methods.build(base, cfg, model_type,
                                             total_steps(cfg, len(train_rows)))
