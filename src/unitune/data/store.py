@@ -36,7 +36,7 @@ def to_row(conv: Conversation) -> dict:
             "turns": [{"role": t.role, "content": t.content, "input": t.input}
                       for t in conv.turns],
             "source": conv.source, "line": conv.line,
-            "meta": json.dumps(conv.meta, ensure_ascii=False) if conv.meta else ""}
+            "meta": json.dumps(conv.meta, ensure_ascii=False, default=str) if conv.meta else ""}
 
 
 def from_row(row: dict) -> Conversation:
