@@ -383,12 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                 sub_parser = sub_parser._subparsers._group_actions[0].choices[args.data_command]
             raise UserError(f"unitune {args.command}: "
                             f"{unknown_flags_message(sub_parser, extra)}")
-        try:
+        if "transformers" in sys.modules:  # imported already: it has read the variable above
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-        except ImportError:
-            pass
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

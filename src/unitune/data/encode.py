@@ -199,13 +199,19 @@ def _encode_seq2seq(convs: Sequence[Conversation], tokenizer, template: Template
     return rows
 
 
+def _rows(convs: Sequence[Conversation], tokenizer, template: Template, max_length: int,
+          masking: str, seq2seq: bool) -> list[dict]:
+    if seq2seq:
+        return _encode_seq2seq(convs, tokenizer, template, max_length)
+    return _encode(convs, tokenizer, template, max_length, masking)
+
+
 def encode_conversations(convs: Sequence[Conversation], tokenizer, template: Template,
                          max_length: int, masking: str = "assistant", seq2seq: bool = False
                          ) -> tuple[list[dict], EncodeReport]:
     """Token ids and labels (``{"input_ids", "labels"}``) of the conversations that fit, in
     order, with a report; ``seq2seq`` encodes for an encoder-decoder."""
-    rows = _encode_seq2seq(convs, tokenizer, template, max_length) if seq2seq else \
-        _encode(convs, tokenizer, template, max_length, masking)
+    rows = _rows(convs, tokenizer, template, max_length, masking, seq2seq)
     report = EncodeReport(
         kept=sum(not r["dropped"] for r in rows),
         prompt_truncated=sum(r["prompt_truncated"] for r in rows),
@@ -228,9 +234,8 @@ _ENCODED = datasets.Features({
 
 def _encode_table(batch: dict, tokenizer, template: Template, max_length: int, masking: str,
                   seq2seq: bool) -> dict:
-    convs = [from_row(r) for r in rows_of(batch)]
-    rows = _encode_seq2seq(convs, tokenizer, template, max_length) if seq2seq else \
-        _encode(convs, tokenizer, template, max_length, masking)
+    rows = _rows([from_row(r) for r in rows_of(batch)], tokenizer, template, max_length,
+                 masking, seq2seq)
     return {key: [r[key] for r in rows] for key in _ENCODED}
 
 
@@ -264,13 +269,13 @@ def encode_records(records: Records, tokenizer, template: Template, max_length: 
     dropped = table.data.column("dropped")
     reasons = Counter({str(v["values"]): int(v["counts"])
                        for v in pc.value_counts(dropped).to_pylist() if v["values"]})
-    kept = np.flatnonzero(pc.equal(dropped, "").to_numpy(zero_copy_only=False))
-    first_dropped = np.flatnonzero(pc.not_equal(dropped, "").to_numpy(zero_copy_only=False))
+    fits = pc.equal(dropped, "").to_numpy(zero_copy_only=False)
+    kept, first_dropped = np.flatnonzero(fits), np.flatnonzero(~fits)[:10]
     report = EncodeReport(
         kept=len(kept),
         prompt_truncated=int(pc.sum(table.data.column("prompt_truncated")).as_py() or 0),
         turns_dropped=int(pc.sum(table.data.column("turns_dropped")).as_py() or 0),
-        dropped=reasons, examples_dropped=[records[int(i)].where for i in first_dropped[:10]])
+        dropped=reasons, examples_dropped=[records[int(i)].where for i in first_dropped])
     rows = table.select_columns(["input_ids", "labels"])
     if len(kept) < len(table):
         rows = rows.select(kept)

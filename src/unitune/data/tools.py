@@ -120,11 +120,16 @@ def _convert(args) -> int:
 
 
 def _tokenizer_and_template(args):
-    from unitune.models.loading import load_tokenizer, resolve_model_path, resolve_template
+    from unitune.models.loading import (
+        load_tokenizer,
+        model_config,
+        resolve_model_path,
+        resolve_template,
+    )
 
     path = resolve_model_path(args.base_model)
     tokenizer = load_tokenizer(path)
-    return tokenizer, resolve_template(args.template, path, tokenizer)
+    return tokenizer, resolve_template(args.template, model_config(path).model_type, tokenizer)
 
 
 def _preview(args) -> int:

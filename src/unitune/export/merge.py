@@ -18,7 +18,6 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
           quantize: str | None = None, log=print) -> Path:
     """Merge in 16-bit and save; ``quantize`` ('8bit' / '4bit', CUDA + bitsandbytes) then
     re-quantizes the merged weights and saves those instead."""
-    from unitune.data.templates import load_template
     from unitune.methods.registry import BOTTLENECK_METHODS, PROMPT_METHODS, WEIGHT_METHODS
     from unitune.models.loading import load_run, read_run, resolve_model_path
 
@@ -47,8 +46,8 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    load_template(run_dir).save(tmp)
-    merged = {"status": "finished", "method": "full", "base_model": str(out),
+    template.save(tmp)
+    merged = {"status": "finished", "method": "full", "base_model": info["base_model"],
               "template": template.name, "merged_from": {
                   "run": str(run_dir), "method": method,
                   "base_model": resolve_model_path(info["base_model"])}}

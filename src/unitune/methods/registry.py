@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from unitune.errors import UserError
 from unitune.models.families import require_family
 
+LORA_METHODS = ("lora", "rslora", "dora", "qlora", "adalora")
 PEFT_METHODS = ("lora", "rslora", "dora", "qlora", "adalora", "prefix", "p_tuning", "prompt",
                 "ia3")
 BOTTLENECK_METHODS = ("adapter_seq", "adapter_par")
@@ -40,7 +41,7 @@ def check(cfg, model_type: str | None, device: torch.device) -> None:
         what = "QLoRA (a 4-bit base)" if cfg.method == "qlora" else f"{quant} loading"
         raise UserError(f"{what} needs a CUDA GPU with bitsandbytes; on this CPU use "
                         "method=lora (same adapter, unquantized base)")
-    if quant and cfg.method not in ("lora", "rslora", "dora", "qlora", "adalora", "ia3"):
+    if quant and cfg.method not in (*LORA_METHODS, "ia3"):
         raise UserError(f"method={cfg.method} cannot train on a {quant} base; use lora/qlora")
     if cfg.method in PROMPT_METHODS and cfg.packing:
         raise UserError(f"method={cfg.method} prepends virtual tokens, which packing cannot "
@@ -76,7 +77,7 @@ def build(model, cfg, model_type: str | None, total_steps: int):
     if m in PEFT_METHODS:
         seq2seq = getattr(model.config, "is_encoder_decoder", False)
         common = {"task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"}
-        if m in ("lora", "rslora", "dora", "qlora", "adalora"):
+        if m in LORA_METHODS:
             lo = cfg.lora
             targets = _targets(lo.target_modules, model_type, lambda f: f.linear)
             kw = dict(common, r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
@@ -235,23 +236,22 @@ def set_adapter_weights(model, method: str, state: dict[str, torch.Tensor]) -> N
 
 
 def save(model, cfg, folder: Path) -> None:
-    if cfg.method in PEFT_METHODS:
-        model.save_pretrained(str(folder), safe_serialization=True)
-    elif cfg.method in BOTTLENECK_METHODS:
+    if cfg.method in BOTTLENECK_METHODS:
         from unitune.methods import bottleneck
 
         bottleneck.save(model, model.unitune_bottleneck, folder, cfg.method)
-    else:
+    else:  # PEFT adapters and full models alike
         model.save_pretrained(str(folder), safe_serialization=True)
 
 
-def load(method: str, base_path: str, folder: Path, dtype, device, trust_remote_code: bool):
-    """The trained model of a run folder (base + adapter, or the saved full weights)."""
-    from unitune.models.loading import load_base
+def load(method: str, base_model: str, folder: Path, dtype, device, trust_remote_code: bool):
+    """The trained model of a run folder (base + adapter, or the saved full weights); the
+    base model is looked up only where an adapter needs it."""
+    from unitune.models.loading import load_base, resolve_model_path
 
     if method in WEIGHT_METHODS:
         return load_base(str(folder), dtype, device, trust_remote_code)
-    base = load_base(base_path, dtype, device, trust_remote_code)
+    base = load_base(resolve_model_path(base_model), dtype, device, trust_remote_code)
     if method in BOTTLENECK_METHODS:
         from unitune.methods import bottleneck
 

@@ -64,10 +64,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_base(path: str, dtype: torch.dtype, device: torch.device,
-              trust_remote_code: bool = False, quantize: str | None = None):
+              trust_remote_code: bool = False, quantize: str | None = None, config=None):
     """A causal LM (or an encoder-decoder such as T5) from safetensors; ``quantize`` '4bit'
     (NF4, double quantization, compute in ``dtype``) or '8bit' loads it through bitsandbytes on
-    the GPU."""
+    the GPU. ``config``: the model's config when the caller has read it already."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kwargs = {}
@@ -82,12 +82,13 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
             BitsAndBytesConfig(load_in_8bit=True)
         kwargs["device_map"] = {"": device.index or 0}
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if config is None:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) \
             else AutoModelForCausalLM
         model = auto.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
-            **kwargs)
+            path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=True, **kwargs)
     except OSError as exc:
         raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]} (offline? "
                         "give a local folder with config.json and *.safetensors)") from None
@@ -108,13 +109,13 @@ def model_config(model_path: str, trust_remote_code: bool = False):
                         f"{str(exc).splitlines()[0]}") from None
 
 
-def resolve_template(name: str, model_path: str, tokenizer):
+def resolve_template(name: str, model_type: str | None, tokenizer):
     """The named template, or for ``auto`` the model's (see ``models.families``)."""
     from unitune.data.templates import get_template
     from unitune.models.families import default_template
 
     if name == "auto":
-        name = default_template(model_config(model_path).model_type, tokenizer)
+        name = default_template(model_type, tokenizer)
     return get_template(name)
 
 
@@ -125,7 +126,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", template: s
     dev = pick_device(device)
     model = load_base(path, pick_dtype(dtype, dev), dev, trust_remote_code).eval()
     tokenizer = load_tokenizer(path, trust_remote_code)
-    return model, tokenizer, resolve_template(template, path, tokenizer)
+    return model, tokenizer, resolve_template(template, model.config.model_type, tokenizer)
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -144,8 +145,8 @@ def load_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
     run_dir = Path(run_dir)
     info = read_run(run_dir)
     dev = pick_device(device)
-    model = registry.load(info["method"], resolve_model_path(info["base_model"]), run_dir,
-                          pick_dtype(dtype, dev), dev, info.get("trust_remote_code", False))
+    model = registry.load(info["method"], info["base_model"], run_dir, pick_dtype(dtype, dev),
+                          dev, info.get("trust_remote_code", False))
     model.eval()
     tokenizer = load_tokenizer(str(run_dir))
     return model, tokenizer, load_template(run_dir)

@@ -102,7 +102,7 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
     model_type = base_config.model_type
     methods.check(cfg, model_type, device)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    template = resolve_template(cfg.template, model_path, tokenizer)
+    template = resolve_template(cfg.template, model_type, tokenizer)
     cfg = cfg.model_copy(update={"template": template.name})  # the effective config
     trained_on = {"assistant": "every assistant reply", "last": "the last assistant reply",
                   "all": "all tokens"}[cfg.masking]
@@ -132,7 +132,7 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
                         f"raise max_length (now {cfg.max_length})")
 
     base = load_base(model_path, dtype, device, cfg.trust_remote_code,
-                     quantize=methods.quantization(cfg))
+                     quantize=methods.quantization(cfg), config=base_config)
     active = apply_kernels(base) if cfg.kernels == "auto" else []
     ckpt = checkpointing.enable(base, cfg.gradient_checkpointing)
     active += [ckpt] if ckpt else []
@@ -140,14 +140,14 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
     model, method_callbacks = methods.build(base, cfg, model_type,
                                             total_steps(cfg, len(train_rows)))
-    composable = cfg.method not in methods.WEIGHT_METHODS + methods.PROMPT_METHODS
+    has_adapter = cfg.method not in methods.WEIGHT_METHODS + methods.PROMPT_METHODS
     adapter_init = {"seed": cfg.seed}
     if cfg.init_adapter:
-        if not composable:
+        if not has_adapter:
             raise UserError(f"init_adapter does not apply to method={cfg.method}")
         adapter_init = {"from": str(methods.load_init(model, cfg.method,
                                                       Path(cfg.init_adapter)))}
-    init_state = methods.adapter_weights(model, cfg.method) if composable else None
+    init_state = methods.adapter_weights(model, cfg.method) if has_adapter else None
     trainable, total = trainable_parameters(model)
     log(f"method: {cfg.method}; trainable parameters: {trainable:,} of {total:,} "
         f"({100 * trainable / total:.2f}%)")
