@@ -169,3 +169,11 @@ def test_convert_alpaca_round_trip_and_refusals(shared_data, tmp_path):
     with pytest.raises(UserError, match="cannot be written as flan"):
         to_json(multi, "flan")
     assert len(to_json(multi, "alpaca")["history"]) == 2
+
+
+def test_json_lines_in_a_json_file_with_a_long_first_record(tmp_path):
+    """The first line is read whole to tell JSON Lines from a single document."""
+    path = tmp_path / "long.json"
+    path.write_text("\n".join(json.dumps({"instruction": "x" * 6000, "output": f"o{i}"})
+                              for i in range(3)), encoding="utf-8")
+    assert [r.answer for r in read_records(str(path))] == ["o0", "o1", "o2"]

@@ -64,7 +64,6 @@ class _ArrayStream:
         self.buf = ""
         self.line = 1  # the line of buf[0]
         self.col = 0  # and its column (0-based)
-        self.newlines = 0  # newlines decoded so far (to place a UTF-8 error)
         self.eof = False
 
     def more(self, at_least: int = 0) -> bool:
@@ -75,11 +74,11 @@ class _ArrayStream:
         try:
             text = self.utf8.decode(raw, final=not raw)
         except UnicodeDecodeError as exc:
-            line = self.newlines + raw.count(b"\n", 0, max(exc.start, 0)) + 1
+            decoded = self.line - 1 + self.buf.count("\n")  # lines before this chunk
+            line = decoded + raw.count(b"\n", 0, max(exc.start, 0)) + 1
             raise UserError(f"{self.path}:{line}: not valid UTF-8; re-save the file as "
                             "UTF-8") from None
         self.eof = not raw
-        self.newlines += text.count("\n")
         self.buf += text
         return not self.eof
 
@@ -186,13 +185,15 @@ def iter_objects(path: Path) -> Iterator[tuple[int, object]]:
     _check_exists(path)
     with path.open("rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+        if head.startswith(b"{") and path.suffix != ".jsonl":
+            f.seek(0)  # the whole first line, however long
+            first = next((ln for ln in f if ln.strip()), b"").lstrip(b"\xef\xbb\xbf").strip()
     if head.startswith(b"["):
         with path.open("rb") as f:
             yield from _iter_json_array(f, path)
         return
     if head.startswith(b"{") and path.suffix != ".jsonl":
         # a single JSON object: maybe a JSON Lines file, maybe one document (say so if so)
-        first = head.split(b"\n", 1)[0].strip()
         try:
             json.loads(first)
         except json.JSONDecodeError:
@@ -393,7 +394,7 @@ def iter_records(path: str | Path, fmt: str = "auto", skip_invalid: bool = False
     for line, obj in iter_objects(path):
         where = f"{path}:{line}"
         try:
-            found = detect_format(obj)
+            found = detect_format(obj) if fmt == "auto" or detected_at else None
             if fmt == "auto":
                 if found is None:
                     keys = ", ".join(sorted(obj)) if isinstance(obj, dict) else \

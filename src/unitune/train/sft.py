@@ -62,7 +62,8 @@ def trainable_parameters(model) -> tuple[int, int]:
 def total_steps(cfg: TrainConfig, n_rows: int) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
-    return max(1, math.ceil(n_rows / (cfg.batch_size * cfg.grad_accum)) * math.ceil(cfg.epochs))
+    # as the Trainer counts them (fractional epochs too)
+    return max(1, math.ceil(cfg.epochs * math.ceil(n_rows / (cfg.batch_size * cfg.grad_accum))))
 
 
 def train(cfg: TrainConfig, log=print, progress: bool = True,
