@@ -149,22 +149,24 @@ def run(setting: Setting, unitune: bool, args, device: torch.device, tmp: Path) 
                             fused=device.type == "cuda")
     g = torch.Generator().manual_seed(0)
     vocab = SHAPES[setting.shape]["vocab_size"]
-    batches = [torch.randint(vocab, (setting.batch, setting.seq), generator=g).to(device)
+    batches = [torch.randint(vocab, (setting.batch, setting.seq), generator=g)
                for _ in range(4)]
-    collate = Collator(pad_token_id=0)
-    losses = []
-
-    def step(i: int) -> float:
-        ids = batches[i % len(batches)]
-        if unitune:  # what unitune's collator gives the model
+    if unitune:  # what unitune's collator gives the model, built before the clock starts
+        collate = Collator(pad_token_id=0)
+        inputs = []
+        for ids in batches:
             rows = [{"input_ids": r, "labels": r} for r in ids.tolist()]
             if setting.packed:
                 rows = list(Packed(rows, setting.seq * setting.batch))
-            batch = {k: v.to(device) if torch.is_tensor(v) else v
-                     for k, v in collate(rows).items()}
-            out = model(**batch)
-        else:
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+            inputs.append({k: v.to(device) if torch.is_tensor(v) else v
+                           for k, v in collate(rows).items()})
+    else:
+        inputs = [{"input_ids": ids.to(device), "labels": ids.to(device),
+                   "attention_mask": torch.ones_like(ids, device=device)} for ids in batches]
+    losses = []
+
+    def step(i: int) -> float:
+        out = model(**inputs[i % len(inputs)])
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -182,9 +184,8 @@ def run(setting: Setting, unitune: bool, args, device: torch.device, tmp: Path) 
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     tokens = args.steps * setting.batch * setting.seq
-    n = sum(p.numel() for p in model.parameters())
-    if setting.method == "qlora":  # packed 4-bit parameters count half their elements
-        n = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())
+    # (packed 4-bit parameters of a QLoRA base hold two weights per uint8)
+    n = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())
     flops = (6 if setting.method == "full" else 4) * n * tokens / elapsed
     result = {"tokens_per_s": tokens / elapsed, "active": active, "flops_per_s": flops,
               "peak_gib": torch.cuda.max_memory_allocated() / 2**30

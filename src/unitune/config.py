@@ -194,7 +194,7 @@ def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
         ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel) and ann is not DataSpec:
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys.extend(_model_keys(ann, prefix + name + "."))
     return keys
 

@@ -20,12 +20,15 @@ def resolve(name: str, root: Path) -> Path:
     raise UserError(f"unknown module '{name}': no finished run at {name} or {root / name}")
 
 
-def _combined(expression: str, root: Path, lam: float | None, semantics: str,
-              rank: int | None, inputs: list[dict] | None = None):
+def _load(expression: str, root: Path, lam: float | None) -> list[dict]:
+    """The runs an expression names, loaded (weights, configs, run.json)."""
+    return arithmetic.load_inputs([resolve(n, root) for _, n in bind(parse(expression), lam)])
+
+
+def _combined(expression: str, lam: float | None, semantics: str, rank: int | None,
+              inputs: list[dict]):
     """(inputs, weights, coefficients, names, delta rank) of an expression at one λ."""
     coefs, names = zip(*bind(parse(expression), lam), strict=True)
-    if inputs is None:
-        inputs = arithmetic.load_inputs([resolve(n, root) for n in names])
     if semantics == "delta":
         weights, r = arithmetic.combine_delta(inputs, list(coefs), rank)
         return inputs, weights, list(coefs), list(names), r
@@ -35,8 +38,11 @@ def _combined(expression: str, root: Path, lam: float | None, semantics: str,
 
 
 def compose(expression: str, out: Path, root: Path = Path("."), lam: float | None = None,
-            semantics: str = "params", rank: int | None = None, log=print) -> Path:
-    inputs, weights, coefs, names, r = _combined(expression, root, lam, semantics, rank)
+            semantics: str = "params", rank: int | None = None, log=print,
+            inputs: list[dict] | None = None) -> Path:
+    """Write the composed adapter; ``inputs``: the named runs, when already loaded."""
+    inputs = inputs or _load(expression, root, lam)
+    inputs, weights, coefs, names, r = _combined(expression, lam, semantics, rank, inputs)
     warning = arithmetic.init_warning(inputs)
     if warning:
         log(warning)
@@ -65,12 +71,12 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     rows = []
     # load the base and the adapter structure once; every λ only swaps the adapter weights
     scratch = out.with_name(out.name + ".sweep")
-    compose(expression, scratch, root, lams[0], semantics, rank, log=log)
+    inputs = _load(expression, root, lams[0])
+    compose(expression, scratch, root, lams[0], semantics, rank, log=log, inputs=inputs)
     model, tokenizer, template = load_run(scratch)
-    method = json.loads((scratch / "run.json").read_text())["method"]
-    inputs = None
+    method = inputs[0]["info"]["method"]
     for lam in lams:
-        inputs, weights, *_ = _combined(expression, root, lam, semantics, rank, inputs)
+        _, weights, *_ = _combined(expression, lam, semantics, rank, inputs)
         set_adapter_weights(model, method, {k: v.to(next(model.parameters()).device)
                                             for k, v in weights.items()})
         row = {"lambda": lam}
@@ -90,7 +96,8 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
         best = max(rows, key=lambda r: (r["exact_match"], -abs(r["lambda"] - 0.5)))
         rule = "highest exact match"
     shutil.rmtree(scratch, ignore_errors=True)
-    compose(expression, out, root, best["lambda"], semantics, rank, log=lambda *a: None)
+    compose(expression, out, root, best["lambda"], semantics, rank, log=lambda *a: None,
+            inputs=inputs)
     result = {"expression": expression, "rule": rule, "chosen_lambda": best["lambda"],
               "points": rows}
     (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -47,6 +47,9 @@ class EncodeReport:
     turns_dropped: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples_dropped: list[str] = field(default_factory=list)
+    # every example's length in tokens before any fitting, in order (for `unitune data stats`)
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False,
+                                compare=False)
 
     def summary(self) -> str:
         parts = [f"{self.kept} examples", f"{self.prompt_truncated} with the prompt truncated "
@@ -130,7 +133,7 @@ def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_le
     rows: list[dict] = []
     for conv, (_, spans), encoding in zip(convs, rendered, encodings, strict=True):
         row = {"input_ids": [], "labels": [], "dropped": "", "prompt_truncated": False,
-               "turns_dropped": False}
+               "turns_dropped": False, "tokens": len(encoding.ids)}
         rows.append(row)
         if not spans and masking != "all":
             row["dropped"] = "no assistant reply to train on"
@@ -190,7 +193,7 @@ def _encode_seq2seq(convs: Sequence[Conversation], tokenizer, template: Template
     for ids, reply in zip(inputs, replies, strict=True):
         labels = [*reply, tokenizer.eos_token_id]
         row = {"input_ids": ids, "labels": labels, "dropped": "", "prompt_truncated": False,
-               "turns_dropped": False}
+               "turns_dropped": False, "tokens": len(ids)}
         if len(labels) > max_length:
             row.update(input_ids=[], labels=[], dropped="reply + EOS longer than max_length")
         elif len(ids) > max_length:
@@ -217,7 +220,8 @@ def encode_conversations(convs: Sequence[Conversation], tokenizer, template: Tem
         prompt_truncated=sum(r["prompt_truncated"] for r in rows),
         turns_dropped=sum(r["turns_dropped"] for r in rows),
         dropped=Counter(r["dropped"] for r in rows if r["dropped"]),
-        examples_dropped=[c.where for c, r in zip(convs, rows, strict=True) if r["dropped"]])
+        examples_dropped=[c.where for c, r in zip(convs, rows, strict=True) if r["dropped"]],
+        lengths=np.array([r["tokens"] for r in rows], dtype=np.int64))
     kept = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows
             if not r["dropped"]]
     return kept, report
@@ -229,6 +233,7 @@ _ENCODED = datasets.Features({
     "dropped": datasets.Value("string"),
     "prompt_truncated": datasets.Value("bool"),
     "turns_dropped": datasets.Value("bool"),
+    "tokens": datasets.Value("int32"),
 })
 
 
@@ -275,7 +280,8 @@ def encode_records(records: Records, tokenizer, template: Template, max_length: 
         kept=len(kept),
         prompt_truncated=int(pc.sum(table.data.column("prompt_truncated")).as_py() or 0),
         turns_dropped=int(pc.sum(table.data.column("turns_dropped")).as_py() or 0),
-        dropped=reasons, examples_dropped=[records[int(i)].where for i in first_dropped])
+        dropped=reasons, examples_dropped=[records[int(i)].where for i in first_dropped],
+        lengths=table.data.column("tokens").to_numpy().astype(np.int64))
     rows = table.select_columns(["input_ids", "labels"])
     if len(kept) < len(table):
         rows = rows.select(kept)

@@ -75,11 +75,7 @@ class Records(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [from_row(r) for r in rows_of(self.table[i])]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return from_row(self.table[int(i)])
+        return from_row(self.table[int(i)])  # datasets handles negative and bad indices
 
     def __iter__(self) -> Iterator[Conversation]:
         for batch in self.table.iter(batch_size=BATCH):

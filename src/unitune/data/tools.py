@@ -166,7 +166,7 @@ def _stats(args) -> int:
     import numpy as np
 
     from unitune.data import store
-    from unitune.data.encode import encode_records, row_lengths
+    from unitune.data.encode import encode_records
     from unitune.data.readers import iter_conversations
     from unitune.data.sources import Invalid
 
@@ -181,11 +181,9 @@ def _stats(args) -> int:
         for c in convs:
             single += sum(t.role == "assistant" for t in c.turns) == 1
             system += bool(c.system)
-        whole, _ = encode_records(convs, tokenizer, template, 2**31 - 1, "all", False,
-                                  Path(tmp) / "whole.arrow", progress=True)
-        lengths = np.sort(row_lengths(whole))
         _, report = encode_records(convs, tokenizer, template, args.max_length, args.masking,
-                                   False, Path(tmp) / "fitted.arrow", progress=True)
+                                   False, Path(tmp) / "encoded.arrow", progress=True)
+        lengths = np.sort(report.lengths)
 
     def pct(q: float) -> int:
         return int(lengths[min(len(lengths) - 1, int(q * len(lengths)))])
