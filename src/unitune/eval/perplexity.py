@@ -55,8 +55,8 @@ def perplexity(model, tokenizer, records: list, template=None, max_length: int =
             end = min(begin + max_length, len(ids))
             window = ids[begin:end].unsqueeze(0).to(device)
             labels = window.clone()
-            labels[:, : prev_end - begin] = -100  # score only tokens new to this window
-            n = int((labels[:, 1:] != -100).sum())
+            labels[:, : prev_end - begin] = IGNORE  # score only tokens new to this window
+            n = int((labels[:, 1:] != IGNORE).sum())
             if n:
                 loss = model(input_ids=window, labels=labels).loss
                 nll += float(loss) * n
