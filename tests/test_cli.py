@@ -43,7 +43,8 @@ def test_train_writes_every_artefact(trained_run):
     assert any(p.name.startswith("events.out.tfevents") for p in (trained_run / "tb").iterdir())
     info = json.loads((trained_run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 3
-    assert info["optimizations"] == []  # no GPU kernels on the CPU: stock modules
+    # no GPU kernels on the CPU: stock modules and the model's own attention
+    assert info["optimizations"] == ["attention: sdpa"]
     assert 0 < info["trainable_parameters"] < info["total_parameters"]
     assert info["data"]["train"]["kept"] == 8 * len(DEFAULT_FAMILIES)
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
@@ -164,3 +165,16 @@ def test_trains_on_real_alpaca_data(tmp_path, shared_data, test_preset, capsys):
     train = data["train"]
     assert train["kept"] + sum(train["dropped"].values()) == 1996
     assert train["prompt_truncated"] > 0 and sum(train["dropped"].values()) > 0
+
+
+def test_train_help_lists_every_config_key_with_its_default(capsys):
+    from unitune.config import TrainConfig, _model_keys
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    keys = _model_keys(TrainConfig)
+    leaves = [k for k in keys if not any(other.startswith(k + ".") for other in keys)]
+    for key in leaves:
+        assert f"\n  {key} (" in out, key
+    assert "  attention ('auto') [auto|sdpa|flex_attention|eager]: " in out

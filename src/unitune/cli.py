@@ -41,16 +41,26 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model on instruction data (any method)",
                        description="Fine-tune (--method lora by default). Configuration: an "
                        "optional YAML file, then key=value overrides (nested keys with dots, "
-                       "e.g. lora.r=16), then the flags below. Unknown keys are errors.")
+                       "e.g. lora.r=16), then the flags below. Unknown keys are errors.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    help_without_keys = p.format_help
+
+    def format_help() -> str:  # the schema (pydantic) is imported only when help is asked for
+        from unitune.config import TrainConfig, describe_keys
+
+        p.epilog = "config keys (default) [choices]:\n" + "\n".join(describe_keys(TrainConfig))
+        return help_without_keys()
+
+    p.format_help = format_help
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                    help="a YAML config file and/or key=value overrides")
-    p.add_argument("--data", help="comma-separated training files (Alpaca json/jsonl)")
+    p.add_argument("--data", help="comma-separated training files, catalog names or hub ids")
     p.add_argument("--validation-data", dest="validation_data",
-                   help="comma-separated validation files")
+                   help="comma-separated validation files, catalog names or hub ids")
     p.add_argument("-o", "--output-dir", dest="output_dir", help="run folder to create")
     p.add_argument("--base-model", dest="base_model",
                    help="a preset (tiny-llama), a local HF folder or a hub id")
-    p.add_argument("--template", help="prompt template (default alpaca)")
+    p.add_argument("--template", help="prompt template (default auto: the model's own)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--epochs", type=float, help="number of epochs")
     p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after N steps")
@@ -65,6 +75,8 @@ def _add_train(sub) -> None:
     p.add_argument("--skip-invalid", dest="skip_invalid", action="store_const", const=True,
                    help="leave out invalid records (each reported) instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(config_flags=[a.dest for a in p._actions
+                                 if a.dest not in ("help", "items", "no_progress")])
 
 
 def _train_config(args, flags: dict):
@@ -83,10 +95,7 @@ def _train_config(args, flags: dict):
 def cmd_train(args) -> int:
     from unitune.train.sft import train
 
-    flag_keys = ["data", "validation_data", "output_dir", "base_model", "template", "lr", "method",
-                 "epochs", "max_steps", "batch_size", "lora.r", "seed", "device", "overwrite",
-                 "skip_invalid"]
-    cfg = _train_config(args, {k: getattr(args, k) for k in flag_keys})
+    cfg = _train_config(args, {k: getattr(args, k) for k in args.config_flags})
     out = train(cfg, progress=not args.no_progress)
     print(f"finished: {out}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
@@ -155,8 +155,14 @@ class TrainConfig(Section):
     gradient_checkpointing: bool | NonNegativeInt = Field(
         False, description="recompute activations in the backward pass: true (every layer), "
         "false, or N (the first N layers)")
+    offload_activations: bool = Field(
+        False, description="keep what checkpointed layers save in pinned CPU memory (needs "
+        "gradient_checkpointing): the low-memory mode")
     kernels: Literal["auto", "none"] = Field("auto", description="fused GPU kernels "
                                              "(liger-kernel) where they apply; none: stock")
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
+        "auto", description="attention kernel; auto: FlexAttention's block-sparse mask for "
+        "packed rows on a GPU, else the model's default (SDPA)")
     max_length: int = Field(512, gt=8)
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many steps (-1: use epochs)")
@@ -197,6 +203,23 @@ def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys.extend(_model_keys(ann, prefix + name + "."))
     return keys
+
+
+def describe_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per leaf config key: its name, default and description (for ``--help``)."""
+    lines = []
+    for name, field in schema.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines += describe_keys(ann, prefix + name + ".")
+            continue
+        default = "required" if field.is_required() else \
+            "[]" if field.default_factory is list else repr(field.default)
+        choices = "|".join(map(str, get_args(ann))) if get_origin(ann) is Literal else None
+        lines.append(f"  {prefix + name} ({default})"
+                     + (f" [{choices}]" if choices else "")
+                     + (f": {field.description}" if field.description else ""))
+    return lines
 
 
 def describe_error(err: dict, schema: type[BaseModel], source: str) -> str:

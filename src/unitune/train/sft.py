@@ -33,8 +33,7 @@ from unitune.models.loading import (
     resolve_model_path,
     resolve_template,
 )
-from unitune.train import checkpointing
-from unitune.train.kernels import apply_kernels
+from unitune.train import checkpointing, speed
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -75,6 +74,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True,
     check_output_dir(out, cfg.overwrite)
     if cfg.template != "auto":
         get_template(cfg.template)  # an unknown name fails before any data is read
+    checkpointing.check(cfg.gradient_checkpointing, cfg.offload_activations)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -134,10 +134,9 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
 
     base = load_base(model_path, dtype, device, cfg.trust_remote_code,
                      quantize=methods.quantization(cfg), config=base_config)
-    active = apply_kernels(base) if cfg.kernels == "auto" else []
-    ckpt = checkpointing.enable(base, cfg.gradient_checkpointing)
-    active += [ckpt] if ckpt else []
-    log(f"optimizations: {'; '.join(active + (['packing'] if cfg.packing else [])) or 'none'}")
+    active = speed.optimize(base, cfg.kernels, cfg.attention, cfg.gradient_checkpointing,
+                            cfg.offload_activations, cfg.packing)
+    log(f"optimizations: {'; '.join(active)}")
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
     model, method_callbacks = methods.build(base, cfg, model_type,
                                             total_steps(cfg, len(train_rows)))

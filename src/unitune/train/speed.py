@@ -1,0 +1,73 @@
+"""The training fast path: which kernels, attention and checkpointing a model gets.
+
+Owns deciding, from the config and what the machine has, the optimizations a base model gets
+before its adapter is added, and naming them for the run's log and ``run.json``:
+
+- liger-kernel's fused RMSNorm, RoPE, SwiGLU and linear + cross-entropy (which never
+  materialises the full-vocabulary logits), on CUDA for the architectures liger supports;
+- the attention implementation: PyTorch's FlexAttention for packed rows on a GPU, where
+  transformers turns the restarting position ids into a block-sparse document mask (only the
+  blocks on the diagonal are computed; SDPA would need a dense ``rows x n x n`` mask and lose
+  its flash kernel), SDPA otherwise;
+- activation checkpointing (``train/checkpointing.py``), optionally offloaded to host memory.
+
+Everything falls back to the stock transformers modules where a piece does not apply (the
+CPU, other architectures, liger not installed); nothing here changes numerics on the CPU.
+"""
+
+from __future__ import annotations
+
+from unitune.errors import UserError
+from unitune.train import checkpointing
+
+LIGER_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
+ATTENTION = ("auto", "sdpa", "flex_attention", "eager")
+
+
+def _device_type(model) -> str:
+    return next(model.parameters()).device.type
+
+
+def apply_kernels(model) -> list[str]:
+    """Patch ``model`` in place with the liger kernels that apply; returns their names."""
+    model_type = getattr(model.config, "model_type", None)
+    if _device_type(model) != "cuda" or model_type not in LIGER_ARCHS:
+        return []
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        return []
+    _apply_liger_kernel_to_instance(model=model)
+    return ["liger: rms_norm, rope, swiglu, fused linear cross-entropy"]
+
+
+def set_attention(model, setting: str, packing: bool) -> str:
+    """Switch ``model`` to the attention ``setting`` asks for ('auto': FlexAttention for packed
+    rows on a GPU when the model supports it, else what it was loaded with); returns it."""
+    on_gpu = _device_type(model) == "cuda"
+    current = model.config._attn_implementation
+    if setting == "auto":
+        flex = packing and on_gpu and getattr(model, "_supports_flex_attn", False)
+        setting = "flex_attention" if flex else current
+    elif setting == "flex_attention" and not on_gpu:
+        raise UserError("attention=flex_attention trains only on a GPU (PyTorch's "
+                        "FlexAttention has no backward pass on the CPU); use attention=auto")
+    if setting != current:
+        try:
+            model.set_attn_implementation(setting)
+        except (ValueError, ImportError) as exc:
+            raise UserError(f"attention={setting}: {str(exc).splitlines()[0]}") from None
+    if setting == "flex_attention" and packing:
+        return "attention: flex_attention (block-sparse mask per packed example)"
+    return f"attention: {setting}"
+
+
+def optimize(model, kernels: str, attention: str, gradient_checkpointing: bool | int,
+             offload_activations: bool, packing: bool) -> list[str]:
+    """Apply every optimization the settings allow to ``model`` (a base model, before its
+    adapter); returns what is active, in the order ``unitune train`` prints it."""
+    active = apply_kernels(model) if kernels == "auto" else []
+    active.append(set_attention(model, attention, packing))
+    ckpt = checkpointing.enable(model, gradient_checkpointing, offload_activations)
+    active += [ckpt] if ckpt else []
+    return active + (["packing"] if packing else [])

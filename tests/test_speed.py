@@ -1,0 +1,54 @@
+"""The fast path's choices: which attention a model gets, and that FlexAttention's document
+mask keeps packed examples apart exactly as separate forward passes do."""
+
+import pytest
+import torch
+
+from unitune.data.encode import Collator, Packed
+from unitune.errors import UserError
+from unitune.train import speed
+
+
+def tiny_model(test_preset):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(test_preset), dtype=torch.float32)
+
+
+def test_auto_keeps_sdpa_on_the_cpu_and_flex_is_refused_there(test_preset):
+    model = tiny_model(test_preset)
+    assert speed.set_attention(model, "auto", packing=True) == "attention: sdpa"
+    assert speed.set_attention(model, "eager", packing=False) == "attention: eager"
+    assert model.config._attn_implementation == "eager"
+    with pytest.raises(UserError, match="attention=flex_attention trains only on a GPU"):
+        speed.set_attention(model, "flex_attention", packing=True)
+
+
+def test_auto_picks_flex_for_packed_rows_on_a_gpu(test_preset, monkeypatch):
+    model = tiny_model(test_preset)
+    monkeypatch.setattr(speed, "_device_type", lambda _: "cuda")
+    assert speed.set_attention(model, "auto", packing=False) == "attention: sdpa"
+    assert speed.set_attention(model, "auto", packing=True) == \
+        "attention: flex_attention (block-sparse mask per packed example)"
+    assert model.config._attn_implementation == "flex_attention"
+
+
+@pytest.mark.slow
+def test_flex_packed_logits_equal_separate_logits(test_preset):
+    """The attention 'auto' picks for packed rows on a GPU, run here in its forward pass (the
+    CPU has no FlexAttention backward): every packed example sees only itself."""
+    model = tiny_model(test_preset).eval()
+    model.set_attn_implementation("flex_attention")
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist()}
+            for n in (37, 20, 51)]
+    for r in rows:
+        r["labels"] = r["input_ids"]
+    packed = list(Packed(rows, max_length=70))  # two rows: 37 + 20, then 51 (padded)
+    batch = Collator(pad_token_id=0)(packed)
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = [model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows]
+    assert torch.allclose(together[0, :37], alone[0], atol=1e-5)
+    assert torch.allclose(together[0, 37:57], alone[1], atol=1e-5)
+    assert torch.allclose(together[1, :51], alone[2], atol=1e-5)
