@@ -14,9 +14,11 @@ layer share under checkpointing, which MFU does not count).
   builds the 128K-vocabulary logits), the attention it picks (`--attention`; auto:
   FlexAttention for packed rows on a GPU), checkpointing as `gradient_checkpointing` says
   (true, false or the first N layers: `--ckpt-layers`), offloaded to host memory with
-  `--offload`, fed by unitune's own collator: full-length unpadded rows (what `unitune train`
-  feeds when every example fills max_length), or with --packed one packed row of independent
-  sequences, as `packing=true` feeds it.
+  `--offload`, under bf16 autocast as the Trainer runs it, with LoRA layers that read their
+  bf16 inputs as they are (PEFT otherwise casts each to fp32 first), fed by unitune's own
+  collator: full-length unpadded rows (what `unitune train` feeds when every example fills
+  max_length), or with --packed one packed row of independent sequences, as `packing=true`
+  feeds it.
 
 --method qlora loads the base in 4-bit NF4 through unitune's loader (bitsandbytes; both sides;
 the baseline prepares it with PEFT's k-bit preparation, unitune as `unitune train` does),
@@ -35,7 +37,8 @@ real (non-padding) tokens. Each step holds the same examples on both sides, so t
 agree step by step: packing changes the speed, not what is learned.
 
     python benchmarks/train_throughput.py --shape 8b --seq 2048 --batch 4 [--no-checkpointing]
-    python benchmarks/train_throughput.py --suite --steps 6 --warmup 2 --profile  # GPU, ~8 min
+    python benchmarks/train_throughput.py --suite 0:7 --steps 6 --warmup 2 --profile  # GPU
+    python benchmarks/train_throughput.py --suite 7: --steps 6 --warmup 2 --profile  # GPU
     python benchmarks/train_throughput.py --shape tiny --device cpu   # keeps the script honest
     python benchmarks/train_throughput.py --shape small --device cpu --seq 1024 --batch 2 \
         --data ../shared/data/instruct/alpaca_en_2k.json --no-checkpointing  # real lengths
@@ -46,6 +49,7 @@ Prints tokens/s, peak memory, MFU and the final loss of each side, and the ratio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import sys
 import tempfile
@@ -111,6 +115,7 @@ class Setting:
 SUITE = [
     Setting("8b", 2048, 4),
     Setting("8b", 2048, 4, ckpt=24, baseline=False),
+    Setting("8b", 2048, 4, ckpt=20, baseline=False),
     Setting("8b", 2048, 4, ckpt=16, baseline=False),
     Setting("8b", 2048, 4, ckpt=False),
     Setting("8b", 2048, 4, offload=True, baseline=False),
@@ -162,7 +167,8 @@ def build(setting: Setting, device: torch.device, unitune: bool, tmp: Path,
             prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                              target_modules=TARGETS, task_type="CAUSAL_LM"))
-    return model, active
+    note = speed.lora_inputs_as_is(model, dtype) if unitune else None
+    return model, active + ([note] if note else [])
 
 
 def run(setting: Setting, unitune: bool, args, device: torch.device, tmp: Path) -> dict:
@@ -177,9 +183,13 @@ def run(setting: Setting, unitune: bool, args, device: torch.device, tmp: Path) 
     inputs = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
               for b, _ in batches]  # built before the clock starts
     losses = []
+    # unitune trains 16-bit models under autocast, as the Trainer runs `unitune train`
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) \
+        if unitune and device.type == "cuda" else contextlib.nullcontext()
 
     def step(i: int) -> float:
-        out = model(**inputs[i % len(inputs)])
+        with autocast:
+            out = model(**inputs[i % len(inputs)])
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -371,13 +381,16 @@ def main() -> None:
     ap.add_argument("--tokenizer-model", default=str(Path(__file__).resolve().parents[2]
                     / "shared/data/tokenizers/llama2_sp.model"),
                     help="with --data: llama2_sp.model, or a tokenizer folder")
-    ap.add_argument("--suite", action="store_true", help="the whole issue-6 set (GPU)")
+    ap.add_argument("--suite", nargs="?", const=":", metavar="FROM:TO",
+                    help="the issue-6 set (GPU), or the settings FROM:TO of it (e.g. 0:6)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
     peak = matmul_peak(device)
     ckpt = False if args.no_checkpointing else (args.ckpt_layers or True)
-    settings = [s for s in SUITE if args.data or not s.real] if args.suite else [
+    part = slice(*(int(x) if x else None for x in args.suite.split(":"))) if args.suite \
+        else None
+    settings = [s for s in SUITE[part] if args.data or not s.real] if args.suite else [
         Setting(args.shape, args.seq, args.batch, args.method, ckpt, bool(args.data) or
                 args.packed, args.attention, args.offload, real=bool(args.data))]
     if args.data:

@@ -9,41 +9,58 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--shape", "tiny", "--device", "cpu", "--batch", "2", "--warmup", "1"]
+
+
+def bench(script: str, *args: str) -> str:
+    """Run a benchmark script; its standard output (it must succeed)."""
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def sides_and_losses(stdout: str, label: str) -> list[tuple[str, float]]:
+    rows = re.findall(rf"^{label}\s+(baseline|unitune)\s+[\d,]+\s+-\s+-\s+(\d+\.\d+)",
+                      stdout, re.MULTILINE)
+    return [(side, float(loss)) for side, loss in rows]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--packed", "--profile"],
                                    ["--ckpt-layers", "1", "--offload", "--method", "full"]])
 def test_train_throughput_runs_both_sides_at_tiny_size(extra):
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "train_throughput.py"), "--shape", "tiny", "--device",
-         "cpu", "--seq", "32", "--batch", "2", "--steps", "1", "--warmup", "1", *extra],
-        capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = re.findall(r"^tiny .*?(baseline|unitune)\s+[\d,]+\s+-\s+-\s+(\d+\.\d+)",
-                      out.stdout, re.MULTILINE)
-    assert [side for side, _ in rows] == ["baseline", "unitune"], out.stdout
+    stdout = bench("train_throughput.py", *TINY, "--seq", "32", "--steps", "1", *extra)
+    rows = sides_and_losses(stdout, "tiny .*?")
+    assert [side for side, _ in rows] == ["baseline", "unitune"], stdout
     # same model, data and seed: the first steps' losses agree
-    assert abs(float(rows[0][1]) - float(rows[1][1])) < 1e-3, out.stdout
+    assert abs(rows[0][1] - rows[1][1]) < 1e-3, stdout
     if "--profile" in extra:  # where the time goes, by kind, adding up to the busy time
-        shares = re.search(r"by kind: (.*)", out.stdout).group(1)
+        shares = re.search(r"by kind: (.*)", stdout).group(1)
         total = sum(int(p) for p in re.findall(r" (\d+)%", shares))
-        assert "matmul" in shares and 95 <= total <= 105, out.stdout
+        assert "matmul" in shares and 95 <= total <= 105, stdout
 
 
 @pytest.mark.slow
 def test_train_throughput_on_real_data_packs_the_same_examples_per_step(shared_data):
     """Padded batches against packed rows of the same Alpaca examples: each step holds the
     same examples on both sides, so the losses agree step by step."""
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "train_throughput.py"), "--shape", "tiny", "--device",
-         "cpu", "--seq", "256", "--batch", "2", "--steps", "2", "--warmup", "1",
-         "--no-checkpointing", "--data", str(shared_data / "instruct" / "alpaca_en_2k.json"),
-         "--tokenizer-model", str(shared_data / "tokenizers" / "llama2_sp.model")],
-        capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = re.findall(r"^tiny .*real data\s+(baseline|unitune)\s+[\d,]+\s+-\s+-\s+(\d+\.\d+)",
-                      out.stdout, re.MULTILINE)
-    assert [side for side, _ in rows] == ["baseline", "unitune"], out.stdout
-    assert abs(float(rows[0][1]) - float(rows[1][1])) < 1e-3, out.stdout
-    assert "packing" in out.stdout.splitlines()[-1]
+    stdout = bench("train_throughput.py", *TINY, "--seq", "256", "--steps", "2",
+                   "--no-checkpointing", "--data",
+                   str(shared_data / "instruct" / "alpaca_en_2k.json"), "--tokenizer-model",
+                   str(shared_data / "tokenizers" / "llama2_sp.model"))
+    rows = sides_and_losses(stdout, "tiny .*real data")
+    assert [side for side, _ in rows] == ["baseline", "unitune"], stdout
+    assert abs(rows[0][1] - rows[1][1]) < 1e-3, stdout
+    assert "packing" in stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_activation_memory_counts_less_for_unitune_than_the_baseline():
+    stdout = bench("activation_memory.py", "--tokens", "16")
+    rows = re.findall(r"^(baseline|baseline, autocast|unitune)\s+([\d.]+)\s+([\d.]+)",
+                      stdout, re.MULTILINE)
+    assert len(rows) == 6, stdout
+    for i in (0, 3):  # per dropout: baseline > baseline under autocast > unitune
+        kib = [float(r[2]) for r in rows[i:i + 3]]
+        assert kib[0] > kib[1] > kib[2] > 0, stdout

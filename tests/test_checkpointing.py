@@ -97,12 +97,15 @@ def test_more_layers_than_the_model_has_is_an_error(test_preset):
 
 
 @pytest.mark.slow
-def test_train_records_selective_checkpointing(tmp_path, synth_data, test_preset, capsys):
+def test_train_records_selective_offloaded_checkpointing(tmp_path, synth_data, test_preset, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", str(synth_data["train"]), "-o", str(out), "--base-model",
             "tiny-llama-test", "--max-steps", "1", "--no-progress"]
     assert main([*args, "gradient_checkpointing=5"]) == 2
     assert "gradient_checkpointing=5: the model has 2 layers" in capsys.readouterr().err
-    assert main([*args, "gradient_checkpointing=1"]) == 0
+    assert main([*args, "gradient_checkpointing=1", "offload_activations=true",
+                 "attention=eager"]) == 0
     info = json.loads((out / "run.json").read_text())
-    assert "activation checkpointing: 1 of 2 layers" in info["optimizations"]
+    assert info["optimizations"] == [
+        "attention: eager",
+        "activation checkpointing: 1 of 2 layers, offloaded to pinned host memory"]

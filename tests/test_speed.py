@@ -52,3 +52,48 @@ def test_flex_packed_logits_equal_separate_logits(test_preset):
     assert torch.allclose(together[0, :37], alone[0], atol=1e-5)
     assert torch.allclose(together[0, 37:57], alone[1], atol=1e-5)
     assert torch.allclose(together[1, :51], alone[2], atol=1e-5)
+
+
+def _lora_step(test_preset, as_is: bool):
+    """One LoRA step of a bf16 model under bf16 autocast (as the Trainer runs 16-bit
+    training): the loss, the adapter's gradients, and the bytes saved for the backward pass."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model(test_preset).to(torch.bfloat16)
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                             lora_dropout=0.0, init_lora_weights=False))
+    note = speed.lora_inputs_as_is(model, torch.bfloat16) if as_is else None
+    ids = torch.randint(3, model.config.vocab_size, (2, 48), generator=torch.Generator()
+                        .manual_seed(1))
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads, sum(saved.values()), note
+
+
+def test_lora_layers_reading_bf16_inputs_as_is_give_identical_gradients_and_save_less(
+        test_preset):
+    loss, grads, saved, _ = _lora_step(test_preset, as_is=False)
+    loss2, grads2, saved2, note = _lora_step(test_preset, as_is=True)
+    assert note == "LoRA layers read their bfloat16 inputs as they are"
+    assert loss2 == loss and grads2.keys() == grads.keys()
+    for name, g in grads.items():
+        assert g.dtype == torch.float32 and torch.equal(grads2[name], g), name
+    # every adapted layer kept its own copy of its input; now it shares the base layer's
+    assert saved2 < saved
+
+
+def test_lora_inputs_as_is_applies_only_to_16_bit_training(test_preset):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(test_preset), LoraConfig(r=4, target_modules="all-linear"))
+    assert speed.lora_inputs_as_is(model, torch.float32) is None

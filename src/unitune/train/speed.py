@@ -9,7 +9,12 @@ before its adapter is added, and naming them for the run's log and ``run.json``:
   transformers turns the restarting position ids into a block-sparse document mask (only the
   blocks on the diagonal are computed; SDPA would need a dense ``rows x n x n`` mask and lose
   its flash kernel), SDPA otherwise;
-- activation checkpointing (``train/checkpointing.py``), optionally offloaded to host memory.
+- activation checkpointing (``train/checkpointing.py``), optionally offloaded to host memory;
+- once the adapter is added: LoRA layers that read their 16-bit input as it is. PEFT keeps
+  adapter weights in fp32 and casts each adapted layer's input to fp32 first; under the
+  Trainer's bf16/fp16 autocast the adapter's matmul runs in 16 bits anyway, so that copy only
+  costs time and memory (the matmul saves its own 16-bit copy of the input for the backward
+  pass instead of sharing the base layer's). The results are bit-identical.
 
 Everything falls back to the stock transformers modules where a piece does not apply (the
 CPU, other architectures, liger not installed); nothing here changes numerics on the CPU.
@@ -71,3 +76,19 @@ def optimize(model, kernels: str, attention: str, gradient_checkpointing: bool |
     ckpt = checkpointing.enable(model, gradient_checkpointing, offload_activations)
     active += [ckpt] if ckpt else []
     return active + (["packing"] if packing else [])
+
+
+def lora_inputs_as_is(model, dtype) -> str | None:
+    """For a model trained in 16 bits under autocast: PEFT's LoRA layers stop casting their
+    input to their fp32 weights' dtype (``cast_input_dtype_enabled``, PEFT's own switch);
+    returns what is active, or None when nothing applies."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return f"LoRA layers read their {str(dtype).removeprefix('torch.')} inputs as they are" \
+        if layers else None
