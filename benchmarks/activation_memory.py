@@ -34,12 +34,10 @@ SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def saved_bytes(tokens: int, autocast: bool, as_is: bool, dropout: float) -> int:
-    """Bytes autograd keeps for the backward pass of the decoder layer's forward pass."""
+def lora_layer(dropout: float):
+    """A one-layer model of the 8B shape with LoRA on its seven projections, in training mode."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from unitune.train import speed
 
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPE, use_cache=False)
@@ -47,9 +45,20 @@ def saved_bytes(tokens: int, autocast: bool, as_is: bool, dropout: float) -> int
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout,
                                              target_modules=TARGETS, task_type="CAUSAL_LM"))
+    return model.train()
+
+
+def saved_bytes(model, tokens: int, autocast: bool, as_is: bool) -> int:
+    """Bytes autograd keeps for the backward pass of the decoder layer's forward pass."""
+    from peft.tuners.lora import LoraLayer
+
+    from unitune.train import speed
+
+    for m in model.modules():  # PEFT's default, then unitune's choice
+        if isinstance(m, LoraLayer):
+            m.cast_input_dtype_enabled = True
     if as_is:
         speed.lora_inputs_as_is(model, torch.bfloat16)
-    model.train()
     storages: dict[int, int] = {}
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -59,14 +68,17 @@ def saved_bytes(tokens: int, autocast: bool, as_is: bool, dropout: float) -> int
             storages[ptr] = t.untyped_storage().nbytes()
         return t
 
-    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     layer = model.base_model.model.model.layers[0]
-    layer.register_forward_pre_hook(lambda *_: hooks.__enter__())
-    layer.register_forward_hook(lambda *_: hooks.__exit__(None, None, None))
-    ids = torch.randint(config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    handles = [layer.register_forward_pre_hook(lambda *_: hooks.__enter__()),
+               layer.register_forward_hook(lambda *_: hooks.__exit__(None, None, None))]
+    ids = torch.randint(model.config.vocab_size, (1, tokens),
+                        generator=torch.Generator().manual_seed(0))
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with cast:
         model(input_ids=ids, labels=ids)
+    for h in handles:
+        h.remove()
     return sum(storages.values())
 
 
@@ -81,13 +93,14 @@ def main() -> None:
     print(f"{'side':<20}{'dropout':>8}{'KiB/token':>11}{'GiB/layer @8192':>17}"
           f"{'GiB, 32 layers':>16}{'vs baseline':>13}")
     for dropout in (0.0, 0.05):
+        model = lora_layer(dropout)
         base = None
         for name, autocast, as_is in sides:
             # the slope between n and 2n tokens: what grows with the tokens (autocast's bf16
             # copies of the fp32 adapter weights are kept too, once per step)
             n = args.tokens
-            per_token = (saved_bytes(2 * n, autocast, as_is, dropout)
-                         - saved_bytes(n, autocast, as_is, dropout)) / n
+            per_token = (saved_bytes(model, 2 * n, autocast, as_is)
+                         - saved_bytes(model, n, autocast, as_is)) / n
             base = base or per_token
             layer = per_token * 8192 / 2**30
             print(f"{name:<20}{dropout:>8}{per_token / 1024:>11.1f}{layer:>17.2f}"
