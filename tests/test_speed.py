@@ -92,8 +92,12 @@ def test_lora_layers_reading_bf16_inputs_as_is_give_identical_gradients_and_save
     assert saved2 < saved
 
 
-def test_lora_inputs_as_is_applies_only_to_16_bit_training(test_preset):
+def test_lora_inputs_as_is_applies_only_to_16_bit_plain_lora(test_preset):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(tiny_model(test_preset), LoraConfig(r=4, target_modules="all-linear"))
     assert speed.lora_inputs_as_is(model, torch.float32) is None
+    # DoRA's own forward pass keeps PEFT's cast
+    dora = get_peft_model(tiny_model(test_preset).to(torch.bfloat16),
+                          LoraConfig(r=4, target_modules="all-linear", use_dora=True))
+    assert speed.lora_inputs_as_is(dora, torch.bfloat16) is None
