@@ -12,12 +12,13 @@ setting, 2048 x 4) per layer and for 32 layers, without checkpointing.
 - baseline: HF + PEFT as a user writes it: a bf16 model, PEFT's fp32 adapter weights, each
   adapted layer casting its input to fp32 (the baseline of train_throughput.py); and the same
   under the Trainer's bf16 autocast ("baseline, autocast").
-- unitune: under autocast, LoRA layers reading their bf16 inputs as they are
-  (`train/speed.py`).
+- unitune: under autocast, its leaner LoRA layers (`train/speed.py`): they read their bf16
+  inputs as they are, and their dropout keeps no dropped copy of the input
+  (`methods/lean_dropout.py`).
 
-Each with LoRA dropout 0 and 0.05 (unitune's default: a dropped copy of every adapted layer's
-input is kept too). Liger's kernels (GPU only) shrink the MLP and norm activations further;
-they are not in these numbers.
+Each with LoRA dropout 0 and 0.05 (unitune's default; PEFT's dropout keeps a dropped copy of
+every adapted layer's input). Liger's kernels (GPU only) shrink the MLP and norm activations
+further; they are not in these numbers.
 
     python benchmarks/activation_memory.py [--tokens 256]
 """
@@ -34,8 +35,9 @@ SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def lora_layer(dropout: float):
-    """A one-layer model of the 8B shape with LoRA on its seven projections, in training mode."""
+def lora_layer(dropout: float, unitune: bool):
+    """A one-layer model of the 8B shape with LoRA on its seven projections, in training mode,
+    with unitune's leaner LoRA layers or PEFT's own."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -45,20 +47,15 @@ def lora_layer(dropout: float):
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout,
                                              target_modules=TARGETS, task_type="CAUSAL_LM"))
+    if unitune:
+        from unitune.train import speed
+
+        speed.optimize_adapter(model, torch.bfloat16, "auto")
     return model.train()
 
 
-def saved_bytes(model, tokens: int, autocast: bool, as_is: bool) -> int:
+def saved_bytes(model, tokens: int, autocast: bool) -> int:
     """Bytes autograd keeps for the backward pass of the decoder layer's forward pass."""
-    from peft.tuners.lora import LoraLayer
-
-    from unitune.train import speed
-
-    for m in model.modules():  # PEFT's default, then unitune's choice
-        if isinstance(m, LoraLayer):
-            m.cast_input_dtype_enabled = True
-    if as_is:
-        speed.lora_inputs_as_is(model, torch.bfloat16)
     storages: dict[int, int] = {}
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -93,14 +90,15 @@ def main() -> None:
     print(f"{'side':<20}{'dropout':>8}{'KiB/token':>11}{'GiB/layer @8192':>17}"
           f"{'GiB, 32 layers':>16}{'vs baseline':>13}")
     for dropout in (0.0, 0.05):
-        model = lora_layer(dropout)
+        models = {False: lora_layer(dropout, unitune=False), True: lora_layer(dropout, True)}
         base = None
-        for name, autocast, as_is in sides:
+        for name, autocast, unitune in sides:
             # the slope between n and 2n tokens: what grows with the tokens (autocast's bf16
             # copies of the fp32 adapter weights are kept too, once per step)
             n = args.tokens
-            per_token = (saved_bytes(model, 2 * n, autocast, as_is)
-                         - saved_bytes(model, n, autocast, as_is)) / n
+            model = models[unitune]
+            per_token = (saved_bytes(model, 2 * n, autocast)
+                         - saved_bytes(model, n, autocast)) / n
             base = base or per_token
             layer = per_token * 8192 / 2**30
             print(f"{name:<20}{dropout:>8}{per_token / 1024:>11.1f}{layer:>17.2f}"

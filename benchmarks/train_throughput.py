@@ -167,8 +167,7 @@ def build(setting: Setting, device: torch.device, unitune: bool, tmp: Path,
             prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                              target_modules=TARGETS, task_type="CAUSAL_LM"))
-    note = speed.lora_inputs_as_is(model, dtype) if unitune else None
-    return model, active + ([note] if note else [])
+    return model, active + (speed.optimize_adapter(model, dtype, "auto") if unitune else [])
 
 
 def run(setting: Setting, unitune: bool, args, device: torch.device, tmp: Path) -> dict:

@@ -106,6 +106,6 @@ def test_train_records_selective_offloaded_checkpointing(tmp_path, synth_data, t
     assert main([*args, "gradient_checkpointing=1", "offload_activations=true",
                  "attention=eager"]) == 0
     info = json.loads((out / "run.json").read_text())
-    assert info["optimizations"] == [
+    assert info["optimizations"][:2] == [
         "attention: eager",
         "activation checkpointing: 1 of 2 layers, offloaded to pinned host memory"]

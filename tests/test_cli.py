@@ -43,8 +43,9 @@ def test_train_writes_every_artefact(trained_run):
     assert any(p.name.startswith("events.out.tfevents") for p in (trained_run / "tb").iterdir())
     info = json.loads((trained_run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 3
-    # no GPU kernels on the CPU: stock modules and the model's own attention
-    assert info["optimizations"] == ["attention: sdpa"]
+    # no GPU kernels on the CPU: the model's own attention; the lean LoRA dropout applies
+    assert info["optimizations"] == ["attention: sdpa",
+                                     "LoRA dropout inside lora_A (no dropped copy kept)"]
     assert 0 < info["trainable_parameters"] < info["total_parameters"]
     assert info["data"]["train"]["kept"] == 8 * len(DEFAULT_FAMILIES)
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]

@@ -159,7 +159,8 @@ class TrainConfig(Section):
         False, description="keep what checkpointed layers save in pinned CPU memory (needs "
         "gradient_checkpointing): the low-memory mode")
     kernels: Literal["auto", "none"] = Field("auto", description="fused GPU kernels "
-                                             "(liger-kernel) where they apply; none: stock")
+                                             "(liger-kernel) and leaner LoRA layers where they "
+                                             "apply; none: stock modules")
     attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
         "auto", description="attention kernel; auto: FlexAttention's block-sparse mask for "
         "packed rows on a GPU, else the model's default (SDPA)")

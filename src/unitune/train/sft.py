@@ -139,8 +139,7 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
     torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
     model, method_callbacks = methods.build(base, cfg, model_type,
                                             total_steps(cfg, len(train_rows)))
-    lora_inputs = speed.lora_inputs_as_is(model, dtype)  # (the Trainer autocasts 16-bit runs)
-    active += [lora_inputs] if lora_inputs else []
+    active += speed.optimize_adapter(model, dtype, cfg.kernels)  # (16-bit runs autocast)
     log(f"optimizations: {'; '.join(active)}")
     has_adapter = cfg.method not in methods.WEIGHT_METHODS + methods.PROMPT_METHODS
     adapter_init = {"seed": cfg.seed}

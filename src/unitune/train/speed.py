@@ -10,11 +10,12 @@ before its adapter is added, and naming them for the run's log and ``run.json``:
   blocks on the diagonal are computed; SDPA would need a dense ``rows x n x n`` mask and lose
   its flash kernel), SDPA otherwise;
 - activation checkpointing (``train/checkpointing.py``), optionally offloaded to host memory;
-- once the adapter is added: LoRA layers that read their 16-bit input as it is. PEFT keeps
-  adapter weights in fp32 and casts each adapted layer's input to fp32 first; under the
+- once the adapter is added, leaner LoRA layers: they read their 16-bit input as it is (PEFT
+  keeps adapter weights in fp32 and casts each adapted layer's input to fp32 first; under the
   Trainer's bf16/fp16 autocast the adapter's matmul runs in 16 bits anyway, so that copy only
-  costs time and memory (the matmul saves its own 16-bit copy of the input for the backward
-  pass instead of sharing the base layer's). The results are bit-identical.
+  costs time and memory: the matmul saves its own 16-bit copy of the input for the backward
+  pass instead of sharing the base layer's; the results are bit-identical), and their
+  dropout keeps no dropped copy of the input (``methods/lean_dropout.py``).
 
 Everything falls back to the stock transformers modules where a piece does not apply (the
 CPU, other architectures, liger not installed); nothing here changes numerics on the CPU.
@@ -23,6 +24,7 @@ CPU, other architectures, liger not installed); nothing here changes numerics on
 from __future__ import annotations
 
 from unitune.errors import UserError
+from unitune.methods import lean_dropout
 from unitune.train import checkpointing
 
 LIGER_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
@@ -95,3 +97,15 @@ def lora_inputs_as_is(model, dtype) -> str | None:
         layer.cast_input_dtype_enabled = False
     return f"LoRA layers read their {str(dtype).removeprefix('torch.')} inputs as they are" \
         if layers else None
+
+
+def optimize_adapter(model, dtype, kernels: str) -> list[str]:
+    """The leaner LoRA layers (``kernels: auto``), once the adapter is on ``model``; returns
+    what is active."""
+    if kernels != "auto":
+        return []
+    as_is = lora_inputs_as_is(model, dtype)
+    active = [as_is] if as_is else []
+    if lean_dropout.apply(model):
+        active.append("LoRA dropout inside lora_A (no dropped copy kept)")
+    return active
