@@ -227,13 +227,13 @@ def test_sweep_by_exact_match_and_by_perplexity_bound(modules, tmp_path, synth_d
     assert len({round(p["perplexity"], 6) for p in res["points"]}) == 3  # each λ is its own model
     ok = [p["lambda"] for p in res["points"] if p["perplexity"] <= base + 0.5]
     assert res["chosen_lambda"] == max(ok)
-    from unitune.eval.perplexity import perplexity, read_reference
+    from unitune.eval.perplexity import perplexity, read_reference, reference_windows
     from unitune.models.loading import load_run
 
     model, tok, template = load_run(tmp_path / "ppl", device="cpu")  # the written adapter
     chosen = next(p for p in res["points"] if p["lambda"] == res["chosen_lambda"])
-    assert perplexity(model, tok, read_reference(str(ref)), template) == \
-        pytest.approx(chosen["perplexity"], rel=1e-5)
+    windows = reference_windows(read_reference(str(ref)), tok, template)
+    assert perplexity(model, windows) == pytest.approx(chosen["perplexity"], rel=1e-5)
     assert json.loads((tmp_path / "ppl" / "run.json").read_text())["composed"]["terms"][1][
         "coef"] == -res["chosen_lambda"]
     with pytest.raises(UserError, match="needs λ"):

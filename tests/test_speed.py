@@ -101,3 +101,18 @@ def test_lora_inputs_as_is_applies_only_to_16_bit_plain_lora(test_preset):
     dora = get_peft_model(tiny_model(test_preset).to(torch.bfloat16),
                           LoraConfig(r=4, target_modules="all-linear", use_dora=True))
     assert speed.lora_inputs_as_is(dora, torch.bfloat16) is None
+
+
+def test_kernels_none_keeps_peft_s_own_lora_layers(test_preset):
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    model = get_peft_model(tiny_model(test_preset).to(torch.bfloat16),
+                           LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
+    assert speed.optimize_adapter(model, torch.bfloat16, "none") == []
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(layer.lora_A["default"]) is nn.Linear and layer.cast_input_dtype_enabled
+    assert speed.optimize_adapter(model, torch.bfloat16, "auto") == [
+        "LoRA layers read their bfloat16 inputs as they are",
+        "LoRA dropout inside lora_A (no dropped copy kept)"]
+    assert isinstance(layer.lora_dropout["default"], nn.Identity)

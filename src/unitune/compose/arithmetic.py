@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 
 from unitune.errors import UserError
+from unitune.methods import CONFIG_FILE, INIT_FILE, WEIGHTS_FILE
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
 COMPOSABLE = ("lora", "rslora", "qlora", "ia3", "adapter_seq", "adapter_par")
 
 
@@ -68,11 +67,12 @@ def load_inputs(folders: list[Path]) -> list[dict]:
     inputs = []
     for folder in folders:
         info = read_run(folder)
-        if not (folder / WEIGHTS).exists():
-            raise UserError(f"{folder}: no {WEIGHTS} (only adapters can be composed)")
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        if not (folder / WEIGHTS_FILE).exists():
+            raise UserError(f"{folder}: no {WEIGHTS_FILE} (only adapters can be composed)")
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         inputs.append({"folder": folder, "info": info, "config": config,
-                       "kind": _kind(info["method"]), "weights": load_file(str(folder / WEIGHTS))})
+                       "kind": _kind(info["method"]),
+                       "weights": load_file(str(folder / WEIGHTS_FILE))})
     first = inputs[0]
     for other in inputs[1:]:
         where = f"{other['folder']} vs {first['folder']}"
@@ -93,7 +93,7 @@ def _init_of(inp: dict) -> str:
     """Where an adapter started: the digest of its saved initial weights (runs that share a
     seed or an ``init_adapter`` have byte-identical ones), else its recorded seed."""
     init = inp["info"].get("adapter_init") or {}
-    for path in (Path(init.get("from", "")), inp["folder"] / "adapter_init.safetensors"):
+    for path in (Path(init.get("from", "")), inp["folder"] / INIT_FILE):
         if path.is_file():
             return hashlib.sha256(path.read_bytes()).hexdigest()
     return f"seed {init.get('seed')}"
@@ -170,16 +170,15 @@ def write(inputs: list[dict], weights: dict[str, torch.Tensor], out: Path, expre
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for path in first["folder"].iterdir():
-        if path.is_file() and path.name not in (WEIGHTS, CONFIG, "run.json", "metrics.jsonl",
-                                                "loss.png", "config.yaml",
-                                                "adapter_init.safetensors"):
+        if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE, INIT_FILE, "run.json",
+                                                "metrics.jsonl", "loss.png", "config.yaml"):
             shutil.copy(path, tmp / path.name)
     config = dict(first["config"])
     if delta_rank is not None:
         config.update(r=delta_rank, lora_alpha=delta_rank, use_rslora=False, rank_pattern={},
                       alpha_pattern={})
-    (tmp / CONFIG).write_text(json.dumps(config, indent=1), encoding="utf-8")
-    save_file(weights, str(tmp / WEIGHTS))
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    save_file(weights, str(tmp / WEIGHTS_FILE))
     info = {k: v for k, v in first["info"].items()
             if k in ("base_model", "base_model_path", "method", "template", "trust_remote_code",
                      "adapter_init")}

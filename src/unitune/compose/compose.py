@@ -55,7 +55,7 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     """Score every λ, pick one, write the composed adapter for it plus a table and a plot."""
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
-    from unitune.eval.perplexity import perplexity, read_reference
+    from unitune.eval.perplexity import perplexity, read_reference, reference_windows
     from unitune.methods.registry import set_adapter_weights
     from unitune.models.loading import load_run
 
@@ -74,6 +74,7 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     inputs = _load(expression, root, lams[0])
     compose(expression, scratch, root, lams[0], semantics, rank, log=log, inputs=inputs)
     model, tokenizer, template = load_run(scratch)
+    windows = reference_windows(reference, tokenizer, template) if reference else None
     method = inputs[0]["info"]["method"]
     for lam in lams:
         _, weights, *_ = _combined(expression, lam, semantics, rank, inputs)
@@ -83,8 +84,8 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
         if records:
             row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
                                                       max_new_tokens=32).accuracy
-        if reference:
-            row["perplexity"] = perplexity(model, tokenizer, reference, template)
+        if windows:
+            row["perplexity"] = perplexity(model, windows)
         rows.append(row)
         log("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
     if reference:

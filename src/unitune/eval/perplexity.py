@@ -28,42 +28,49 @@ def read_reference(path: str) -> list:
     return records
 
 
-@torch.inference_mode()
-def perplexity(model, tokenizer, records: list, template=None, max_length: int = 512,
-               stride: int = 512) -> float:
+def reference_windows(records: list, tokenizer, template=None, max_length: int = 512,
+                      stride: int = 512) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (input ids, labels) windows that perplexity scores, tokenized once for any number
+    of models (a λ sweep scores the same windows with every λ)."""
     from unitune.data.encode import IGNORE, encode_conversations
     from unitune.data.schema import Conversation
 
-    device = next(model.parameters()).device
-    nll, count = 0.0, 0
+    windows = []
     convs = [r for r in records if isinstance(r, Conversation)]
     if convs:
         if template is None:
             raise UserError("scoring conversations needs the run's template")
         rows, _ = encode_conversations(convs, tokenizer, template, max_length)
-        for row in rows:
-            labels = torch.tensor([row["labels"]], device=device)
-            n = int((labels[:, 1:] != IGNORE).sum())
-            loss = model(input_ids=torch.tensor([row["input_ids"]], device=device),
-                         labels=labels).loss
-            nll += float(loss) * n
-            count += n
+        windows += [(torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]]))
+                    for row in rows]
     for text in (r.text for r in records if not isinstance(r, Conversation)):
         ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
         prev_end = 0
         for begin in range(0, max(1, len(ids) - 1), stride):
             end = min(begin + max_length, len(ids))
-            window = ids[begin:end].unsqueeze(0).to(device)
+            window = ids[begin:end].unsqueeze(0)
             labels = window.clone()
             labels[:, : prev_end - begin] = IGNORE  # score only tokens new to this window
-            n = int((labels[:, 1:] != IGNORE).sum())
-            if n:
-                loss = model(input_ids=window, labels=labels).loss
-                nll += float(loss) * n
-                count += n
+            windows.append((window, labels))
             prev_end = end
             if end == len(ids):
                 break
-    if not count:
+    windows = [(ids, labels) for ids, labels in windows if (labels[:, 1:] != IGNORE).any()]
+    if not windows:
         raise UserError("the reference text is too short to score")
+    return windows
+
+
+@torch.inference_mode()
+def perplexity(model, windows: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """exp of the mean negative log-likelihood of every scored token of ``windows``."""
+    from unitune.data.encode import IGNORE
+
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for ids, labels in windows:
+        n = int((labels[:, 1:] != IGNORE).sum())
+        loss = model(input_ids=ids.to(device), labels=labels.to(device)).loss
+        nll += float(loss) * n
+        count += n
     return math.exp(nll / count)

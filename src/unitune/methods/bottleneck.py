@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from unitune.errors import UserError
+from unitune.methods import CONFIG_FILE, WEIGHTS_FILE
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 

@@ -16,6 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from unitune.errors import UserError
+from unitune.methods import INIT_FILE, WEIGHTS_FILE
 from unitune.models.families import require_family
 
 LORA_METHODS = ("lora", "rslora", "dora", "qlora", "adalora")
@@ -222,12 +223,11 @@ def load_init(model, method: str, folder: Path) -> Path:
     initialisation): ``adapter_init.safetensors`` there, else its trained adapter."""
     from safetensors.torch import load_file
 
-    path = folder / "adapter_init.safetensors"
+    path = folder / INIT_FILE
     if not path.exists():
-        path = folder / "adapter_model.safetensors"
+        path = folder / WEIGHTS_FILE
     if not path.exists():
-        raise UserError(f"init_adapter={folder}: no adapter_init.safetensors or "
-                        "adapter_model.safetensors there")
+        raise UserError(f"init_adapter={folder}: no {INIT_FILE} or {WEIGHTS_FILE} there")
     state = load_file(str(path))
     mine = adapter_weights(model, method)
     if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):

@@ -22,6 +22,7 @@ from unitune.data.encode import Collator, Packed, encode_records
 from unitune.data.sources import build_datasets
 from unitune.data.templates import get_template
 from unitune.errors import UserError
+from unitune.methods import INIT_FILE
 from unitune.methods import registry as methods
 from unitune.models.loading import (
     RUN_FILE,
@@ -188,7 +189,7 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
     if init_state is not None:  # lets later runs share this initialisation
         from safetensors.torch import save_file
 
-        save_file(init_state, str(staging / "adapter_init.safetensors"))
+        save_file(init_state, str(staging / INIT_FILE))
     tokenizer.save_pretrained(str(staging))
     template.save(staging)
     write_config(cfg, staging / "config.yaml")
