@@ -10,18 +10,13 @@ from unitune.config import TrainConfig
 from unitune.errors import UserError, did_you_mean
 
 
-def _losses(run: Path, key: str) -> list[tuple[int, float]]:
-    from unitune.train.callbacks import read_metrics
-
-    return read_metrics(run / "metrics.jsonl", key)
-
-
 def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | None = None,
             log=print, progress: bool = True) -> list[dict]:
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
     from unitune.methods.registry import METHODS
     from unitune.models.loading import load_run
+    from unitune.train.callbacks import read_metrics
     from unitune.train.sft import train
 
     for m in methods:
@@ -30,15 +25,15 @@ def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | No
                             f"{', '.join(METHODS)}")
     test = read_conversations(test_file) if test_file else None
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, curves = [], {}
     for method in methods:
         log(f"== {method}")
         run = train(cfg.model_copy(update={"method": method,
                                            "output_dir": str(out / method)}),
                     log=log, progress=progress)
         info = json.loads((run / "run.json").read_text())
-        val = _losses(run, "eval_loss")
-        logged = _losses(run, "loss")
+        val = read_metrics(run / "metrics.jsonl", "eval_loss")
+        logged = curves[method] = read_metrics(run / "metrics.jsonl", "loss")
         row = {"method": method, "trainable_%": 100 * info["trainable_parameters"]
                / info["total_parameters"],
                "train_loss_last": logged[-1][1] if logged else info["train_loss"],
@@ -48,7 +43,7 @@ def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | No
             row["exact_match"] = evaluate_exact_match(model, tokenizer, template, test,
                                                       max_new_tokens=16).accuracy
         rows.append(row)
-    _plot(out, methods)
+    _plot(out, curves)
     (out / "compare.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     table = format_table(rows)
     (out / "compare.md").write_text(table + "\n", encoding="utf-8")
@@ -71,15 +66,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _plot(out: Path, methods: list[str]) -> None:
+def _plot(out: Path, curves: dict[str, list[tuple[int, float]]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for method in methods:
-        points = _losses(out / method, "loss")
+    for method, points in curves.items():
         if points:
             ax.plot(*zip(*points, strict=True), label=method)
     ax.set_xlabel("step")
