@@ -8,7 +8,9 @@ GPU, for MFU (LoRA ≈ 4 N FLOPs per token, full fine-tuning 6 N, plus 2 N per r
 layer share under checkpointing, which MFU does not count).
 
 - baseline: transformers + peft as a user writes it (batch with an attention mask,
-  checkpointing of every layer or none).
+  checkpointing of every layer or none), without autocast as the SPEC measured it, or under
+  bf16 autocast as the HF Trainer runs it with `--baseline-autocast` (which matters most for
+  QLoRA: PEFT's k-bit preparation upcasts the unquantized weights to fp32).
 - unitune: what `unitune train` runs (`train/speed.py`): the kernels it turns on when it
   finds them (liger-kernel's RMSNorm, RoPE, SwiGLU and fused linear + cross-entropy that never
   builds the 128K-vocabulary logits), the attention it picks (`--attention`; auto:
@@ -38,7 +40,8 @@ agree step by step: packing changes the speed, not what is learned.
 
     python benchmarks/train_throughput.py --shape 8b --seq 2048 --batch 4 [--no-checkpointing]
     python benchmarks/train_throughput.py --suite 0:7 --steps 6 --warmup 2 --profile  # GPU
-    python benchmarks/train_throughput.py --suite 7: --steps 6 --warmup 2 --profile  # GPU
+    python benchmarks/train_throughput.py --suite 7: --steps 6 --warmup 2 --profile \
+        --baseline-autocast  # GPU
     python benchmarks/train_throughput.py --shape tiny --device cpu   # keeps the script honest
     python benchmarks/train_throughput.py --shape small --device cpu --seq 1024 --batch 2 \
         --data ../shared/data/instruct/alpaca_en_2k.json --no-checkpointing  # real lengths
@@ -182,9 +185,11 @@ def run(setting: Setting, unitune: bool, args, device: torch.device, tmp: Path) 
     inputs = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
               for b, _ in batches]  # built before the clock starts
     losses = []
-    # unitune trains 16-bit models under autocast, as the Trainer runs `unitune train`
+    # unitune trains 16-bit models under autocast, as the Trainer runs `unitune train`; the
+    # baseline does with --baseline-autocast (a Trainer user's bf16=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) \
-        if unitune and device.type == "cuda" else contextlib.nullcontext()
+        if device.type == "cuda" and (unitune or args.baseline_autocast) \
+        else contextlib.nullcontext()
 
     def step(i: int) -> float:
         with autocast:
@@ -380,6 +385,9 @@ def main() -> None:
     ap.add_argument("--tokenizer-model", default=str(Path(__file__).resolve().parents[2]
                     / "shared/data/tokenizers/llama2_sp.model"),
                     help="with --data: llama2_sp.model, or a tokenizer folder")
+    ap.add_argument("--baseline-autocast", action="store_true",
+                    help="run the baseline under bf16 autocast too, as the HF Trainer does "
+                    "with bf16=True (the SPEC's baseline numbers are without)")
     ap.add_argument("--suite", nargs="?", const=":", metavar="FROM:TO",
                     help="the issue-6 set (GPU), or the settings FROM:TO of it (e.g. 0:6)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -392,10 +400,11 @@ def main() -> None:
     settings = [s for s in SUITE[part] if args.data or not s.real] if args.suite else [
         Setting(args.shape, args.seq, args.batch, args.method, ckpt, bool(args.data) or
                 args.packed, args.attention, args.offload, real=bool(args.data))]
-    if args.data:
+    if any(s.real for s in settings):
         args.examples, args.vocab = real_examples(args.data, args.tokenizer_model,
                                                   max(s.seq for s in settings if s.real))
-    print(f"device={device} steps={args.steps} warm-up={args.warmup}"
+    print(f"device={device} steps={args.steps} warm-up={args.warmup} baseline "
+          f"{'under' if args.baseline_autocast else 'without'} bf16 autocast (on a GPU)"
           + (f" bf16 matmul peak {peak / 1e12:.0f} TFLOP/s" if peak else ""), flush=True)
     print(f"{'setting':<46}{'side':<10}{'tokens/s':>10}{'peak GiB':>10}{'MFU':>7}"
           f"{'final loss':>12}  ratio  active", flush=True)

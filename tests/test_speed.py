@@ -116,3 +116,17 @@ def test_kernels_none_keeps_peft_s_own_lora_layers(test_preset):
         "LoRA layers read their bfloat16 inputs as they are",
         "LoRA dropout inside lora_A (no dropped copy kept)"]
     assert isinstance(layer.lora_dropout["default"], nn.Identity)
+
+
+def test_auto_falls_back_when_flex_cannot_be_set(test_preset, monkeypatch):
+    model = tiny_model(test_preset)
+    monkeypatch.setattr(speed, "_device_type", lambda _: "cuda")
+
+    def refuse(name):
+        raise ImportError("FlexAttention needs torch >= 2.5")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    assert speed.set_attention(model, "auto", packing=True) == \
+        "attention: sdpa (flex_attention unavailable: FlexAttention needs torch >= 2.5)"
+    with pytest.raises(UserError, match="attention=flex_attention: FlexAttention needs"):
+        speed.set_attention(model, "flex_attention", packing=True)

@@ -20,11 +20,16 @@ from torch import nn
 
 
 def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """``x``-shaped: 0 with probability ``p``, else ``1 / (1 - p)``; the same for the same seed."""
+    """``x``-shaped: 0 with probability ``p``, else 1; the same for the same seed."""
     generator = torch.Generator(device=x.device)
     generator.manual_seed(seed)
-    keep = torch.empty_like(x).bernoulli_(1 - p, generator=generator)
-    return keep.div_(1 - p)
+    return torch.empty_like(x).bernoulli_(1 - p, generator=generator)
+
+
+def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """``x`` after dropout: kept values scaled by ``1 / (1 - p)`` in one rounding (a Python
+    scale, so a 16-bit ``x`` is scaled in fp32 arithmetic, as ``nn.Dropout`` does)."""
+    return (x * dropout_mask(x, p, seed)) * (1 / (1 - p))
 
 
 class _DropoutLinear(torch.autograd.Function):
@@ -34,18 +39,19 @@ class _DropoutLinear(torch.autograd.Function):
     def forward(ctx, x, weight, p: float, seed: int):
         ctx.save_for_backward(x, weight)
         ctx.p, ctx.seed = p, seed
-        return (x * dropout_mask(x, p, seed)) @ weight.to(x.dtype).t()
+        return dropped(x, p, seed) @ weight.to(x.dtype).t()
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        mask = dropout_mask(x, ctx.p, ctx.seed)
-        w = weight.to(x.dtype)
-        grad_x = (grad.to(x.dtype) @ w) * mask if ctx.needs_input_grad[0] else None
-        grad_w = None
+        p, seed = ctx.p, ctx.seed
+        grad = grad.to(x.dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ((grad @ weight.to(x.dtype)) * dropout_mask(x, p, seed)) * (1 / (1 - p))
         if ctx.needs_input_grad[1]:
-            dropped = (x * mask).reshape(-1, x.shape[-1])
-            grad_w = (grad.to(x.dtype).reshape(-1, grad.shape[-1]).t() @ dropped).to(weight.dtype)
+            inputs = dropped(x, p, seed).reshape(-1, x.shape[-1])
+            grad_w = (grad.reshape(-1, grad.shape[-1]).t() @ inputs).to(weight.dtype)
         return grad_x, grad_w, None, None
 
 

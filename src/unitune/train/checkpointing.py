@@ -86,5 +86,6 @@ def enable(model, setting: bool | int, offload: bool = False) -> str | None:
         if offload:
             layer._gradient_checkpointing_func = offloaded(layer._gradient_checkpointing_func,
                                                            device_type)
+    where = "pinned host memory" if device_type != "cpu" else "host memory (a no-op on the CPU)"
     return (f"activation checkpointing: {n} of {len(layers)} layers"
-            + (", offloaded to pinned host memory" if offload else ""))
+            + (f", offloaded to {where}" if offload else ""))

@@ -15,10 +15,12 @@ before its adapter is added, and naming them for the run's log and ``run.json``:
   Trainer's bf16/fp16 autocast the adapter's matmul runs in 16 bits anyway, so that copy only
   costs time and memory: the matmul saves its own 16-bit copy of the input for the backward
   pass instead of sharing the base layer's; the results are bit-identical), and their
-  dropout keeps no dropped copy of the input (``methods/lean_dropout.py``).
+  dropout keeps no dropped copy of the input (``methods/lean_dropout.py``; the same mask
+  distribution, drawn from its own seeds, on the CPU too).
 
 Everything falls back to the stock transformers modules where a piece does not apply (the
-CPU, other architectures, liger not installed); nothing here changes numerics on the CPU.
+CPU, other architectures, liger not installed); ``kernels: none`` keeps PEFT's own LoRA layers
+too.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def set_attention(model, setting: str, packing: bool) -> str:
     rows on a GPU when the model supports it, else what it was loaded with); returns it."""
     on_gpu = _device_type(model) == "cuda"
     current = model.config._attn_implementation
-    if setting == "auto":
+    auto = setting == "auto"
+    if auto:
         flex = packing and on_gpu and getattr(model, "_supports_flex_attn", False)
         setting = "flex_attention" if flex else current
     elif setting == "flex_attention" and not on_gpu:
@@ -63,7 +66,10 @@ def set_attention(model, setting: str, packing: bool) -> str:
         try:
             model.set_attn_implementation(setting)
         except (ValueError, ImportError) as exc:
-            raise UserError(f"attention={setting}: {str(exc).splitlines()[0]}") from None
+            reason = str(exc).splitlines()[0]
+            if auto:  # this torch or model cannot: keep what the model was loaded with
+                return f"attention: {current} ({setting} unavailable: {reason})"
+            raise UserError(f"attention={setting}: {reason}") from None
     if setting == "flex_attention" and packing:
         return "attention: flex_attention (block-sparse mask per packed example)"
     return f"attention: {setting}"
