@@ -47,9 +47,13 @@ class CatalogEntry:
     gen: tuple[str, ...]  # among GENS; empty where the table says "-"
     content: str
     source: str
-    hub_repo: str | None  # None when the collection is not published in the hub dataset
     hub_folder: str | None  # "" = the repo root (finance_en); None = not published
     aliases: tuple[str, ...] = ()
+
+    @property
+    def hub_repo(self) -> str | None:
+        """The hub dataset that publishes the collection; None where it is not published."""
+        return HUB_REPO if self.hub_folder is not None else None
 
     @property
     def local_folder(self) -> str:
@@ -58,7 +62,7 @@ class CatalogEntry:
 
     @property
     def hub_url(self) -> str | None:
-        if self.hub_repo is None or self.hub_folder is None:
+        if self.hub_folder is None:
             return None
         base = f"https://huggingface.co/datasets/{self.hub_repo}/tree/main"
         return f"{base}/{self.hub_folder}" if self.hub_folder else base
@@ -72,8 +76,7 @@ def _e(name: str, title: str, examples: int | None, lang: str, task: str, gen: s
        source: str, folder: str | None, aliases: tuple[str, ...] = ()) -> CatalogEntry:
     return CatalogEntry(name=name, title=title, examples=examples, lang=_tags(lang),
                         task=_tags(task), gen=_tags(gen), content=content, source=source,
-                        hub_repo=HUB_REPO if folder is not None else None, hub_folder=folder,
-                        aliases=aliases)
+                        hub_folder=folder, aliases=aliases)
 
 
 # The rows of the Alpaca-CoT data table, in its order (SPEC.md section 1).
@@ -240,7 +243,7 @@ def fetch_hint(entry: CatalogEntry, data_dir: Path | None = None) -> str:
     root = data_dir if data_dir is not None else cache_dir()
     target = root / entry.local_folder
     env_hint = " (or set UNITUNE_DATA_DIR)" if data_dir is None else ""
-    if entry.hub_repo is None or entry.hub_folder is None:
+    if entry.hub_folder is None:
         return (f"dataset '{entry.name}' is not published in the hub dataset {HUB_REPO} yet "
                 f"(the collection lists it as todo); put its .json/.jsonl files into "
                 f"{target}/ yourself{env_hint}")
@@ -253,7 +256,7 @@ def fetch_hint(entry: CatalogEntry, data_dir: Path | None = None) -> str:
 
 def download_command(entry: CatalogEntry, data_dir: Path | None = None) -> str | None:
     """A ``huggingface-cli`` command that puts the collection where ``resolve`` looks."""
-    if entry.hub_repo is None or entry.hub_folder is None:
+    if entry.hub_folder is None:
         return None
     root = data_dir if data_dir is not None else cache_dir()
     if entry.hub_folder == "":

@@ -12,7 +12,7 @@ ending with the text that opens the assistant's reply: that is the inference pro
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from unitune.data.schema import Conversation
@@ -154,6 +154,13 @@ _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence 
                   "The assistant gives helpful, detailed, and polite answers to the user's "
                   "questions.")
 _ALPACA = "Below is an instruction that describes a task"
+_VICUNA = Template(name="vicuna", system="{system} ", system_default=_VICUNA_SYSTEM,
+                   user="USER: {content} ", assistant_prefix="ASSISTANT:", answer_lead=" ")
+_CHATML = Template(name="chatml", system="<|im_start|>system\n{system}<|im_end|>\n",
+                   user="<|im_start|>user\n{content}<|im_end|>\n",
+                   assistant_prefix="<|im_start|>assistant\n", assistant_suffix="<|im_end|>",
+                   turn_sep="\n", tool="<|im_start|>tool\n{content}<|im_end|>\n",
+                   stop=("<|im_end|>",))
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in [
     Template(
@@ -166,10 +173,8 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
         user="### Instruction:\n{content}\n\n",
         user_with_input="### Instruction:\n{content}\n\n### Input:\n{input}\n\n",
         assistant_prefix="### Response:\n", turn_sep="\n\n"),
-    Template(name="vicuna", system="{system} ", system_default=_VICUNA_SYSTEM,
-             user="USER: {content} ", assistant_prefix="ASSISTANT:", answer_lead=" "),
-    Template(name="flacuna", system="{system} ", system_default=_VICUNA_SYSTEM,
-             user="USER: {content} ", assistant_prefix="ASSISTANT:", answer_lead=" "),
+    _VICUNA,
+    replace(_VICUNA, name="flacuna"),
     Template(name="llama-2-chat", system="<<SYS>>\n{system}\n<</SYS>>\n\n",
              user="[INST] {system}{content} [/INST]", answer_lead=" ",
              assistant_suffix=" {eos}", turn_sep="{bos}"),
@@ -178,17 +183,8 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
              user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
              assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n",
              assistant_suffix="<|eot_id|>", stop=("<|eot_id|>",)),
-    Template(name="chatml", system="<|im_start|>system\n{system}<|im_end|>\n",
-             user="<|im_start|>user\n{content}<|im_end|>\n",
-             assistant_prefix="<|im_start|>assistant\n", assistant_suffix="<|im_end|>",
-             turn_sep="\n", tool="<|im_start|>tool\n{content}<|im_end|>\n",
-             stop=("<|im_end|>",)),
-    Template(name="qwen", system="<|im_start|>system\n{system}<|im_end|>\n",
-             system_default="You are a helpful assistant.",
-             user="<|im_start|>user\n{content}<|im_end|>\n",
-             assistant_prefix="<|im_start|>assistant\n", assistant_suffix="<|im_end|>",
-             turn_sep="\n", tool="<|im_start|>tool\n{content}<|im_end|>\n",
-             stop=("<|im_end|>",)),
+    _CHATML,
+    replace(_CHATML, name="qwen", system_default="You are a helpful assistant."),
     Template(name="chatglm2", system="{system}\n\n", user="[Round {round}]\n\n问：{content}\n\n",
              assistant_prefix="答：", turn_sep="\n\n"),
     Template(name="chatglm3", system="<|system|>\n{system}", user="<|user|>\n{content}",

@@ -15,7 +15,7 @@ it around a model's modules, and save/load of the adapter weights alone to
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -37,7 +37,6 @@ class BottleneckConfig:
     non_linearity: str = "relu"
     placement: str = "pfeiffer"  # sequential only: houlsby | pfeiffer (recorded for reference)
     base_model_name_or_path: str = ""
-    extra: dict = field(default_factory=dict)
 
     def save(self, folder: Path, method: str) -> None:
         data = {"unitune_method": method, **asdict(self)}
@@ -46,8 +45,8 @@ class BottleneckConfig:
     @classmethod
     def load(cls, folder: Path) -> BottleneckConfig:
         data = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        data.pop("unitune_method", None)
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # (older files also carry "unitune_method", "extra")
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class BottleneckAdapter(nn.Module):
