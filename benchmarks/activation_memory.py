@@ -29,10 +29,9 @@ import argparse
 import contextlib
 
 import torch
+from train_throughput import SHAPES, TARGETS
 
-SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=1,
-             num_attention_heads=32, num_key_value_heads=8, vocab_size=256)
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SHAPE = {**SHAPES["8b"], "num_hidden_layers": 1, "vocab_size": 256}  # one layer, no logits
 
 
 def lora_layer(dropout: float, unitune: bool):

@@ -12,7 +12,6 @@ run.json. Needs a CUDA GPU and bitsandbytes.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
+    from unitune.models.loading import read_run
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         build(args.shape, tmp / "model")
@@ -75,7 +76,7 @@ def main() -> None:
                 rows.append((name, "-", "-", "failed: " + (proc.stderr.strip().splitlines()
                                                            or ["?"])[-1][:200]))
                 continue
-            info = json.loads((out / "run.json").read_text())
+            info = read_run(out)
             rows.append((name, info["peak_gpu_memory_gib"], round(info["train_runtime_s"]
                          / info["steps"], 3), f"{info['trainable_parameters']:,} trainable"))
     print(f"\nshape={args.shape} seq={args.seq} batch={args.batch} steps={args.steps}")

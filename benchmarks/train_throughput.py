@@ -64,6 +64,7 @@ import torch
 
 from unitune.data.encode import Collator, Packed
 from unitune.methods.registry import prepare_quantized
+from unitune.models.families import FAMILIES
 from unitune.train import speed
 
 SHAPES = {
@@ -76,7 +77,7 @@ SHAPES = {
     "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=1024),
 }
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = list(FAMILIES["llama"].linear)  # all seven projections
 
 
 def matmul_peak(device: torch.device) -> float | None:
@@ -228,21 +229,17 @@ def run(setting: Setting, unitune: bool, args, device: torch.device, tmp: Path) 
 
 
 def random_batches(setting: Setting, unitune: bool) -> list[tuple[dict, int]]:
-    """Four batches of full-length random rows and their token counts: as the baseline gives
-    them, or as unitune's collator does (unpadded, or one packed row)."""
+    """Four batches of full-length random rows and their token counts (with an all-ones
+    attention mask; unitune's side as one packed row with ``setting.packed``)."""
     g = torch.Generator().manual_seed(0)
     vocab = SHAPES[setting.shape]["vocab_size"]
     out = []
     for _ in range(4):
         ids = torch.randint(vocab, (setting.batch, setting.seq), generator=g)
-        if unitune:
-            rows = [{"input_ids": r, "labels": r} for r in ids.tolist()]
-            if setting.packed:
-                rows = list(Packed(rows, setting.seq * setting.batch))
-            out.append((Collator(pad_token_id=0)(rows), ids.numel()))
-        else:
-            out.append(({"input_ids": ids, "labels": ids,
-                         "attention_mask": torch.ones_like(ids)}, ids.numel()))
+        rows = [{"input_ids": r, "labels": r} for r in ids.tolist()]
+        if unitune and setting.packed:
+            rows = list(Packed(rows, setting.seq * setting.batch))
+        out.append((Collator(pad_token_id=0)(rows), ids.numel()))
     return out
 
 
@@ -279,26 +276,14 @@ def real_batches(examples: list[dict], setting: Setting, n_steps: int, unitune: 
     packed = Packed(examples, setting.seq)
     steps = [[packed[g] for g in range(i, min(i + setting.batch, len(packed)))]
              for i in range(0, len(packed), setting.batch)][:n_steps]
+    collate = Collator(pad_token_id=0)
     if unitune:
-        collate = Collator(pad_token_id=0)
         return [(collate(rows), sum(len(r["input_ids"]) for r in rows)) for rows in steps]
     counts = [0]
     for rows in steps:  # how many examples each packed step holds
         counts.append(counts[-1] + sum(p == 0 for r in rows for p in r["position_ids"]))
-    out = []
-    for a, b in zip(counts, counts[1:], strict=False):
-        batch = examples[a:b]
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, e in enumerate(batch):
-            n = len(e["input_ids"])
-            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), \
-                torch.tensor(e["labels"]), 1
-        out.append(({"input_ids": ids, "labels": labels, "attention_mask": mask},
-                    int(mask.sum())))
-    return out
+    batches = [collate(examples[a:b]) for a, b in zip(counts, counts[1:], strict=False)]
+    return [(b, int(b["attention_mask"].sum())) for b in batches]
 
 
 # what a kernel or op does, by its name; the first kind whose words match wins

@@ -196,28 +196,31 @@ class TrainConfig(Section):
         return int(value) if value >= 1 else value
 
 
-def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        keys.append(prefix + name)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_model_keys(ann, prefix + name + "."))
-    return keys
-
-
-def describe_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per leaf config key: its name, default and description (for ``--help``)."""
-    lines = []
+def _fields(schema: type[BaseModel], prefix: str = ""):
+    """(dotted key, field, is a section) of every config key, sections before their keys."""
     for name, field in schema.model_fields.items():
         ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines += describe_keys(ann, prefix + name + ".")
+        section = isinstance(ann, type) and issubclass(ann, BaseModel)
+        yield prefix + name, field, section
+        if section:
+            yield from _fields(ann, prefix + name + ".")
+
+
+def _model_keys(schema: type[BaseModel]) -> list[str]:
+    return [key for key, _, _ in _fields(schema)]
+
+
+def describe_keys(schema: type[BaseModel]) -> list[str]:
+    """One line per leaf config key: its name, default and description (for ``--help``)."""
+    lines = []
+    for key, field, section in _fields(schema):
+        if section:
             continue
+        ann = field.annotation
         default = "required" if field.is_required() else \
             "[]" if field.default_factory is list else repr(field.default)
         choices = "|".join(map(str, get_args(ann))) if get_origin(ann) is Literal else None
-        lines.append(f"  {prefix + name} ({default})"
+        lines.append(f"  {key} ({default})"
                      + (f" [{choices}]" if choices else "")
                      + (f": {field.description}" if field.description else ""))
     return lines

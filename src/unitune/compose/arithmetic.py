@@ -27,15 +27,16 @@ import torch
 
 from unitune.errors import UserError
 from unitune.methods import CONFIG_FILE, INIT_FILE, WEIGHTS_FILE
+from unitune.models.loading import RUN_FILE, move_into_place
 
-COMPOSABLE = ("lora", "rslora", "qlora", "ia3", "adapter_seq", "adapter_par")
+_KINDS = {"lora": "lora", "rslora": "lora", "qlora": "lora", "ia3": "ia3",
+          "adapter_seq": "bottleneck", "adapter_par": "bottleneck"}
+COMPOSABLE = tuple(_KINDS)
 
 
 def _kind(method: str) -> str:
-    if method in ("lora", "rslora", "qlora"):
-        return "lora"
-    if method in ("ia3", "adapter_seq", "adapter_par"):
-        return method if method == "ia3" else "bottleneck"
+    if method in _KINDS:
+        return _KINDS[method]
     raise UserError(f"method '{method}' cannot be composed; module arithmetic works on "
                     f"{', '.join(COMPOSABLE)}")
 
@@ -170,7 +171,7 @@ def write(inputs: list[dict], weights: dict[str, torch.Tensor], out: Path, expre
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for path in first["folder"].iterdir():
-        if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE, INIT_FILE, "run.json",
+        if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE, INIT_FILE, RUN_FILE,
                                                 "metrics.jsonl", "loss.png", "config.yaml"):
             shutil.copy(path, tmp / path.name)
     config = dict(first["config"])
@@ -186,8 +187,6 @@ def write(inputs: list[dict], weights: dict[str, torch.Tensor], out: Path, expre
         "expression": expression, "semantics": "delta" if delta_rank is not None else "params",
         "terms": [{"coef": c, "name": n, "folder": str(i["folder"])}
                   for c, n, i in zip(coefs, names, inputs, strict=True)]})
-    (tmp / "run.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    (tmp / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    move_into_place(tmp, out)
     return out

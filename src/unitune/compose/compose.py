@@ -11,11 +11,12 @@ from pathlib import Path
 from unitune.compose import arithmetic
 from unitune.compose.expr import bind, parse
 from unitune.errors import UserError
+from unitune.models.loading import RUN_FILE
 
 
 def resolve(name: str, root: Path) -> Path:
     for candidate in (Path(name), root / name):
-        if (candidate / "run.json").exists():
+        if (candidate / RUN_FILE).exists():
             return candidate
     raise UserError(f"unknown module '{name}': no finished run at {name} or {root / name}")
 
@@ -27,14 +28,14 @@ def _load(expression: str, root: Path, lam: float | None) -> list[dict]:
 
 def _combined(expression: str, lam: float | None, semantics: str, rank: int | None,
               inputs: list[dict]):
-    """(inputs, weights, coefficients, names, delta rank) of an expression at one λ."""
+    """(weights, coefficients, names, delta rank) of an expression at one λ."""
     coefs, names = zip(*bind(parse(expression), lam), strict=True)
     if semantics == "delta":
         weights, r = arithmetic.combine_delta(inputs, list(coefs), rank)
-        return inputs, weights, list(coefs), list(names), r
+        return weights, list(coefs), list(names), r
     if rank is not None:
         raise UserError("--rank applies to --semantics delta only")
-    return inputs, arithmetic.combine(inputs, list(coefs)), list(coefs), list(names), None
+    return arithmetic.combine(inputs, list(coefs)), list(coefs), list(names), None
 
 
 def compose(expression: str, out: Path, root: Path = Path("."), lam: float | None = None,
@@ -42,7 +43,7 @@ def compose(expression: str, out: Path, root: Path = Path("."), lam: float | Non
             inputs: list[dict] | None = None) -> Path:
     """Write the composed adapter; ``inputs``: the named runs, when already loaded."""
     inputs = inputs or _load(expression, root, lam)
-    inputs, weights, coefs, names, r = _combined(expression, lam, semantics, rank, inputs)
+    weights, coefs, names, r = _combined(expression, lam, semantics, rank, inputs)
     warning = arithmetic.init_warning(inputs)
     if warning:
         log(warning)
@@ -77,9 +78,8 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     windows = reference_windows(reference, tokenizer, template) if reference else None
     method = inputs[0]["info"]["method"]
     for lam in lams:
-        _, weights, *_ = _combined(expression, lam, semantics, rank, inputs)
-        set_adapter_weights(model, method, {k: v.to(next(model.parameters()).device)
-                                            for k, v in weights.items()})
+        weights, *_ = _combined(expression, lam, semantics, rank, inputs)
+        set_adapter_weights(model, method, weights)  # (copied onto the model's device)
         row = {"lambda": lam}
         if records:
             row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
@@ -97,8 +97,8 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
         best = max(rows, key=lambda r: (r["exact_match"], -abs(r["lambda"] - 0.5)))
         rule = "highest exact match"
     shutil.rmtree(scratch, ignore_errors=True)
-    compose(expression, out, root, best["lambda"], semantics, rank, log=lambda *a: None,
-            inputs=inputs)
+    weights, coefs, names, r = _combined(expression, best["lambda"], semantics, rank, inputs)
+    arithmetic.write(inputs, weights, out, expression, coefs, names, r)
     result = {"expression": expression, "rule": rule, "chosen_lambda": best["lambda"],
               "points": rows}
     (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -20,7 +20,6 @@ from unitune.errors import UserError, did_you_mean
 from unitune.models.tiny import unitune_home
 
 HUB_REPO = "QingyiSi/Alpaca-CoT"
-HUB_URL = f"https://huggingface.co/datasets/{HUB_REPO}"
 
 # Tag vocabularies of the Alpaca-CoT table, with what each tag means.
 LANGS: dict[str, str] = {"EN": "English", "CN": "Chinese", "ML": "multilingual"}

@@ -65,11 +65,10 @@ class EncodeReport:
                 "first_dropped": self.examples_dropped[:10]}
 
 
-def check_masking(masking: str) -> str:
+def check_masking(masking: str) -> None:
     if masking not in MASKING:
         raise UserError(f"unknown masking '{masking}'{did_you_mean(masking, MASKING)}; "
                         f"choose {', '.join(MASKING)}")
-    return masking
 
 
 def _token_at(encoding, pos: int, end: int, step: int) -> int | None:
@@ -117,11 +116,13 @@ def _encode_batch(texts: list[str], tokenizer) -> list:
     return backend.encode_batch(texts, add_special_tokens=True)
 
 
+_MIN_PROMPT = 8  # prompt tokens an over-long example keeps in front of its reply
+
+
 def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_length: int,
-            masking: str, min_prompt_tokens: int = 8) -> list[dict]:
+            masking: str) -> list[dict]:
     """One row per conversation: ``input_ids``, ``labels`` and what fitting it did
     (``prompt_truncated``, ``turns_dropped``, and ``dropped``: why it was left out, or "")."""
-    check_masking(masking)
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("unitune needs a fast (Rust) tokenizer for exact loss masking; this "
                         "model only has a slow one (convert it with transformers first)")
@@ -141,14 +142,13 @@ def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_le
         ids = encoding.ids
         labels = _labels(encoding, ids, spans, masking)
         if len(ids) > max_length:
-            _fit(conv, ids, labels, tokenizer, template, max_length, masking,
-                 min_prompt_tokens, row)
+            _fit(conv, ids, labels, tokenizer, template, max_length, masking, row)
         else:
             row["input_ids"], row["labels"] = ids, labels
     return rows
 
 
-def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt, row) -> None:
+def _fit(conv, ids, labels, tokenizer, template, max_length, masking, row) -> None:
     """Shorten one over-long example into ``row``, or say in ``row`` why it was dropped."""
     turns = conv.turns
     # 1. drop the oldest exchanges (user ... up to the next user turn), keep the system prompt
@@ -167,9 +167,9 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, min_prompt
         # 2. one exchange left: keep the whole final reply, cut the prompt from the left
         trained = [i for i, lab in enumerate(labels) if lab != IGNORE]
         first = trained[0] if trained and masking != "all" else \
-            len(ids) - (max_length - min_prompt)
-        if len(ids) - first + min_prompt > max_length:
-            row["dropped"] = (f"reply + end-of-turn longer than max_length - {min_prompt} "
+            len(ids) - (max_length - _MIN_PROMPT)
+        if len(ids) - first + _MIN_PROMPT > max_length:
+            row["dropped"] = (f"reply + end-of-turn longer than max_length - {_MIN_PROMPT} "
                               "prompt tokens")
             row["turns_dropped"] = False
             return
@@ -214,6 +214,7 @@ def encode_conversations(convs: Sequence[Conversation], tokenizer, template: Tem
                          ) -> tuple[list[dict], EncodeReport]:
     """Token ids and labels (``{"input_ids", "labels"}``) of the conversations that fit, in
     order, with a report; ``seq2seq`` encodes for an encoder-decoder."""
+    check_masking(masking)
     rows = _rows(convs, tokenizer, template, max_length, masking, seq2seq)
     report = EncodeReport(
         kept=sum(not r["dropped"] for r in rows),

@@ -152,8 +152,6 @@ def _iter_json_array(f, path: Path, chunk: int = _CHUNK) -> Iterator[tuple[int, 
                 continue
             if end < len(s.buf) or s.eof or not s.more():
                 break  # (a value ending exactly at the window's end may go on)
-        if i < line_at:
-            line_at, line = 0, s.line
         line += s.buf.count("\n", line_at, i)
         line_at = i
         yield line, obj

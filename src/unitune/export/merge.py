@@ -19,7 +19,13 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
     """Merge in 16-bit and save; ``quantize`` ('8bit' / '4bit', CUDA + bitsandbytes) then
     re-quantizes the merged weights and saves those instead."""
     from unitune.methods.registry import BOTTLENECK_METHODS, PROMPT_METHODS, WEIGHT_METHODS
-    from unitune.models.loading import load_run, read_run, resolve_model_path
+    from unitune.models.loading import (
+        RUN_FILE,
+        load_run,
+        move_into_place,
+        read_run,
+        resolve_model_path,
+    )
 
     info = read_run(run_dir)
     method = info["method"]
@@ -50,8 +56,9 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
     merged = {"status": "finished", "method": "full", "base_model": info["base_model"],
               "template": template.name, "merged_from": {
                   "run": str(run_dir), "method": method,
-                  "base_model": resolve_model_path(info["base_model"])}}
-    (tmp / "run.json").write_text(json.dumps(merged, indent=1), encoding="utf-8")
+                  "base_model": info.get("base_model_path")
+                  or resolve_model_path(info["base_model"])}}
+    (tmp / RUN_FILE).write_text(json.dumps(merged, indent=1), encoding="utf-8")
     if quantize:
         import torch
 
@@ -63,13 +70,11 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
         qtmp = out.with_name(out.name + ".quantized")
         shutil.rmtree(qtmp, ignore_errors=True)
         quantized.save_pretrained(qtmp, safe_serialization=True)
-        for name in ("run.json", "template.json"):
+        for name in (RUN_FILE, "template.json"):
             shutil.copy(tmp / name, qtmp / name)
         tokenizer.save_pretrained(qtmp)
         shutil.rmtree(tmp)
         qtmp.rename(tmp)
         log(f"re-quantized the merged 16-bit weights to {quantize}")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    move_into_place(tmp, out)
     return out

@@ -81,13 +81,8 @@ class SequentialAdapter(nn.Module):
         return out + self.adapter(out)
 
 
-class ParallelAdapter(nn.Module):
+class ParallelAdapter(SequentialAdapter):
     """``base`` with an adapter beside it, reading the same input."""
-
-    def __init__(self, base: nn.Module, adapter: BottleneckAdapter):
-        super().__init__()
-        self.base = base
-        self.adapter = adapter
 
     def forward(self, x, *args, **kwargs):
         return self.base(x, *args, **kwargs) + self.adapter(x)

@@ -26,10 +26,15 @@ def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return torch.empty_like(x).bernoulli_(1 - p, generator=generator)
 
 
+def _masked(t: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    # kept values scaled by 1 / (1 - p) in one rounding (a Python scale, so a 16-bit tensor
+    # is scaled in fp32 arithmetic, as nn.Dropout does)
+    return (t * mask) * (1 / (1 - p))
+
+
 def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """``x`` after dropout: kept values scaled by ``1 / (1 - p)`` in one rounding (a Python
-    scale, so a 16-bit ``x`` is scaled in fp32 arithmetic, as ``nn.Dropout`` does)."""
-    return (x * dropout_mask(x, p, seed)) * (1 / (1 - p))
+    """``x`` after dropout with the mask of ``seed``."""
+    return _masked(x, dropout_mask(x, p, seed), p)
 
 
 class _DropoutLinear(torch.autograd.Function):
@@ -46,11 +51,12 @@ class _DropoutLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         p, seed = ctx.p, ctx.seed
         grad = grad.to(x.dtype)
+        mask = dropout_mask(x, p, seed)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = ((grad @ weight.to(x.dtype)) * dropout_mask(x, p, seed)) * (1 / (1 - p))
+            grad_x = _masked(grad @ weight.to(x.dtype), mask, p)
         if ctx.needs_input_grad[1]:
-            inputs = dropped(x, p, seed).reshape(-1, x.shape[-1])
+            inputs = _masked(x, mask, p).reshape(-1, x.shape[-1])
             grad_w = (grad.reshape(-1, grad.shape[-1]).t() @ inputs).to(weight.dtype)
         return grad_x, grad_w, None, None
 
@@ -67,17 +73,21 @@ class DropoutLinear(nn.Linear):
         return _DropoutLinear.apply(x, self.weight, self.p, seed)
 
 
-def apply(model) -> int:
-    """Fuse the dropout into ``lora_A`` in every plain LoRA layer of ``model`` that has one;
-    returns how many adapters changed. DoRA and AdaLoRA layers keep their own forward."""
+def plain_lora_layers(model) -> list:
+    """PEFT's LoRA layers of ``model`` that run the vanilla forward pass (rsLoRA included):
+    DoRA's and AdaLoRA's layers have their own."""
     from peft.tuners.adalora import AdaLoraLayer
     from peft.tuners.lora import LoraLayer
 
+    return [m for m in model.modules() if isinstance(m, LoraLayer)
+            and not isinstance(m, AdaLoraLayer) and not getattr(m, "lora_variant", None)]
+
+
+def apply(model) -> int:
+    """Fuse the dropout into ``lora_A`` in every plain LoRA layer of ``model`` that has one;
+    returns how many adapters changed."""
     changed = 0
-    for module in model.modules():
-        if not isinstance(module, LoraLayer) or isinstance(module, AdaLoraLayer) \
-                or getattr(module, "lora_variant", None):
-            continue
+    for module in plain_lora_layers(model):
         for name, lora_a in module.lora_A.items():
             dropout = module.lora_dropout[name]
             if isinstance(dropout, nn.Dropout) and type(lora_a) is nn.Linear \

@@ -193,14 +193,10 @@ class AdaLoraAllocator(TrainerCallback):
     """Calls AdaLoRA's rank allocator after every optimizer step, before gradients are zeroed
     (what trainers commonly forget: without it AdaLoRA is plain LoRA with a larger rank)."""
 
-    def __init__(self):
-        self.calls = 0
-
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         while not hasattr(model, "peft_config"):  # unwrap DDP / accelerate wrappers
             model = model.module
         model.base_model.update_and_allocate(state.global_step)
-        self.calls += 1
 
 
 def adapter_weights(model, method: str) -> dict[str, torch.Tensor]:

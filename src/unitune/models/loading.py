@@ -8,6 +8,7 @@ Weights are read from safetensors; ``trust_remote_code`` is passed only when the
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -150,3 +151,16 @@ def load_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
     model.eval()
     tokenizer = load_tokenizer(str(run_dir))
     return model, tokenizer, load_template(run_dir)
+
+
+def move_into_place(staging: Path, out: Path) -> None:
+    """Put a finished folder where it belongs: an old one is moved aside first and removed
+    only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -58,10 +58,10 @@ class MetricsLogCallback(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
-def read_metrics(path: Path, key: str) -> list[tuple[int, float]]:
-    """(step, value) of every ``metrics.jsonl`` row that logged ``key``."""
+def read_metrics(path: Path, *keys: str) -> list[list[tuple[int, float]]]:
+    """For each key, (step, value) of every ``metrics.jsonl`` row that logged it."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["step"], r[key]) for r in rows if key in r]
+    return [[(r["step"], r[key]) for r in rows if key in r] for key in keys]
 
 
 def plot_loss(metrics_path: Path, out_png: Path, title: str = "training loss") -> bool:
@@ -71,8 +71,7 @@ def plot_loss(metrics_path: Path, out_png: Path, title: str = "training loss") -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = read_metrics(metrics_path, "loss")
-    val = read_metrics(metrics_path, "eval_loss")
+    train, val = read_metrics(metrics_path, "loss", "eval_loss")
     if not train and not val:
         return False
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)

@@ -15,7 +15,7 @@ def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | No
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
     from unitune.methods.registry import METHODS
-    from unitune.models.loading import load_run
+    from unitune.models.loading import load_run, read_run
     from unitune.train.callbacks import read_metrics
     from unitune.train.sft import train
 
@@ -31,9 +31,9 @@ def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | No
         run = train(cfg.model_copy(update={"method": method,
                                            "output_dir": str(out / method)}),
                     log=log, progress=progress)
-        info = json.loads((run / "run.json").read_text())
-        val = read_metrics(run / "metrics.jsonl", "eval_loss")
-        logged = curves[method] = read_metrics(run / "metrics.jsonl", "loss")
+        info = read_run(run)
+        logged, val = read_metrics(run / "metrics.jsonl", "loss", "eval_loss")
+        curves[method] = logged
         row = {"method": method, "trainable_%": 100 * info["trainable_parameters"]
                / info["total_parameters"],
                "train_loss_last": logged[-1][1] if logged else info["train_loss"],

@@ -29,6 +29,7 @@ from unitune.models.loading import (
     load_base,
     load_tokenizer,
     model_config,
+    move_into_place,
     pick_device,
     pick_dtype,
     resolve_model_path,
@@ -214,16 +215,5 @@ def _train(cfg: TrainConfig, out: Path, staging: Path, started: float, log, prog
     }
     (staging / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
     shutil.rmtree(workdir, ignore_errors=True)
-    _move_into_place(staging, out)
+    move_into_place(staging, out)
     return out
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

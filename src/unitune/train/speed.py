@@ -91,14 +91,10 @@ def lora_inputs_as_is(model, dtype) -> str | None:
     input to their fp32 weights' dtype (``cast_input_dtype_enabled``, PEFT's own switch);
     returns what is active, or None when nothing applies."""
     import torch
-    from peft.tuners.adalora import AdaLoraLayer
-    from peft.tuners.lora import LoraLayer
 
     if dtype not in (torch.bfloat16, torch.float16):
         return None
-    # plain LoRA only (rsLoRA too): DoRA's and AdaLoRA's own forward passes keep PEFT's cast
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)
-              and not isinstance(m, AdaLoraLayer) and not getattr(m, "lora_variant", None)]
+    layers = lean_dropout.plain_lora_layers(model)  # DoRA's, AdaLoRA's keep PEFT's cast
     for layer in layers:
         layer.cast_input_dtype_enabled = False
     return f"LoRA layers read their {str(dtype).removeprefix('torch.')} inputs as they are" \
