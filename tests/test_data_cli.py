@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -142,3 +143,22 @@ def test_compare_methods(tmp_path, synth_data, test_preset, capsys):
     assert main(["compare", "--methods", "lora,lorra", "--out", str(tmp_path / "x"),
                  f"data={synth_data['train']}"]) == 2
     assert "unknown method(s) lorra" in capsys.readouterr().err
+
+
+def test_preview_headers_name_the_kept_examples(tmp_path, test_preset, capsys):
+    """An example dropped for length must not shift the file:line of the ones shown after it."""
+    data = tmp_path / "d.jsonl"
+    records = [{"instruction": "Say alpha.", "output": "alpha"},
+               {"instruction": "Say beta.", "output": " ".join(["beta"] * 200)},
+               {"instruction": "Say gamma.", "output": "gamma"}]
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert main(["data", "preview", str(data), "--base-model", "tiny-llama-test",
+                 "--template", "alpaca", "--max-length", "64", "-n", "3",
+                 "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "1 dropped" in out.splitlines()[0]
+    shown = {where.rsplit(":", 1)[1]: text for where, text in
+             re.findall(r"^--- (\S+): \d+ tokens.*---\n([\s\S]*?)(?=\n--- |\Z)", out,
+                        re.MULTILINE)}
+    assert set(shown) == {"1", "3"}
+    assert "Say alpha." in shown["1"] and "Say gamma." in shown["3"]

@@ -146,7 +146,8 @@ def _preview(args) -> int:
     on, off = ("\033[42;30m", "\033[0m") if color else ("[[", "]]")
     print(f"template: {template.name}; trained tokens shown as "
           f"{'green' if color else '[[...]]'}; {report.summary()}")
-    for conv, row in zip(convs, rows, strict=False):
+    dropped = set(report.examples_dropped)  # rows hold only the examples that were kept
+    for conv, row in zip([c for c in convs if c.where not in dropped], rows, strict=True):
         out, trained = [], False
         for tok, lab in zip(row["input_ids"], row["labels"], strict=True):
             piece = tokenizer.decode([tok])
