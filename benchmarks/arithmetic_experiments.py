@@ -41,8 +41,8 @@ from unitune.data.readers import read_conversations  # noqa: E402
 from unitune.data.synth import FAMILIES, split_of  # noqa: E402
 from unitune.eval.exact_match import evaluate_exact_match  # noqa: E402
 from unitune.infer.generate import Decoding, answer  # noqa: E402
-from unitune.models.loading import load_run  # noqa: E402
-from unitune.train.sft import train  # noqa: E402
+from unitune.run import open_model  # noqa: E402
+from unitune.train.recipe import train  # noqa: E402
 
 HP = {"lora": {"lr": 3e-3, "steps": 200, "extra": {"lora": {"r": 16, "alpha": 32,
                                                            "dropout": 0.0}}},
@@ -83,7 +83,7 @@ def fit(out: Path, name: str, data: str, method: str) -> Path:
 
 
 def em(run: Path, data: str) -> float:
-    model, tok, template = load_run(run, device="cpu")
+    model, tok, template = open_model(run, device="cpu")
     return evaluate_exact_match(model, tok, template, read_conversations(data),
                                 max_new_tokens=24).accuracy
 
@@ -94,7 +94,7 @@ def repeated(answer_text: str) -> str:
 
 def repetition_stats(run: Path, data: str) -> tuple[float, float]:
     """(share of answers given twice, exact match of the plain answer)."""
-    model, tok, template = load_run(run, device="cpu")
+    model, tok, template = open_model(run, device="cpu")
     recs = read_conversations(data)
     preds = answer(model, tok, template, recs, Decoding(max_new_tokens=32))
     rate = sum(p == repeated(r.answer) for p, r in zip(preds, recs, strict=True)) / len(recs)

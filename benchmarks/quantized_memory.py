@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
-    from unitune.models.loading import read_run
+    from unitune.run import read_run
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -77,8 +77,9 @@ def main() -> None:
                                                            or ["?"])[-1][:200]))
                 continue
             info = read_run(out)
-            rows.append((name, info["peak_gpu_memory_gib"], round(info["train_runtime_s"]
-                         / info["steps"], 3), f"{info['trainable_parameters']:,} trainable"))
+            m = info.metrics
+            rows.append((name, m["peak_gpu_memory_gib"], round(m["train_runtime_s"]
+                         / m["steps"], 3), f"{info.trainable_parameters:,} trainable"))
     print(f"\nshape={args.shape} seq={args.seq} batch={args.batch} steps={args.steps}")
     print(f"{'setting':<24}{'peak GiB':>10}{'s/step':>9}  note")
     for name, peak, sps, note in rows:

@@ -63,7 +63,7 @@ from pathlib import Path
 import torch
 
 from unitune.data.encode import Collator, Packed
-from unitune.methods.registry import prepare_quantized
+from unitune.methods.peft_methods import prepare_quantized
 from unitune.models.families import FAMILIES
 from unitune.train import speed
 
@@ -161,6 +161,10 @@ def build(setting: Setting, device: torch.device, unitune: bool, tmp: Path,
     if unitune:
         active = speed.optimize(model, "auto", setting.attention, setting.ckpt, setting.offload,
                                 setting.packed)
+        if speed.LIGER in active:  # what `unitune train` has the Trainer do (use_liger_kernel)
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=model)
     elif setting.ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

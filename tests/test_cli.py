@@ -42,7 +42,7 @@ def test_train_writes_every_artefact(trained_run):
         assert expected in names, expected
     assert any(p.name.startswith("events.out.tfevents") for p in (trained_run / "tb").iterdir())
     info = json.loads((trained_run / "run.json").read_text())
-    assert info["status"] == "finished" and info["steps"] == 3
+    assert info["status"] == "finished" and info["metrics"]["steps"] == 3
     # no GPU kernels on the CPU: the model's own attention; the lean LoRA dropout applies
     assert info["optimizations"] == ["attention: sdpa",
                                      "LoRA dropout inside lora_A (no dropped copy kept)"]
@@ -60,12 +60,12 @@ def test_train_writes_every_artefact(trained_run):
 
 def test_generate_uses_the_runs_template(trained_run, capsys):
     from unitune.infer.generate import Decoding, generate_texts
-    from unitune.models.loading import load_run
+    from unitune.run import open_model
 
     assert main(["generate", str(trained_run), "Count the letters.", "--input", "a b c",
                  "--max-new-tokens", "6"]) == 0
     printed = capsys.readouterr().out.rstrip("\n")
-    model, tokenizer, template = load_run(trained_run, device="cpu")
+    model, tokenizer, template = open_model(trained_run, device="cpu")
     assert template.name == "alpaca"
     prompt = ("Below is an instruction that describes a task, paired with an input that "
               "provides further context. Write a response that appropriately completes the "
@@ -89,7 +89,7 @@ def test_refuses_to_overwrite_a_finished_run(trained_run):
     proc = run_cli("train", "--data", "x.json", "-o", str(trained_run))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
-    assert "already holds a finished run" in proc.stderr and "--overwrite" in proc.stderr
+    assert "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
     assert (trained_run / "adapter_model.safetensors").read_bytes() == before
 
 
@@ -103,7 +103,7 @@ def test_refuses_to_overwrite_a_finished_run(trained_run):
      "unknown option '--lerning-rate'"),
     (["train", "--data", "a.json", "-o", "{tmp}/o", "--batch-size", "0"], "batch_size"),
     (["trian"], "unknown command 'trian' (did you mean 'train'?)"),
-    (["generate", "{tmp}", "hi"], "not a finished unitune run"),
+    (["generate", "{tmp}", "hi"], "neither a unitune run nor a Hugging Face model"),
     (["data", "synth", "--families", "srot", "--out", "{tmp}/s"], "did you mean 'sort'"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, expected):

@@ -13,7 +13,7 @@ from unitune.compose.compose import compose
 from unitune.compose.expr import bind, parse, parse_sweep
 from unitune.config import TrainConfig
 from unitune.errors import UserError
-from unitune.train.sft import train
+from unitune.train.recipe import train
 
 pytestmark = pytest.mark.slow
 
@@ -130,13 +130,14 @@ def test_composed_adapter_loads_in_stock_peft_with_the_expected_logits(modules, 
     from peft import PeftModel, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from unitune.models.loading import load_run
+    from unitune.run import open_model
 
     out = compose("0.5*lora0 + 0.5*lora1", tmp_path / "mix", modules)
     info = json.loads((out / "run.json").read_text())
-    assert info["composed"]["expression"] == "0.5*lora0 + 0.5*lora1"
+    assert info["kind"] == "compose"
+    assert info["sources"]["expression"] == "0.5*lora0 + 0.5*lora1"
     ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
-    ours, _, _ = load_run(out, device="cpu")
+    ours, _, _ = open_model(out, device="cpu")
     stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(test_preset)),
                                       str(out)).eval()
     manual = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(test_preset)),
@@ -170,11 +171,11 @@ def test_compose_and_merge_cli(modules, tmp_path, capsys, test_preset):
     merged = tmp_path / "merged"
     assert main(["merge", str(out), "-o", str(merged)]) == 0
     assert (merged / "model.safetensors").exists() and (merged / "template.json").exists()
-    from unitune.models.loading import load_run
+    from unitune.run import open_model
 
     ids = torch.tensor([[1, 5, 9, 13]])
-    adapter_model, _, _ = load_run(out, device="cpu")
-    merged_model, _, _ = load_run(merged, device="cpu")
+    adapter_model, _, _ = open_model(out, device="cpu")
+    merged_model, _, _ = open_model(merged, device="cpu")
     with torch.no_grad():
         assert torch.allclose(adapter_model(input_ids=ids).logits,
                               merged_model(input_ids=ids).logits, atol=1e-4)
@@ -228,13 +229,13 @@ def test_sweep_by_exact_match_and_by_perplexity_bound(modules, tmp_path, synth_d
     ok = [p["lambda"] for p in res["points"] if p["perplexity"] <= base + 0.5]
     assert res["chosen_lambda"] == max(ok)
     from unitune.eval.perplexity import perplexity, read_reference, reference_windows
-    from unitune.models.loading import load_run
+    from unitune.run import open_model
 
-    model, tok, template = load_run(tmp_path / "ppl", device="cpu")  # the written adapter
+    model, tok, template = open_model(tmp_path / "ppl", device="cpu")  # the written adapter
     chosen = next(p for p in res["points"] if p["lambda"] == res["chosen_lambda"])
     windows = reference_windows(read_reference(str(ref)), tok, template)
     assert perplexity(model, windows) == pytest.approx(chosen["perplexity"], rel=1e-5)
-    assert json.loads((tmp_path / "ppl" / "run.json").read_text())["composed"]["terms"][1][
+    assert json.loads((tmp_path / "ppl" / "run.json").read_text())["sources"]["terms"][1][
         "coef"] == -res["chosen_lambda"]
     with pytest.raises(UserError, match="needs λ"):
         sweep("lora0 - lora1", tmp_path / "n", [0.0], modules, ppl_text=str(ref))

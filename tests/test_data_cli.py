@@ -88,7 +88,7 @@ def test_train_by_catalog_name(tmp_path, synth_data, test_preset, monkeypatch, c
     (tmp_path / "catalog" / "alpaca").mkdir(parents=True)
     (tmp_path / "catalog" / "alpaca" / "part.json").write_text(synth_data["train"].read_text())
     assert main(args) == 0
-    assert json.loads((out / "run.json").read_text())["steps"] == 1
+    assert json.loads((out / "run.json").read_text())["metrics"]["steps"] == 1
 
 
 def test_mix_pack_mask_and_template_travel(tmp_path, shared_data, synth_data, test_preset):
@@ -142,7 +142,7 @@ def test_compare_methods(tmp_path, synth_data, test_preset, capsys):
     assert "| lora |" in (out / "compare.md").read_text()
     assert main(["compare", "--methods", "lora,lorra", "--out", str(tmp_path / "x"),
                  f"data={synth_data['train']}"]) == 2
-    assert "unknown method(s) lorra" in capsys.readouterr().err
+    assert "unknown method 'lorra'" in capsys.readouterr().err
 
 
 def test_preview_headers_name_the_kept_examples(tmp_path, test_preset, capsys):

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from unitune.config import TrainConfig
 from unitune.data.schema import Conversation
 from unitune.errors import UserError
-from unitune.train.sft import train
+from unitune.train.recipe import train
 
 pytestmark = pytest.mark.slow
 
@@ -73,11 +73,11 @@ def runs(tmp_path_factory, test_preset, synth_data):
 FRESH = """
 import sys, torch
 from safetensors.torch import save_file
-from unitune.models.loading import load_run
+from unitune.run import open_model
 ids = torch.tensor([[int(x) for x in sys.argv[1].split(",")]])
 out = {}
 for folder in sys.argv[3:]:
-    model, _, _ = load_run(folder, device="cpu")
+    model, _, _ = open_model(folder, device="cpu")
     with torch.no_grad():
         out[folder.rsplit("/", 1)[-1]] = model(input_ids=ids).logits.float().contiguous()
 save_file(out, sys.argv[2])
@@ -157,7 +157,7 @@ def test_bottleneck_adapters_are_saved_alone(runs):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"method": "qlora"}, "QLoRA (a 4-bit base) needs a CUDA GPU"),
+    ({"method": "qlora"}, "qlora (a 4bit base) needs a CUDA GPU"),
     ({"load_in": "8bit"}, "8bit loading needs a CUDA GPU"),
     ({"method": "prompt", "packing": True}, "set packing=false"),
     ({"lora": {"target_modules": ["nope_proj"]}}, "method=lora: Target modules"),
@@ -184,7 +184,8 @@ def test_embeddings_trained_beside_an_adapter_survive_a_grown_vocabulary(tmp_pat
     carries the resized embedding, reloads with identical logits, and the new rows trained."""
     from transformers import AutoModelForCausalLM
 
-    from unitune.models.loading import load_run, load_tokenizer
+    from unitune.models.loading import load_tokenizer
+    from unitune.run import open_model
 
     tok = load_tokenizer(str(test_preset))
     tok.add_tokens(["<unit1>", "<unit2>"])
@@ -202,7 +203,7 @@ def test_embeddings_trained_beside_an_adapter_survive_a_grown_vocabulary(tmp_pat
                       max_steps=4, batch_size=4, lr=5e-2, device="cpu", template="alpaca",
                       modules_to_save=["embed_tokens"], lora={"r": 4, "dropout": 0.0}),
           log=lambda *a: None, progress=False, callbacks=[cap])
-    model, tok2, _ = load_run(tmp_path / "run", device="cpu")
+    model, tok2, _ = open_model(tmp_path / "run", device="cpu")
     assert len(tok2) == len(tok)
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, cap.logits, atol=1e-5)
@@ -218,7 +219,8 @@ def test_seq2seq_t5_trains_saves_reloads_and_generates(tmp_path, test_preset, sy
     from transformers import T5Config, T5ForConditionalGeneration
 
     from unitune.cli import main
-    from unitune.models.loading import load_run, load_tokenizer
+    from unitune.models.loading import load_tokenizer
+    from unitune.run import open_model
 
     tok = load_tokenizer(str(test_preset))
     config = T5Config(vocab_size=len(tok), d_model=64, d_ff=128, d_kv=16, num_layers=2,
@@ -245,7 +247,7 @@ def test_seq2seq_t5_trains_saves_reloads_and_generates(tmp_path, test_preset, sy
                       method=method, max_steps=3, batch_size=4, lr=3e-2, device="cpu",
                       template="alpaca", lora={"r": 4, "dropout": 0.0}),
           log=lambda *a: None, progress=False, callbacks=[cap])
-    model, _, _ = load_run(out, device="cpu")
+    model, _, _ = open_model(out, device="cpu")
     with torch.no_grad():
         assert torch.allclose(model(**enc, decoder_input_ids=dec).logits, cap.logits, atol=1e-5)
     assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"

@@ -11,8 +11,8 @@ def test_stock_peft_loads_the_adapter_with_identical_logits(tmp_path, test_prese
     from transformers import AutoModelForCausalLM
 
     from unitune.config import TrainConfig
-    from unitune.models.loading import load_run
-    from unitune.train.sft import train
+    from unitune.run import open_model
+    from unitune.train.recipe import train
 
     out = tmp_path / "run"
     # a high learning rate so the adapter is far from its (zero-B) initialisation
@@ -20,7 +20,7 @@ def test_stock_peft_loads_the_adapter_with_identical_logits(tmp_path, test_prese
                       output_dir=str(out), max_steps=5, batch_size=4, lr=5e-2,
                       lora={"r": 4, "dropout": 0.0}), log=lambda *a: None, progress=False)
 
-    ours, tokenizer, template = load_run(out, device="cpu")
+    ours, tokenizer, template = open_model(out, device="cpu")
     base = AutoModelForCausalLM.from_pretrained(str(test_preset), dtype=torch.float32)
     stock = PeftModel.from_pretrained(base, str(out)).eval()
     plain = AutoModelForCausalLM.from_pretrained(str(test_preset), dtype=torch.float32).eval()

@@ -1,3 +1,50 @@
-"""unitune: instruction fine-tuning of large language models, one CLI and one Python API."""
+"""unitune: instruction fine-tuning of large language models, one CLI and one Python API.
+
+The API is what the CLI calls::
+
+    from unitune import TrainConfig, finetune, open_model, answer, Decoding, Conversation
+
+    run = finetune(TrainConfig(data=["data/synth/train.json"], output_dir="runs/api",
+                               max_steps=200))
+    model, tokenizer, template = open_model(run)   # exactly as trained
+    question = Conversation.single("Count the letters.", output="", input="a b c")
+    print(answer(model, tokenizer, template, [question], Decoding()))
+
+Names are imported on first use, so ``import unitune`` stays cheap. (``finetune`` and
+``compose_adapters`` are ``train.recipe.train`` and ``compose.compose.compose``: the package
+folders ``train/`` and ``compose/`` own the shorter names.)
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_API = {  # name: (module, name there)
+    "TrainConfig": ("unitune.config", "TrainConfig"),
+    "finetune": ("unitune.train.recipe", "train"),
+    "Interrupted": ("unitune.train.recipe", "Interrupted"),
+    "compare": ("unitune.train.compare", "compare"),
+    "RunRecord": ("unitune.run", "RunRecord"),
+    "read_run": ("unitune.run", "read_run"),
+    "open_model": ("unitune.run", "open_model"),
+    "open_tokenizer": ("unitune.run", "open_tokenizer"),
+    "compose_adapters": ("unitune.compose.compose", "compose"),
+    "sweep_lambda": ("unitune.compose.compose", "sweep"),
+    "merge": ("unitune.export.merge", "merge"),
+    "Decoding": ("unitune.infer.generate", "Decoding"),
+    "answer": ("unitune.infer.generate", "answer"),
+    "evaluate_exact_match": ("unitune.eval.exact_match", "evaluate_exact_match"),
+    "Conversation": ("unitune.data.schema", "Conversation"),
+    "read_conversations": ("unitune.data.readers", "read_conversations"),
+    "UserError": ("unitune.errors", "UserError"),
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        module, attribute = _API[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'unitune' has no attribute {name!r}")

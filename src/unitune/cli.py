@@ -64,7 +64,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--epochs", type=float, help="number of epochs")
     p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after N steps")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="per-device batch size")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="examples per forward pass, all processes together")
     p.add_argument("--method", help="lora, rslora, dora, qlora, adalora, prefix, p_tuning, "
                    "prompt, ia3, adapter_seq, adapter_par, full, freeze")
     p.add_argument("--lora-r", dest="lora.r", type=int, help="LoRA rank")
@@ -74,14 +75,20 @@ def _add_train(sub) -> None:
                    help="replace a finished run in the output folder")
     p.add_argument("--skip-invalid", dest="skip_invalid", action="store_const", const=True,
                    help="leave out invalid records (each reported) instead of stopping")
+    p.add_argument("--resume", nargs="?", const=True, metavar="PARTIAL_RUN",
+                   help="continue an interrupted run from its newest valid checkpoint: the "
+                   "unfinished run of the output folder, or the <run>.partial folder (or one "
+                   "of its checkpoints) given here, whose config is used")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even though settings, data or model changed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(config_flags=[a.dest for a in p._actions
-                                 if a.dest not in ("help", "items", "no_progress")])
+    p.set_defaults(config_flags=[a.dest for a in p._actions if a.dest not in (
+        "help", "items", "no_progress", "resume", "force_resume")])
 
 
-def _train_config(args, flags: dict):
+def _train_config(args, flags: dict, base_config: str | None = None):
     """A ``TrainConfig`` from the positional items (one YAML file, key=value overrides) and
-    flags."""
+    flags; ``base_config`` is the file used when no YAML file is given."""
     from unitune.config import TrainConfig, build_config
 
     configs = [i for i in args.items if "=" not in i]
@@ -89,14 +96,23 @@ def _train_config(args, flags: dict):
     if len(configs) > 1:
         raise UserError(f"{args.command} takes one config file, got {len(configs)}: "
                         f"{', '.join(configs)}")
-    return build_config(TrainConfig, configs[0] if configs else None, overrides, flags)
+    return build_config(TrainConfig, configs[0] if configs else base_config, overrides, flags)
 
 
 def cmd_train(args) -> int:
-    from unitune.train.sft import train
+    from unitune.train.recipe import Interrupted, resume_config, train
 
-    cfg = _train_config(args, {k: getattr(args, k) for k in args.config_flags})
-    out = train(cfg, progress=not args.no_progress)
+    flags = {k: getattr(args, k) for k in args.config_flags}
+    base_config = None
+    if isinstance(args.resume, str):  # a partial run: its config, in its place
+        base_config, flags["output_dir"] = resume_config(args.resume, flags.get("output_dir"))
+    cfg = _train_config(args, flags, base_config)
+    try:
+        out = train(cfg, progress=not args.no_progress, resume_from=args.resume or False,
+                    force_resume=args.force_resume)
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return 128 + exc.signum
     print(f"finished: {out}")
     return 0
 
@@ -151,15 +167,12 @@ def cmd_compose(args) -> int:
     from unitune.compose.expr import parse_sweep
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    if args.rank is not None and args.rank <= 0:
-        raise UserError(f"--rank must be > 0, got {args.rank}")
     if args.sweep:
         sweep(args.expression, out, parse_sweep(args.sweep), Path(args.root), args.eval_data,
-              args.ppl_text, args.ppl_bound, args.semantics, args.rank)
+              args.ppl_text, args.ppl_bound, args.semantics, args.rank, args.overwrite)
     else:
-        compose(args.expression, out, Path(args.root), args.lam, args.semantics, args.rank)
+        compose(args.expression, out, Path(args.root), args.lam, args.semantics, args.rank,
+                args.overwrite)
         print(f"composed adapter: {out}")
     return 0
 
@@ -186,15 +199,17 @@ def cmd_merge(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="answer an instruction with a trained run",
-                       description="Load base + adapter of a run and answer one instruction, "
-                       "rendered with the run's own template.")
-    p.add_argument("run_dir", help="a finished run folder")
+    p = sub.add_parser("generate", help="answer an instruction with a run or a base model",
+                       description="Open a run (base + adapter, as trained) or a base model "
+                       "and answer one instruction, rendered with the run's own template.")
+    p.add_argument("target", help="a finished run folder, or a base model (preset, folder or "
+                   "hub id)")
     p.add_argument("instruction", help="the instruction (prompt)")
     p.add_argument("--input", default="", help="optional input/context for the instruction")
     p.add_argument("--system", default=None, help="system prompt (default: the template's)")
     p.add_argument("--template", default=None,
-                   help="override the run's template (warned about: it was trained with its own)")
+                   help="a base model's template (default: its own); overriding a run's is "
+                   "warned about (it was trained with its own)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -203,24 +218,22 @@ def _add_generate(sub) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run a base model's own code from its folder (a run records its own)")
 
 
 def cmd_generate(args) -> int:
     from unitune.data.schema import Conversation, Turn
-    from unitune.data.templates import get_template
     from unitune.infer.generate import Decoding, answer
-    from unitune.models.loading import load_run
+    from unitune.run import open_model
 
-    if args.max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens must be > 0, got {args.max_new_tokens}")
-    model, tokenizer, template = load_run(args.run_dir, device=args.device)
     decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         repetition_penalty=args.repetition_penalty, seed=args.seed)
-    if args.template and args.template != template.name:
-        print(f"warning: the run was trained with template '{template.name}'; generating with "
-              f"'{args.template}' instead may give worse answers", file=sys.stderr)
-        template = get_template(args.template)
+    model, tokenizer, template = open_model(args.target, device=args.device,
+                                            template=args.template,
+                                            trust_remote_code=args.trust_remote_code,
+                                            log=_stderr)
     conv = Conversation((Turn("user", args.instruction, args.input),), system=args.system or "")
     print(answer(model, tokenizer, template, [conv], decoding)[0])
     return 0
@@ -230,32 +243,30 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="exact-match accuracy of a run (or a base model) on a file",
                        description="Generate greedily for every record of an Alpaca file and "
                        "report exact match, overall and per task family.")
-    p.add_argument("target", help="a finished run folder, or a base model (preset/folder) with "
-                   "--base")
+    p.add_argument("target", help="a finished run folder, or a base model (preset, folder or "
+                   "hub id)")
     p.add_argument("--data", required=True, help="Alpaca json/jsonl file with reference outputs")
-    p.add_argument("--base", action="store_true", help="target is a base model, not a run")
     p.add_argument("--template", default=None,
-                   help="template for --base (default: the model's); a run uses its own")
+                   help="a base model's template (default: its own); overriding a run's is "
+                   "warned about")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--report", help="write the full result as JSON here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run a base model's own code from its folder (a run records its own)")
 
 
 def cmd_eval(args) -> int:
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match, write_report
-    from unitune.models.loading import load_model, load_run
+    from unitune.run import open_model
 
     records = read_conversations(args.data)
-    if args.base:
-        model, tokenizer, template = load_model(args.target, device=args.device,
-                                                template=args.template or "auto")
-    else:
-        if args.template:
-            raise UserError("--template is only for --base; a run uses the template it was "
-                            "trained with")
-        model, tokenizer, template = load_run(args.target, device=args.device)
+    model, tokenizer, template = open_model(args.target, device=args.device,
+                                            template=args.template,
+                                            trust_remote_code=args.trust_remote_code,
+                                            log=_stderr)
     result = evaluate_exact_match(model, tokenizer, template, records, args.max_new_tokens,
                                   args.batch_size)
     print(result.table())
@@ -366,6 +377,10 @@ def build_parser() -> Parser:
                 _add_generate, _add_eval):
         add(sub)
     return parser
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _quiet_libraries() -> None:

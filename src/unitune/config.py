@@ -1,6 +1,7 @@
 """The typed run configuration: YAML file + ``key=value`` overrides + flags, validated.
 
-Owns the schema (``TrainConfig`` and its sections), loading and merging configuration sources,
+Owns the schema (``TrainConfig``: the general keys here, plus the section of every registered
+method, e.g. ``lora:``, which the method brings), loading and merging configuration sources,
 and turning validation failures into one-line errors that name the key, what was given and
 what is allowed, with a "did you mean" hint for misspelled keys.
 """
@@ -12,74 +13,21 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeInt,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
+from unitune import methods
 from unitune.errors import UserError, did_you_mean
+from unitune.sections import Section
+from unitune.train import stages
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-Targets = list[str] | Literal["auto", "all-linear"]
-
-
-class LoraConfig(Section):
-    """LoRA hyper-parameters (lora, rslora, dora, qlora, adalora; ``peft.LoraConfig``)."""
-
-    r: int = Field(8, gt=0, description="rank of the update matrices")
-    alpha: float = Field(16, gt=0, description="scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Targets = Field(
-        "auto", description="module names, 'all-linear', or 'auto' (the model family's "
-        "attention + MLP projections)")
-
-
-class AdaLoraSection(Section):
-    """AdaLoRA's rank schedule (``peft.AdaLoraConfig``); lora.alpha/dropout/targets apply."""
-
-    init_r: int = Field(12, gt=0, description="starting rank of every module")
-    target_r: int = Field(8, gt=0, description="average rank after pruning")
-    tinit: float = Field(0.1, ge=0, description="warm-up before pruning: steps or fraction")
-    tfinal: float = Field(0.2, ge=0, description="final fine-tuning at the target budget")
-    delta_t: int = Field(10, gt=0, description="steps between two budget allocations")
-    beta1: float = Field(0.85, gt=0, lt=1)
-    beta2: float = Field(0.85, gt=0, lt=1)
-    orth_reg_weight: float = Field(0.5, ge=0)
-
-
-class PromptSection(Section):
-    """prefix / p_tuning / prompt: virtual tokens prepended to every input."""
-
-    num_virtual_tokens: int = Field(20, gt=0)
-    encoder_hidden_size: int = Field(128, gt=0, description="p_tuning's prompt encoder width")
-    init_text: str | None = Field(None, description="prompt tuning: initialise from this text")
-
-
-class IA3Section(Section):
-    target_modules: Targets = "auto"
-    feedforward_modules: list[str] = Field(default_factory=list)
-
-
-class AdapterSection(Section):
-    """Bottleneck adapters (adapter_seq, adapter_par)."""
-
-    bottleneck_size: int = Field(64, gt=0)
-    placement: Literal["houlsby", "pfeiffer"] = Field(
-        "pfeiffer", description="adapter_seq: after attention and MLP (houlsby) or MLP only")
-    scaling: float = Field(1.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
-    target_modules: list[str] | Literal["auto"] = "auto"
-
-
-class FreezeSection(Section):
-    """freeze: train only the last N decoder blocks (and the named modules)."""
-
-    trainable_layers: int = Field(2, ge=0)
-    modules: list[str] = Field(default_factory=list)
 
 
 class DataSpec(Section):
@@ -116,9 +64,11 @@ def _data_list(value: Any) -> Any:
     return value
 
 
-class TrainConfig(Section):
-    """Supervised fine-tuning of a causal LM on instruction data."""
+class TrainKeys(Section):
+    """The keys of a training run that do not belong to one method."""
 
+    stage: str = Field("sft", description="; ".join(f"{s.name}: {s.summary}"
+                                                     for s in stages.STAGES.values()))
     base_model: str = Field("tiny-llama",
                             description="a unitune preset, a local HF folder, or a hub id")
     data: list[DataSpec] = Field(..., min_length=1,
@@ -138,14 +88,8 @@ class TrainConfig(Section):
     packing: bool = Field(False, description="pack short examples into max_length rows")
     data_workers: int | None = Field(None, gt=0, description="processes that tokenize; "
                                      "default one per 50,000 records, up to one per CPU")
-    method: Literal["lora", "rslora", "dora", "qlora", "adalora", "prefix", "p_tuning", "prompt",
-                    "ia3", "adapter_seq", "adapter_par", "full", "freeze"] = "lora"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    adalora: AdaLoraSection = Field(default_factory=AdaLoraSection)
-    prompt: PromptSection = Field(default_factory=PromptSection)
-    ia3: IA3Section = Field(default_factory=IA3Section)
-    adapter: AdapterSection = Field(default_factory=AdapterSection)
-    freeze: FreezeSection = Field(default_factory=FreezeSection)
+    method: str = Field("lora", description="fine-tuning method: "
+                        + ", ".join(methods.names()))
     init_adapter: str | None = Field(None, description="start the adapter from this run's "
                                      "initial adapter (shared init for module arithmetic)")
     modules_to_save: list[str] = Field(default_factory=list, description="modules trained "
@@ -167,8 +111,9 @@ class TrainConfig(Section):
     max_length: int = Field(512, gt=8)
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many steps (-1: use epochs)")
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    batch_size: int = Field(8, gt=0, description="examples per forward pass across all "
+                            "processes (each of N processes takes batch_size / N)")
+    grad_accum: int = Field(1, gt=0, description="forward passes per optimizer step")
     lr: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup: float = Field(0.03, ge=0, description="warm-up steps (>=1) or fraction of steps (<1)")
@@ -178,6 +123,15 @@ class TrainConfig(Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(500, gt=0, description="write a checkpoint every N optimizer steps "
+                            "(and at the end)")
+    keep_checkpoints: int = Field(2, gt=0, description="how many of the newest checkpoints "
+                                  "to keep while training")
+    fsdp: bool = Field(False, description="shard weights, gradients and optimizer state over "
+                       "the processes (PyTorch FSDP2): full fine-tuning of models larger than "
+                       "one GPU")
+    deepspeed: str | None = Field(None, description="DeepSpeed: zero2, zero3 (shipped "
+                                  "configs) or a JSON config file")
     skip_invalid: bool = Field(False, description="skip invalid records (reported) instead of "
                                "stopping at the first")
     trust_remote_code: bool = False
@@ -194,6 +148,30 @@ class TrainConfig(Section):
         if value >= 1 and value != int(value):
             raise ValueError("a count of records (a whole number) or a fraction below 1")
         return int(value) if value >= 1 else value
+
+    @field_validator("stage")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        if value not in stages.STAGES:
+            raise ValueError(f"unknown stage{did_you_mean(value, stages.STAGES)}; choose one of "
+                             f"{', '.join(stages.STAGES)}")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in methods.names():
+            raise ValueError(f"unknown method{did_you_mean(value, methods.names())}; choose "
+                             f"one of {', '.join(methods.names())}")
+        return value
+
+
+# the general keys and, for every registered method, the config section it reads (lora:, ...)
+TrainConfig = create_model(
+    "TrainConfig", __base__=TrainKeys, __module__=__name__,
+    **{key: (schema, Field(default_factory=schema))
+       for key, schema in methods.config_sections().items()})
+TrainConfig.__doc__ = "Fine-tuning a model: the general keys and every method's section."
 
 
 def _fields(schema: type[BaseModel], prefix: str = ""):
@@ -235,7 +213,8 @@ def describe_error(err: dict, schema: type[BaseModel], source: str) -> str:
     if err["type"] == "missing":
         return f"{source}: required config key '{key}' is missing"
     given = err.get("input")
-    msg = err["msg"][0].lower() + err["msg"][1:]
+    msg = err["msg"].removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:]
     return f"{source}: config key '{key}': {msg} (got {given!r})"
 
 

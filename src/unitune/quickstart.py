@@ -38,12 +38,12 @@ SIZES = {
 def run_quickstart(out: Path, size: str = "full", overwrite: bool = False, seed: int = 0,
                    log=print, progress: bool = True) -> dict:
     from unitune.eval.exact_match import evaluate_exact_match, write_report
-    from unitune.models.loading import load_model, load_run
-    from unitune.train.sft import check_output_dir, train
+    from unitune.run import check_replaceable, open_model
+    from unitune.train.recipe import train
 
     spec = SIZES[size]
     run_dir = out / "run"
-    check_output_dir(run_dir, overwrite)
+    check_replaceable(run_dir, overwrite)
     if (out / "data").exists() and not overwrite and any((out / "data").iterdir()):
         raise UserError(f"{out / 'data'} is not empty; pass --overwrite to regenerate it")
     t0 = time.time()
@@ -52,7 +52,7 @@ def run_quickstart(out: Path, size: str = "full", overwrite: bool = False, seed:
     log(f"data: {out / 'data'} ({', '.join(DEFAULT_FAMILIES)})")
     test = read_conversations(str(paths["test"]))
 
-    base, tokenizer, template = load_model(spec.preset, template="alpaca", log=log,
+    base, tokenizer, template = open_model(spec.preset, template="alpaca", log=log,
                                            progress=progress)
     before = evaluate_exact_match(base, tokenizer, template, test, max_new_tokens=16)
     log(f"before fine-tuning: held-out exact match {before.accuracy:.1%} (n={before.n})")
@@ -64,7 +64,7 @@ def run_quickstart(out: Path, size: str = "full", overwrite: bool = False, seed:
                       lr_scheduler="cosine", warmup=0.05, logging_steps=10, seed=seed,
                       lora={"r": 32, "alpha": 64, "dropout": 0.0}, overwrite=overwrite)
     train(cfg, log=log, progress=progress)
-    model, tokenizer, template = load_run(run_dir)
+    model, tokenizer, template = open_model(run_dir)
     after = evaluate_exact_match(model, tokenizer, template, test, max_new_tokens=16)
     write_report(before, run_dir / "eval_before.json")
     write_report(after, run_dir / "eval_after.json")

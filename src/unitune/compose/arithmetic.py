@@ -21,24 +21,24 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
+from unitune import methods
 from unitune.errors import UserError
 from unitune.methods import CONFIG_FILE, INIT_FILE, WEIGHTS_FILE
-from unitune.models.loading import RUN_FILE, move_into_place
-
-_KINDS = {"lora": "lora", "rslora": "lora", "qlora": "lora", "ia3": "ia3",
-          "adapter_seq": "bottleneck", "adapter_par": "bottleneck"}
-COMPOSABLE = tuple(_KINDS)
+from unitune.run import RUN_FILE, RunRecord, read_finished, staged, write_run
 
 
 def _kind(method: str) -> str:
-    if method in _KINDS:
-        return _KINDS[method]
-    raise UserError(f"method '{method}' cannot be composed; module arithmetic works on "
-                    f"{', '.join(COMPOSABLE)}")
+    kind = methods.get(method).composable
+    if kind is None:
+        composable = [m.name for m in methods.all_methods() if m.composable]
+        raise UserError(f"method '{method}' cannot be composed; module arithmetic works on "
+                        f"{', '.join(composable)}")
+    return kind
 
 
 def _role(key: str, kind: str) -> str:
@@ -63,27 +63,25 @@ def load_inputs(folders: list[Path]) -> list[dict]:
     """Run info, adapter config and weights of every input, checked to be composable."""
     from safetensors.torch import load_file
 
-    from unitune.models.loading import read_run
-
     inputs = []
     for folder in folders:
-        info = read_run(folder)
+        info = read_finished(folder)
+        kind = _kind(info.method)
         if not (folder / WEIGHTS_FILE).exists():
             raise UserError(f"{folder}: no {WEIGHTS_FILE} (only adapters can be composed)")
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        inputs.append({"folder": folder, "info": info, "config": config,
-                       "kind": _kind(info["method"]),
+        inputs.append({"folder": folder, "info": info, "config": config, "kind": kind,
                        "weights": load_file(str(folder / WEIGHTS_FILE))})
     first = inputs[0]
     for other in inputs[1:]:
         where = f"{other['folder']} vs {first['folder']}"
-        if other["info"]["base_model"] != first["info"]["base_model"]:
-            raise UserError(f"{where}: different base models ({other['info']['base_model']} "
-                            f"vs {first['info']['base_model']}); adapters of different bases "
+        if other["info"].base_model != first["info"].base_model:
+            raise UserError(f"{where}: different base models ({other['info'].base_model} "
+                            f"vs {first['info'].base_model}); adapters of different bases "
                             "cannot be combined")
         if other["kind"] != first["kind"]:
-            raise UserError(f"{where}: different methods ({other['info']['method']} vs "
-                            f"{first['info']['method']})")
+            raise UserError(f"{where}: different methods ({other['info'].method} vs "
+                            f"{first['info'].method})")
         if set(other["weights"]) != set(first["weights"]):
             raise UserError(f"{where}: different target modules; compose adapters trained on "
                             "the same modules")
@@ -93,7 +91,7 @@ def load_inputs(folders: list[Path]) -> list[dict]:
 def _init_of(inp: dict) -> str:
     """Where an adapter started: the digest of its saved initial weights (runs that share a
     seed or an ``init_adapter`` have byte-identical ones), else its recorded seed."""
-    init = inp["info"].get("adapter_init") or {}
+    init = inp["info"].adapter_init or {}
     for path in (Path(init.get("from", "")), inp["folder"] / INIT_FILE):
         if path.is_file():
             return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -161,32 +159,37 @@ def combine_delta(inputs: list[dict], coefs: list[float], rank: int | None
 
 
 def write(inputs: list[dict], weights: dict[str, torch.Tensor], out: Path, expression: str,
-          coefs: list[float], names: list[str], delta_rank: int | None = None) -> Path:
-    """A normal run folder: the composed adapter, the first input's tokenizer and template,
-    and a run.json that records the expression and its inputs."""
+          coefs: list[float], names: list[str], delta_rank: int | None = None,
+          overwrite: bool = False, extra=None) -> Path:
+    """A run folder (kind ``compose``): the composed adapter, the first input's tokenizer and
+    template, and a record of the expression and its inputs. ``extra(folder)`` writes more
+    files (a sweep's table) before the folder is moved into place."""
     from safetensors.torch import save_file
 
     first = inputs[0]
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for path in first["folder"].iterdir():
-        if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE, INIT_FILE, RUN_FILE,
-                                                "metrics.jsonl", "loss.png", "config.yaml"):
-            shutil.copy(path, tmp / path.name)
-    config = dict(first["config"])
-    if delta_rank is not None:
-        config.update(r=delta_rank, lora_alpha=delta_rank, use_rslora=False, rank_pattern={},
-                      alpha_pattern={})
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
-    save_file(weights, str(tmp / WEIGHTS_FILE))
-    info = {k: v for k, v in first["info"].items()
-            if k in ("base_model", "base_model_path", "method", "template", "trust_remote_code",
-                     "adapter_init")}
-    info.update(status="finished", composed={
-        "expression": expression, "semantics": "delta" if delta_rank is not None else "params",
-        "terms": [{"coef": c, "name": n, "folder": str(i["folder"])}
-                  for c, n, i in zip(coefs, names, inputs, strict=True)]})
-    (tmp / RUN_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
-    move_into_place(tmp, out)
+    with staged(out, overwrite) as tmp:
+        for path in first["folder"].iterdir():
+            if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE, INIT_FILE,
+                                                    RUN_FILE, "metrics.jsonl", "loss.png",
+                                                    "config.yaml"):
+                shutil.copy(path, tmp / path.name)
+        config = dict(first["config"])
+        if delta_rank is not None:
+            config.update(r=delta_rank, lora_alpha=delta_rank, use_rslora=False,
+                          rank_pattern={}, alpha_pattern={})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+        info: RunRecord = first["info"]
+        write_run(tmp, RunRecord(
+            kind="compose", status="finished", method=info.method, base_model=info.base_model,
+            base_model_path=info.base_model_path, base_fingerprint=info.base_fingerprint,
+            template=info.template, quantization=info.quantization,
+            trust_remote_code=info.trust_remote_code, model_patches=info.model_patches,
+            adapter_init=info.adapter_init, ended=time.time(),
+            sources={"expression": expression,
+                     "semantics": "delta" if delta_rank is not None else "params",
+                     "terms": [{"coef": c, "name": n, "folder": str(i["folder"])}
+                               for c, n, i in zip(coefs, names, inputs, strict=True)]}))
+        if extra is not None:
+            extra(tmp)
     return out

@@ -11,14 +11,14 @@ from pathlib import Path
 from unitune.compose import arithmetic
 from unitune.compose.expr import bind, parse
 from unitune.errors import UserError
-from unitune.models.loading import RUN_FILE
+from unitune.run import is_run
 
 
 def resolve(name: str, root: Path) -> Path:
     for candidate in (Path(name), root / name):
-        if (candidate / RUN_FILE).exists():
+        if is_run(candidate):
             return candidate
-    raise UserError(f"unknown module '{name}': no finished run at {name} or {root / name}")
+    raise UserError(f"unknown module '{name}': no run at {name} or {root / name}")
 
 
 def _load(expression: str, root: Path, lam: float | None) -> list[dict]:
@@ -38,27 +38,35 @@ def _combined(expression: str, lam: float | None, semantics: str, rank: int | No
     return arithmetic.combine(inputs, list(coefs)), list(coefs), list(names), None
 
 
+def _check_rank(rank: int | None) -> None:
+    if rank is not None and rank <= 0:
+        raise UserError(f"--rank must be > 0, got {rank}")
+
+
 def compose(expression: str, out: Path, root: Path = Path("."), lam: float | None = None,
-            semantics: str = "params", rank: int | None = None, log=print,
-            inputs: list[dict] | None = None) -> Path:
-    """Write the composed adapter; ``inputs``: the named runs, when already loaded."""
+            semantics: str = "params", rank: int | None = None, overwrite: bool = False,
+            log=print, inputs: list[dict] | None = None) -> Path:
+    """Write the composed adapter as a run; ``inputs``: the named runs, when already
+    loaded."""
+    _check_rank(rank)
     inputs = inputs or _load(expression, root, lam)
     weights, coefs, names, r = _combined(expression, lam, semantics, rank, inputs)
     warning = arithmetic.init_warning(inputs)
     if warning:
         log(warning)
-    return arithmetic.write(inputs, weights, out, expression, coefs, names, r)
+    return arithmetic.write(inputs, weights, out, expression, coefs, names, r, overwrite)
 
 
 def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
           eval_data: str | None = None, ppl_text: str | None = None, ppl_bound: float = 0.5,
-          semantics: str = "params", rank: int | None = None, log=print) -> dict:
+          semantics: str = "params", rank: int | None = None, overwrite: bool = False,
+          log=print) -> dict:
     """Score every λ, pick one, write the composed adapter for it plus a table and a plot."""
+    from unitune import methods
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
     from unitune.eval.perplexity import perplexity, read_reference, reference_windows
-    from unitune.methods.registry import set_adapter_weights
-    from unitune.models.loading import load_run
+    from unitune.run import check_replaceable, open_model
 
     if not any(t.lam for t in parse(expression)):
         raise UserError("--sweep needs λ in the expression, e.g. 'chat - λ*toxic'")
@@ -67,19 +75,22 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
                         "(perplexity bound)")
     if ppl_text and lams[0] != 0:
         raise UserError("a perplexity bound is measured against λ=0: start the sweep at 0")
+    _check_rank(rank)
+    check_replaceable(out, overwrite)
     records = read_conversations(eval_data) if eval_data else None
     reference = read_reference(ppl_text) if ppl_text else None
     rows = []
     # load the base and the adapter structure once; every λ only swaps the adapter weights
     scratch = out.with_name(out.name + ".sweep")
     inputs = _load(expression, root, lams[0])
-    compose(expression, scratch, root, lams[0], semantics, rank, log=log, inputs=inputs)
-    model, tokenizer, template = load_run(scratch)
+    compose(expression, scratch, root, lams[0], semantics, rank, overwrite=True, log=log,
+            inputs=inputs)
+    model, tokenizer, template = open_model(scratch)
     windows = reference_windows(reference, tokenizer, template) if reference else None
-    method = inputs[0]["info"]["method"]
+    method = methods.get(inputs[0]["info"].method)
     for lam in lams:
         weights, *_ = _combined(expression, lam, semantics, rank, inputs)
-        set_adapter_weights(model, method, weights)  # (copied onto the model's device)
+        method.set_adapter_weights(model, weights)  # (copied onto the model's device)
         row = {"lambda": lam}
         if records:
             row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
@@ -98,16 +109,19 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
         rule = "highest exact match"
     shutil.rmtree(scratch, ignore_errors=True)
     weights, coefs, names, r = _combined(expression, best["lambda"], semantics, rank, inputs)
-    arithmetic.write(inputs, weights, out, expression, coefs, names, r)
     result = {"expression": expression, "rule": rule, "chosen_lambda": best["lambda"],
               "points": rows}
-    (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    cols = list(rows[0])
-    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    table += ["| " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
-    (out / "sweep.md").write_text(f"{expression}: {rule}, chosen λ={best['lambda']:g}\n\n"
-                                  + "\n".join(table) + "\n", encoding="utf-8")
-    _plot(rows, out / "sweep.png", best["lambda"], expression)
+
+    def report(folder: Path) -> None:
+        (folder / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        cols = list(rows[0])
+        table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        table += ["| " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
+        (folder / "sweep.md").write_text(f"{expression}: {rule}, chosen λ={best['lambda']:g}"
+                                         "\n\n" + "\n".join(table) + "\n", encoding="utf-8")
+        _plot(rows, folder / "sweep.png", best["lambda"], expression)
+
+    arithmetic.write(inputs, weights, out, expression, coefs, names, r, overwrite, report)
     log(f"chosen λ={best['lambda']:g} ({rule}); adapter: {out}")
     return result
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -245,6 +246,19 @@ def _encode_table(batch: dict, tokenizer, template: Template, max_length: int, m
     return {key: [r[key] for r in rows] for key in _ENCODED}
 
 
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """``datasets``' progress bars on or off for the block (restored afterwards)."""
+    was_on = not datasets.are_progress_bars_disabled()
+    if was_on and not enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on and not enabled:
+            datasets.enable_progress_bars()
+
+
 def encode_records(records: Records, tokenizer, template: Template, max_length: int,
                    masking: str, seq2seq: bool, out: Path, workers: int | None = None,
                    progress: bool = False) -> tuple[datasets.Dataset, EncodeReport]:
@@ -257,11 +271,7 @@ def encode_records(records: Records, tokenizer, template: Template, max_length: 
         workers = min(os.cpu_count() or 1, max(1, len(records) // 50_000))
     if workers > 1:  # forked workers run the Rust tokenizer single-threaded, quietly
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    quiet = not progress or len(records) < 50_000  # a bar only where it helps
-    was_on = not datasets.are_progress_bars_disabled()
-    if quiet and was_on:
-        datasets.disable_progress_bars()
-    try:
+    with progress_bars(progress and len(records) >= 50_000):  # a bar only where it helps
         table = records.table.map(
             _encode_table, batched=True, batch_size=1_000, features=_ENCODED,
             remove_columns=records.table.column_names, num_proc=workers if workers > 1 else None,
@@ -269,9 +279,6 @@ def encode_records(records: Records, tokenizer, template: Template, max_length: 
                        "masking": masking, "seq2seq": seq2seq},
             cache_file_name=str(out), load_from_cache_file=False,
             new_fingerprint=uuid.uuid4().hex, desc=f"tokenizing {out.stem}")
-    finally:
-        if quiet and was_on:
-            datasets.enable_progress_bars()
     dropped = table.data.column("dropped")
     reasons = Counter({str(v["values"]): int(v["counts"])
                        for v in pc.value_counts(dropped).to_pylist() if v["values"]})

@@ -81,7 +81,7 @@ def _take(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _select(records: Sequence, indices: np.ndarray) -> Sequence:
-    if isinstance(records, Records):
+    if hasattr(records, "select"):  # Records, or a datasets.Dataset
         return records.select(indices)
     return [records[i] for i in indices.tolist()]
 

@@ -120,16 +120,9 @@ def _convert(args) -> int:
 
 
 def _tokenizer_and_template(args):
-    from unitune.models.loading import (
-        load_tokenizer,
-        model_config,
-        resolve_model_path,
-        resolve_template,
-    )
+    from unitune.run import open_tokenizer
 
-    path = resolve_model_path(args.base_model)
-    tokenizer = load_tokenizer(path)
-    return tokenizer, resolve_template(args.template, model_config(path).model_type, tokenizer)
+    return open_tokenizer(args.base_model, args.template)
 
 
 def _preview(args) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from unitune.data.schema import Conversation
 from unitune.data.templates import Template
+from unitune.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,20 @@ class Decoding:
     repetition_penalty: float = 1.0
     seed: int = 0
 
-    def generate_kwargs(self) -> dict:
-        kw = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-              "repetition_penalty": self.repetition_penalty}
-        if self.do_sample:
-            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        else:
-            kw.update(temperature=None, top_p=None, top_k=None)
-        return kw
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise UserError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+
+    def generation_config(self, eos_token_id: list[int], pad_token_id: int):
+        """These controls as transformers' ``GenerationConfig``."""
+        from transformers import GenerationConfig
+
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} \
+            if self.do_sample else {"temperature": None, "top_p": None, "top_k": None}
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                                repetition_penalty=self.repetition_penalty,
+                                eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                **sampling)
 
 
 def _stop_ids(tokenizer, stops: list[str]) -> list[int]:
@@ -57,7 +64,7 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
                    batch_size: int = 32, stops: list[str] | None = None) -> list[str]:
     """Answers to already-rendered prompts, in input order (left-padded batches)."""
     stops = stops or []
-    eos_ids = _stop_ids(tokenizer, stops)
+    config = decoding.generation_config(_stop_ids(tokenizer, stops), tokenizer.pad_token_id)
     answers: list[str] = []
     device = next(model.parameters()).device
     saved_side = tokenizer.padding_side
@@ -67,8 +74,7 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            out = model.generate(**enc, **decoding.generate_kwargs(), eos_token_id=eos_ids,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(**enc, generation_config=config)
             # a decoder-only model returns prompt + answer; an encoder-decoder only the answer
             new = out if getattr(model.config, "is_encoder_decoder", False) else \
                 out[:, enc["input_ids"].shape[1]:]

@@ -1,6 +1,17 @@
-"""Fine-tuning methods (registry, bottleneck adapters, lean LoRA dropout) and the file names of
-a saved adapter: PEFT's, shared by every method so that module arithmetic reads them all."""
+"""Fine-tuning methods: the registry (``base``), the methods PEFT implements
+(``peft_methods``), bottleneck adapters (``bottleneck``), full and partial fine-tuning
+(``whole``), and the lean LoRA dropout (``lean_dropout``). Importing the package registers every
+method; ``get(name)`` returns one."""
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-INIT_FILE = "adapter_init.safetensors"  # the adapter before training, for shared inits
+# (registration order is the order methods are listed in: PEFT's first)
+from unitune.methods import peft_methods, bottleneck, whole  # noqa: F401, I001
+from unitune.methods.base import (  # noqa: F401
+    CONFIG_FILE,
+    INIT_FILE,
+    WEIGHTS_FILE,
+    Method,
+    all_methods,
+    config_sections,
+    get,
+    names,
+)

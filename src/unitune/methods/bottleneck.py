@@ -17,14 +17,30 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from unitune.errors import UserError
-from unitune.methods import CONFIG_FILE, WEIGHTS_FILE
+from unitune.methods.base import CONFIG_FILE, WEIGHTS_FILE, Method, register, unfreeze
+from unitune.models.families import require_family
+from unitune.sections import Section
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class AdapterSection(Section):
+    """Bottleneck adapters (adapter_seq, adapter_par)."""
+
+    bottleneck_size: int = Field(64, gt=0)
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "pfeiffer", description="adapter_seq: after attention and MLP (houlsby) or MLP only")
+    scaling: float = Field(1.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    target_modules: list[str] | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -124,26 +140,70 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if ".adapter." in k}
 
 
-def save(model: nn.Module, cfg: BottleneckConfig, folder: Path, method: str) -> None:
-    from safetensors.torch import save_file
+class Bottleneck(Method):
+    """``adapter_seq`` and ``adapter_par``: our adapters, saved as PEFT-style files."""
 
-    state = adapter_state(model)
-    if not state:
-        raise RuntimeError("no bottleneck adapter weights to save")
-    save_file(state, str(folder / WEIGHTS_FILE))
-    cfg.save(folder, method)
+    sections = (("adapter", AdapterSection),)
+    composable = "bottleneck"
+    shares_init = True
+    native_checkpoints = False  # the HF Trainer knows only PEFT adapters and whole models
+
+    def __init__(self, name: str, kind: str, summary: str):
+        self.name, self.kind, self.summary = name, kind, summary
+
+    def build(self, model, cfg, model_type):
+        ad = cfg.adapter
+        if ad.target_modules != "auto":
+            targets = ad.target_modules
+        else:
+            family = require_family(model_type, "adapter placement")
+            if self.kind == "parallel":
+                targets = [family.mlp_block]
+            else:
+                targets = [family.attention[-1], family.mlp[-1]] \
+                    if ad.placement == "houlsby" else [family.mlp[-1]]
+        bcfg = BottleneckConfig(
+            kind=self.kind, target_modules=list(targets), bottleneck_size=ad.bottleneck_size,
+            scaling=ad.scaling, dropout=ad.dropout, non_linearity=ad.non_linearity,
+            placement=ad.placement, base_model_name_or_path=model.name_or_path)
+        inject(model, bcfg)
+        unfreeze(model, cfg.modules_to_save)
+        model.unitune_bottleneck = bcfg
+        return model, []
+
+    def adapter_weights(self, model):
+        return {k: v.clone() for k, v in adapter_state(model).items()}
+
+    def set_adapter_weights(self, model, state):
+        model.load_state_dict(state, strict=False)
+
+    def save(self, model, folder, state_dict=None):
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()
+                 if ".adapter." in k} if state_dict is not None else adapter_state(model)
+        if not state:
+            raise RuntimeError("no bottleneck adapter weights to save")
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(folder / WEIGHTS_FILE))
+        model.unitune_bottleneck.save(folder, self.name)
+
+    def load(self, base, folder):
+        inject(base, BottleneckConfig.load(folder))
+        self.load_weights(base, folder)
+        return base
+
+    def load_weights(self, model, folder):
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if ".adapter." in k]
+        if missing or unexpected:
+            raise UserError(f"{folder / WEIGHTS_FILE}: does not fit this model (missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]})")
 
 
-def load(model: nn.Module, folder: Path) -> nn.Module:
-    """Put the saved adapters of ``folder`` into ``model`` (a fresh base)."""
-    from safetensors.torch import load_file
-
-    cfg = BottleneckConfig.load(folder)
-    inject(model, cfg)
-    state = load_file(str(folder / WEIGHTS_FILE), device=str(next(model.parameters()).device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if ".adapter." in k]
-    if missing or unexpected:
-        raise UserError(f"{folder / WEIGHTS_FILE}: does not fit this model (missing "
-                        f"{missing[:3]}, unexpected {unexpected[:3]})")
-    return model
+register(Bottleneck("adapter_seq", "sequential",
+                    "bottleneck adapters after attention and/or MLP (Houlsby / Pfeiffer)"))
+register(Bottleneck("adapter_par", "parallel", "bottleneck adapters beside the MLP"))

@@ -1,21 +1,19 @@
-"""Loading base models and tokenizers, and trained runs (base + adapter).
+"""Loading base models and tokenizers: the pieces ``run.open_model`` and training assemble.
 
 Owns resolving a model name (a unitune preset, a local Hugging Face folder, or a hub id), the
-dtype/device choice, and re-opening a run folder with the template it was trained with.
-Weights are read from safetensors; ``trust_remote_code`` is passed only when the user asks.
+dtype/device choice (each process of a multi-process run on its own GPU), and loading a base
+model (optionally quantized) and its tokenizer. Weights are read from
+safetensors; ``trust_remote_code`` is passed only when the user asks.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
 
+from unitune import distributed
 from unitune.errors import UserError
-
-RUN_FILE = "run.json"
 
 
 def resolve_model_path(name: str, log=print, progress: bool = True) -> str:
@@ -27,19 +25,35 @@ def resolve_model_path(name: str, log=print, progress: bool = True) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+            hint = " (a run with an adapter: `unitune merge` it into a model first)" \
+                if (path / "adapter_config.json").exists() else ""
+            raise UserError(f"{path}: neither a unitune run nor a Hugging Face model folder "
+                            f"(no run.json or config.json){hint}")
         return str(path)
     if name.startswith((".", "/", "~")):
         raise UserError(f"model folder not found: {name}")
     return name  # a hub id; from_pretrained reports if it cannot be fetched
 
 
+def describe_base(name: str, trust_remote_code: bool = False, log=print):
+    """(where the tokenizer of model ``name`` is, the model's config), without loading any
+    weights; a preset builds only its tokenizer (its weights come with ``resolve_model_path``)."""
+    from unitune.models.tiny import PRESETS, get_preset, preset_config, preset_tokenizer
+
+    if name in PRESETS:
+        folder = str(preset_tokenizer(name, log=log))
+        return folder, preset_config(get_preset(name), load_tokenizer(folder))
+    path = resolve_model_path(name, log=log)
+    return path, model_config(path, trust_remote_code)
+
+
 def pick_device(device: str = "auto") -> torch.device:
+    """The device of this process: its own GPU under torchrun / accelerate launch."""
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise UserError("device=cuda was asked for but no CUDA GPU is available; "
                             "use device=cpu or device=auto")
-        return torch.device("cuda")
+        return torch.device("cuda", distributed.local_rank())
     return torch.device("cpu")
 
 
@@ -69,7 +83,7 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
     """A causal LM (or an encoder-decoder such as T5) from safetensors; ``quantize`` '4bit'
     (NF4, double quantization, compute in ``dtype``) or '8bit' loads it through bitsandbytes on
     the GPU. ``config``: the model's config when the caller has read it already."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kwargs = {}
     if quantize:
@@ -84,7 +98,7 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
         kwargs["device_map"] = {"": device.index or 0}
     try:
         if config is None:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = model_config(path, trust_remote_code)
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) \
             else AutoModelForCausalLM
         model = auto.from_pretrained(
@@ -118,49 +132,3 @@ def resolve_template(name: str, model_type: str | None, tokenizer):
     if name == "auto":
         name = default_template(model_type, tokenizer)
     return get_template(name)
-
-
-def load_model(name: str, device: str = "auto", dtype: str = "auto", template: str = "auto",
-               trust_remote_code: bool = False, log=print, progress: bool = True):
-    """(base model in eval mode, tokenizer, template) for inference without an adapter."""
-    path = resolve_model_path(name, log=log, progress=progress)
-    dev = pick_device(device)
-    model = load_base(path, pick_dtype(dtype, dev), dev, trust_remote_code).eval()
-    tokenizer = load_tokenizer(path, trust_remote_code)
-    return model, tokenizer, resolve_template(template, model.config.model_type, tokenizer)
-
-
-def read_run(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    path = run_dir / RUN_FILE
-    if not path.exists():
-        raise UserError(f"{run_dir}: not a finished unitune run (no {RUN_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def load_run(run_dir: str | Path, device: str = "auto", dtype: str = "auto"):
-    """(trained model, tokenizer, template) of a finished run, ready for inference."""
-    from unitune.data.templates import load_template
-    from unitune.methods import registry
-
-    run_dir = Path(run_dir)
-    info = read_run(run_dir)
-    dev = pick_device(device)
-    model = registry.load(info["method"], info["base_model"], run_dir, pick_dtype(dtype, dev),
-                          dev, info.get("trust_remote_code", False))
-    model.eval()
-    tokenizer = load_tokenizer(str(run_dir))
-    return model, tokenizer, load_template(run_dir)
-
-
-def move_into_place(staging: Path, out: Path) -> None:
-    """Put a finished folder where it belongs: an old one is moved aside first and removed
-    only once the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,9 +1,11 @@
 """The embedded default model: a tiny Llama built from a config, with a tokenizer we train.
 
 Owns the named tiny presets, building their byte-level BPE tokenizer with ``tokenizers`` on the
-synthetic corpus, building the randomly initialised ``LlamaForCausalLM``, and the on-disk cache
-(``$UNITUNE_HOME/models/<preset>``, default ``~/.cache/unitune``) that holds a preset after its
-first build: tokenizer, the pre-trained weights (safetensors) and a ``preset.json`` recording
+synthetic corpus (cached on its own, so commands that need only a tokenizer never train a
+model), building the randomly initialised ``LlamaForCausalLM`` and pre-training it with the
+``pt`` stage on the raw task text, and the on-disk cache (``$UNITUNE_HOME/models/<preset>``,
+default ``~/.cache/unitune``) that holds a preset after its first build: the ``pt`` run folder
+(weights in safetensors, tokenizer, loss curve, ``run.json``) plus a ``preset.json`` recording
 how it was made. Nothing is downloaded.
 """
 
@@ -35,7 +37,8 @@ class TinyPreset:
     pretrain_examples_per_family: int
     pretrain_steps: int
     pretrain_lr: float = 3e-3
-    pretrain_batch_size: int = 64
+    pretrain_batch_size: int = 10  # blocks of pretrain_block tokens
+    pretrain_block: int = 128
     seed: int = 0
 
 
@@ -93,12 +96,11 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
     return fast
 
 
-def init_model(preset: TinyPreset, tokenizer):
-    """A randomly initialised LlamaForCausalLM of the preset's shape (seeded)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def preset_config(preset: TinyPreset, tokenizer):
+    """The ``LlamaConfig`` of the preset's shape (known before its weights exist)."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=preset.hidden_size,
         intermediate_size=preset.intermediate_size, num_hidden_layers=preset.num_hidden_layers,
         num_attention_heads=preset.num_attention_heads,
@@ -106,44 +108,41 @@ def init_model(preset: TinyPreset, tokenizer):
         max_position_embeddings=preset.max_position_embeddings, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
+
+
+def init_model(preset: TinyPreset, tokenizer):
+    """A randomly initialised LlamaForCausalLM of the preset's shape (seeded)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(preset.seed)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(preset_config(preset, tokenizer))
 
 
-def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
-    """Return the cached folder of a preset, building it (data, tokenizer, pre-training) if absent.
-
-    The build happens in a temporary folder that is renamed into place only when complete, so
-    an interrupted build never leaves a half-written preset behind.
-    """
-    preset = get_preset(name)
-    target = preset_dir(name)
-    if (target / "preset.json").exists():
-        return target
-    from unitune.data.readers import read_conversations
+def _corpus(preset: TinyPreset, folder: Path) -> Path:
+    """The raw task text the preset is pre-trained on (Alpaca records, rendered raw)."""
     from unitune.data.synth import DEFAULT_FAMILIES, write_suite
-    from unitune.train.pretrain import pretrain_completions
 
+    return write_suite(folder, list(DEFAULT_FAMILIES), n_train=0, n_val=0, n_test=0,
+                       n_pretrain=preset.pretrain_examples_per_family,
+                       seed=preset.seed)["pretrain"]
+
+
+def _build_once(target: Path, done: str, what: str, build, log) -> Path:
+    """``build(tmp)`` into a temporary folder renamed to ``target`` when complete (an
+    interrupted build leaves nothing behind); other processes of a multi-process run wait for
+    the local main process to build it."""
+    from unitune import distributed
+
+    if (target / done).exists():
+        return target
+    if not distributed.is_local_main():
+        distributed.wait_for(target / done, None, what)
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log(f"building model preset '{name}' (first use; cached in {target})")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        suite = write_suite(tmp / "corpus", list(DEFAULT_FAMILIES), n_train=0, n_val=0,
-                            n_test=0, n_pretrain=preset.pretrain_examples_per_family,
-                            seed=preset.seed)
-        records = read_conversations(str(suite["pretrain"]))
-        texts = [f"{r.turns[0].content}\n{r.answer}" for r in records]
-        tokenizer = train_tokenizer(texts + _template_texts(), preset.vocab_size, tmp)
-        model = init_model(preset, tokenizer)
-        stats = pretrain_completions(model, tokenizer, records, steps=preset.pretrain_steps,
-                                     lr=preset.pretrain_lr, seed=preset.seed,
-                                     batch_size=preset.pretrain_batch_size, log=log,
-                                     progress=progress)
-        model.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(tmp / "corpus")
-        meta = {"preset": name, **asdict(preset), "parameters": model.num_parameters(),
-                "pretrain": stats}
-        (tmp / "preset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        build(tmp)
         if target.exists():  # a concurrent build finished first; keep theirs
             shutil.rmtree(tmp)
         else:
@@ -152,6 +151,83 @@ def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def preset_tokenizer(name: str, log=print) -> Path:
+    """A folder holding the preset's tokenizer: the built preset's, or the tokenizer alone,
+    trained (in seconds) and cached the first time."""
+    from unitune.data.readers import read_conversations
+
+    preset = get_preset(name)
+    if (preset_dir(name) / "preset.json").exists():
+        return preset_dir(name)
+
+    def build(tmp: Path) -> None:
+        log(f"building the tokenizer of preset '{name}' (first use)")
+        records = read_conversations(str(_corpus(preset, tmp / "corpus")))
+        texts = [f"{r.turns[0].content}\n{r.answer}" for r in records]
+        train_tokenizer(texts + _template_texts(), preset.vocab_size, tmp)
+        shutil.rmtree(tmp / "corpus")
+
+    return _build_once(unitune_home() / "tokenizers" / name, "tokenizer.json",
+                       f"building the tokenizer of '{name}'", build, log)
+
+
+def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
+    """Return the cached folder of a preset, building it (tokenizer, initial weights,
+    pre-training with the ``pt`` stage) if absent. Under several processes the local main
+    process builds it, in a process of its own (the training it runs is single-process)."""
+    from unitune import distributed
+
+    preset = get_preset(name)
+
+    def build(tmp: Path) -> None:
+        if distributed.world_size() > 1:  # (the process it starts says what it does)
+            import subprocess
+            import sys
+
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+            code = subprocess.run([sys.executable, "-c", "from unitune.models.tiny import "
+                                   f"ensure_preset; ensure_preset({name!r})"], env=env
+                                  ).returncode
+            if code:
+                raise UserError(f"building preset '{name}' failed (see above)")
+            return  # it is in place: the empty tmp is dropped
+        log(f"building model preset '{name}' (first use; cached in {preset_dir(name)})")
+        _pretrain(name, preset, tmp, log, progress)
+
+    return _build_once(preset_dir(name), "preset.json", f"building preset '{name}'", build, log)
+
+
+def _pretrain(name: str, preset: TinyPreset, tmp: Path, log, progress: bool) -> None:
+    from transformers import AutoTokenizer
+
+    from unitune.config import TrainConfig
+    from unitune.run import read_run
+    from unitune.train.recipe import train
+
+    tokenizer = AutoTokenizer.from_pretrained(str(preset_tokenizer(name, log)))
+    init = tmp / "init"
+    init_model(preset, tokenizer).save_pretrained(init, safe_serialization=True)
+    tokenizer.save_pretrained(init)
+    run = tmp / "run"
+    cfg = TrainConfig(stage="pt", method="full", base_model=str(init), template="raw",
+                      data=[str(_corpus(preset, tmp / "corpus"))], output_dir=str(run),
+                      max_length=preset.pretrain_block, batch_size=preset.pretrain_batch_size,
+                      max_steps=preset.pretrain_steps, lr=preset.pretrain_lr,
+                      lr_scheduler="constant_with_warmup", warmup=50, weight_decay=0.01,
+                      seed=preset.seed, device="cpu", dtype="fp32",
+                      logging_steps=max(1, min(50, preset.pretrain_steps // 10)),
+                      save_steps=preset.pretrain_steps)
+    train(cfg, log=log, progress=progress)
+    for path in run.iterdir():  # the pt run is the preset
+        path.rename(tmp / path.name)
+    for leftover in (init, run, tmp / "corpus"):
+        shutil.rmtree(leftover)
+    record = read_run(tmp)
+    meta = {"preset": name, **asdict(preset), "pretrain": record.metrics}
+    (tmp / "preset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 def _template_texts() -> list[str]:

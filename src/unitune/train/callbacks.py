@@ -1,4 +1,5 @@
-"""Trainer callbacks: the progress bar, the metrics log, and the loss-curve picture."""
+"""Trainer callbacks: the progress bar, the metrics log (and its reader), evaluation at the
+end of training, and the loss-curve picture."""
 
 from __future__ import annotations
 
@@ -18,18 +19,20 @@ class ProgressCallback(TrainerCallback):
         self.desc = desc
         self.disable = disable
         self.start = 0.0
-        self.loss = float("nan")
+        self.loss: float | None = None  # none shown before the first logged loss
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", disable=self.disable,
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc,
+                        unit="step", disable=self.disable, dynamic_ncols=True)
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         tokens = state.num_input_tokens_seen or 0
-        self.bar.set_postfix(loss=f"{self.loss:.4f}", tok_s=f"{tokens / elapsed:,.0f}",
-                             refresh=False)
+        shown = {"tok_s": f"{tokens / elapsed:,.0f}"}
+        if self.loss is not None:
+            shown = {"loss": f"{self.loss:.4f}", **shown}
+        self.bar.set_postfix(shown, refresh=False)
         self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -42,11 +45,16 @@ class ProgressCallback(TrainerCallback):
 
 
 class MetricsLogCallback(TrainerCallback):
-    """Appends every log event (loss, lr, eval loss, tokens seen) as a JSON line."""
+    """Appends every log event (loss, lr, eval loss, tokens seen) as a JSON line; a resumed
+    run first drops the rows after its checkpoint, which it is about to redo."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
         self.start = time.perf_counter()
+        if resume_step and path.exists():
+            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -56,6 +64,23 @@ class MetricsLogCallback(TrainerCallback):
                "elapsed_s": round(time.perf_counter() - self.start, 3), **logs}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluates at the last step, so a run whose ``max_steps`` ends before its first epoch
+    does is still evaluated (and one that ends on an epoch boundary only once)."""
+
+    def __init__(self):
+        self.final_step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            self.final_step = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.final_step == state.global_step:
+            control.should_evaluate = False
 
 
 def read_metrics(path: Path, *keys: str) -> list[list[tuple[int, float]]]:

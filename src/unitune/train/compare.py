@@ -6,23 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from unitune import methods as registry
 from unitune.config import TrainConfig
-from unitune.errors import UserError, did_you_mean
 
 
 def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | None = None,
             log=print, progress: bool = True) -> list[dict]:
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
-    from unitune.methods.registry import METHODS
-    from unitune.models.loading import load_run, read_run
+    from unitune.run import open_model, read_run
     from unitune.train.callbacks import read_metrics
-    from unitune.train.sft import train
+    from unitune.train.recipe import train
 
     for m in methods:
-        if m not in METHODS:
-            raise UserError(f"unknown method(s) {m}{did_you_mean(m, METHODS)}; methods: "
-                            f"{', '.join(METHODS)}")
+        registry.get(m)  # an unknown name fails before anything trains
     test = read_conversations(test_file) if test_file else None
     out.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
@@ -34,12 +31,13 @@ def compare(cfg: TrainConfig, methods: list[str], out: Path, test_file: str | No
         info = read_run(run)
         logged, val = read_metrics(run / "metrics.jsonl", "loss", "eval_loss")
         curves[method] = logged
-        row = {"method": method, "trainable_%": 100 * info["trainable_parameters"]
-               / info["total_parameters"],
-               "train_loss_last": logged[-1][1] if logged else info["train_loss"],
-               "val_loss": val[-1][1] if val else None, "seconds": info["train_runtime_s"]}
+        row = {"method": method, "trainable_%": 100 * info.trainable_parameters
+               / info.total_parameters,
+               "train_loss_last": logged[-1][1] if logged else info.metrics["train_loss"],
+               "val_loss": val[-1][1] if val else None,
+               "seconds": info.metrics["train_runtime_s"]}
         if test:
-            model, tokenizer, template = load_run(run)
+            model, tokenizer, template = open_model(run)
             row["exact_match"] = evaluate_exact_match(model, tokenizer, template, test,
                                                       max_new_tokens=16).accuracy
         rows.append(row)

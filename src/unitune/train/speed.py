@@ -4,7 +4,8 @@ Owns deciding, from the config and what the machine has, the optimizations a bas
 before its adapter is added, and naming them for the run's log and ``run.json``:
 
 - liger-kernel's fused RMSNorm, RoPE, SwiGLU and linear + cross-entropy (which never
-  materialises the full-vocabulary logits), on CUDA for the architectures liger supports;
+  materialises the full-vocabulary logits), on CUDA for the architectures liger supports
+  (applied by the Trainer, ``use_liger_kernel``);
 - the attention implementation: PyTorch's FlexAttention for packed rows on a GPU, where
   transformers turns the restarting position ids into a block-sparse document mask (only the
   blocks on the diagonal are computed; SDPA would need a dense ``rows x n x n`` mask and lose
@@ -31,23 +32,24 @@ from unitune.train import checkpointing
 
 LIGER_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
 ATTENTION = ("auto", "sdpa", "flex_attention", "eager")
+LIGER = "liger: rms_norm, rope, swiglu, fused linear cross-entropy"
 
 
 def _device_type(model) -> str:
     return next(model.parameters()).device.type
 
 
-def apply_kernels(model) -> list[str]:
-    """Patch ``model`` in place with the liger kernels that apply; returns their names."""
+def liger_applies(model) -> bool:
+    """Whether liger-kernel's fused kernels apply to ``model`` (CUDA, a supported architecture,
+    liger installed). The Trainer applies them (``use_liger_kernel``)."""
     model_type = getattr(model.config, "model_type", None)
     if _device_type(model) != "cuda" or model_type not in LIGER_ARCHS:
-        return []
+        return False
     try:
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        import liger_kernel.transformers  # noqa: F401
     except ImportError:
-        return []
-    _apply_liger_kernel_to_instance(model=model)
-    return ["liger: rms_norm, rope, swiglu, fused linear cross-entropy"]
+        return False
+    return True
 
 
 def set_attention(model, setting: str, packing: bool) -> str:
@@ -78,8 +80,9 @@ def set_attention(model, setting: str, packing: bool) -> str:
 def optimize(model, kernels: str, attention: str, gradient_checkpointing: bool | int,
              offload_activations: bool, packing: bool) -> list[str]:
     """Apply every optimization the settings allow to ``model`` (a base model, before its
-    adapter); returns what is active, in the order ``unitune train`` prints it."""
-    active = apply_kernels(model) if kernels == "auto" else []
+    adapter); returns what is active, in the order ``unitune train`` prints it. liger's
+    kernels are listed here and applied by the Trainer (see ``liger_applies``)."""
+    active = [LIGER] if kernels == "auto" and liger_applies(model) else []
     active.append(set_attention(model, attention, packing))
     ckpt = checkpointing.enable(model, gradient_checkpointing, offload_activations)
     active += [ckpt] if ckpt else []

@@ -1,0 +1,154 @@
+"""Prepared (tokenised) training data, cached by what it was made from.
+
+Owns the cache key, a digest of everything that shapes the rows a model trains on (the stage,
+the content of every data file, the config's data keys, the tokenizer's vocabulary and special
+tokens, the template, ``max_length``, masking), the entries (``$UNITUNE_HOME/cache/data/<key>/``:
+``train/`` and ``validation/`` saved by ``datasets``, then ``report.json``, written last), and
+how several processes share them: the local main process prepares an entry in a temporary
+folder and renames it into place while the others wait for it on disk, then every process
+memory-maps the same files. A resumed run, a rerun with another method or learning rate, and
+every rank of a multi-process run reuse one entry. Hub datasets are keyed by their id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+
+from unitune import distributed
+from unitune.data.encode import progress_bars
+from unitune.data.sources import resolve_files
+from unitune.data.templates import Template
+from unitune.errors import UserError
+from unitune.models.tiny import unitune_home
+
+CACHE_VERSION = 1  # raise when the same key would encode to different rows
+DATA_KEYS = ("stage", "data", "validation_data", "data_format", "data_dir", "validation_split",
+             "mix_total", "dedupe", "augment", "masking", "max_length", "seed", "skip_invalid")
+
+
+@dataclass
+class Prepared:
+    train: datasets.Dataset
+    validation: datasets.Dataset | None
+    report: dict  # what run.json records about the data
+    log: list[str]  # what preparing it said, repeated when the entry is reused
+    key: str
+    reused: bool
+
+
+def cache_root() -> Path:
+    return unitune_home() / "cache" / "data"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, remembered by (path, size, mtime) so an unchanged file is
+    read once."""
+    path = path.resolve()
+    stat = path.stat()
+    memo_path = cache_root() / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    seen = memo.get(str(path))
+    if seen and seen[:2] == [stat.st_size, stat.st_mtime_ns]:
+        return seen[2]
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    memo[str(path)] = [stat.st_size, stat.st_mtime_ns, sha.hexdigest()]
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo_path.with_name(f"digests.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memo), encoding="utf-8")
+    os.replace(tmp, memo_path)
+    return sha.hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """A digest of what a tokenizer does: its vocabulary, merges, normalisation and special
+    tokens (not where it was loaded from)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else \
+        json.dumps(sorted(tokenizer.get_vocab().items()))
+    specials = json.dumps([type(tokenizer).__name__, tokenizer.bos_token, tokenizer.eos_token,
+                           tokenizer.pad_token, getattr(tokenizer, "chat_template", None)])
+    return hashlib.sha256((body + specials).encode()).hexdigest()
+
+
+def data_key(cfg, tokenizer, template: Template, seq2seq: bool) -> str:
+    """The digest that names the prepared data of ``cfg``."""
+    config = cfg.model_dump(mode="json")
+    files = {}
+    for spec in [*cfg.data, *cfg.validation_data]:
+        found = resolve_files(spec.path, cfg.data_dir)
+        files[spec.path] = [file_digest(f) for f in found] if found is not None else "hub"
+    if cfg.augment.flan_templates:
+        files["flan_templates"] = file_digest(Path(cfg.augment.flan_templates))
+    parts = {"version": CACHE_VERSION, "config": {k: config[k] for k in DATA_KEYS},
+             "files": files, "tokenizer": tokenizer_digest(tokenizer),
+             "template": asdict(template), "seq2seq": seq2seq}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+Build = Callable[[Path], tuple[datasets.Dataset, datasets.Dataset | None, dict, list[str]]]
+
+
+def prepared(key: str, build: Build, log=print) -> Prepared:
+    """The entry ``key``: reused when it exists; else made by ``build(workdir)`` (which returns
+    train rows, validation rows or None, the report and its log lines) on the local main
+    process while the other processes wait for it."""
+    root = cache_root()
+    entry, failed = root / key, root / f"{key}.error"
+    done = entry / "report.json"
+    reused = done.exists()
+    if not reused:
+        if distributed.is_local_main():
+            _make(entry, failed, build)
+        else:
+            distributed.wait_for(done, failed, "preparing the data")
+    saved = json.loads(done.read_text(encoding="utf-8"))
+    train = datasets.load_from_disk(str(entry / "train"))
+    validation = datasets.load_from_disk(str(entry / "validation")) \
+        if (entry / "validation").exists() else None
+    for line in saved["log"]:
+        log(line)
+    if reused:
+        log(f"data: reusing the prepared data in {entry}")
+    return Prepared(train, validation, saved["report"], saved["log"], key, reused)
+
+
+def _make(entry: Path, failed: Path, build: Build) -> None:
+    failed.unlink(missing_ok=True)
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        train, validation, report, lines = build(tmp / "work")
+        with progress_bars(False):
+            train.save_to_disk(str(tmp / "train"))
+            if validation is not None:
+                validation.save_to_disk(str(tmp / "validation"))
+        del train, validation  # (their files in work/ may now go)
+        shutil.rmtree(tmp / "work", ignore_errors=True)
+        (tmp / "report.json").write_text(json.dumps({"report": report, "log": lines}),
+                                         encoding="utf-8")
+        try:
+            tmp.rename(entry)
+        except OSError:  # another machine's process of a shared cache finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except UserError as exc:
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(str(exc), encoding="utf-8")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,110 @@
+"""Plain text for continued pre-training: read, tokenised, grouped into blocks.
+
+Owns the ``pt`` stage's data: every record of the named files becomes one document (plain
+text as it is, a conversation rendered with the run's template), each document is tokenised
+with the tokenizer's special tokens and closed with EOS, and the documents are concatenated
+and cut into blocks of ``max_length`` tokens (what Hugging Face's ``run_clm`` does); the loss is
+on every token. Documents are streamed into an Arrow table and tokenised by a batched
+``datasets.map``, so a corpus of any size trains in flat memory. Blocks are cut within each
+batch of 1,000 documents; each batch's remainder is kept as a shorter block, so no text is
+lost.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+
+from unitune.data.encode import progress_bars, row_lengths
+from unitune.data.readers import iter_records
+from unitune.data.schema import Conversation, PlainText
+from unitune.data.sources import Invalid, resolve_files
+from unitune.data.templates import Template
+from unitune.errors import UserError
+
+_TEXT = pa.schema([("text", pa.string())])
+_BLOCKS = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                             "labels": datasets.Sequence(datasets.Value("int32"))})
+_BATCH = 1_000
+
+
+def check(cfg) -> None:
+    """Refuse keys that shape instruction data, which plain text does not have."""
+    mixed = [s.path for s in cfg.data + cfg.validation_data
+             if s.weight is not None or s.count is not None]
+    for what, bad in (("mixing by weight or count", mixed or cfg.mix_total),
+                      ("dedupe", cfg.dedupe),
+                      ("augment", cfg.augment.flan_templates or cfg.augment.k_shot
+                       or cfg.augment.cot_suffix),
+                      ("packing (blocks are full already)", cfg.packing)):
+        if bad:
+            raise UserError(f"stage=pt trains on plain text grouped into blocks: {what} "
+                            "applies to stage=sft only; remove it")
+
+
+def _documents(specs, cfg, template: Template, tokenizer, invalid: Invalid) -> Iterator[str]:
+    for spec in specs:
+        files = resolve_files(spec.path, cfg.data_dir)
+        if files is None:
+            raise UserError(f"data '{spec.path}': stage=pt reads local files (.txt, "
+                            "{\"text\"} records or conversations); download the hub dataset")
+        for path in files:
+            for rec in iter_records(path, spec.format or cfg.data_format, cfg.skip_invalid,
+                                    invalid):
+                if isinstance(rec, PlainText):
+                    yield rec.text
+                elif isinstance(rec, Conversation):
+                    yield template.render(rec, tokenizer)[0]
+                else:
+                    raise UserError(f"{rec.where}: is a preference pair; stage=pt trains on "
+                                    "plain text or conversations")
+
+
+def _write(texts: Iterator[str], path: Path) -> datasets.Dataset:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, _TEXT) as out:
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) == _BATCH:
+                out.write_batch(pa.RecordBatch.from_pydict({"text": batch}, schema=_TEXT))
+                batch = []
+        if batch:
+            out.write_batch(pa.RecordBatch.from_pydict({"text": batch}, schema=_TEXT))
+    return datasets.Dataset.from_file(str(path))
+
+
+def _blocks(batch: dict, tokenizer, block: int) -> dict:
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for doc in tokenizer(batch["text"])["input_ids"]:
+        ids.extend(doc)
+        if not doc or doc[-1] != eos:
+            ids.append(eos)
+    cut = [ids[i:i + block] for i in range(0, len(ids), block)]
+    cut = [c for c in cut if len(c) > 1]  # a block of one token has nothing to predict
+    return {"input_ids": cut, "labels": cut}
+
+
+def text_blocks(specs, cfg, tokenizer, template: Template, out: Path, invalid: Invalid,
+                progress: bool = False) -> tuple[datasets.Dataset, dict]:
+    """The blocks of the documents ``specs`` name, and a report (documents, tokens, blocks)."""
+    docs = _write(_documents(specs, cfg, template, tokenizer, invalid), out / "texts.arrow")
+    if not len(docs):
+        raise UserError(f"data {', '.join(s.path for s in specs)}: no text to train on")
+    workers = cfg.data_workers or min(os.cpu_count() or 1, max(1, len(docs) // 50_000))
+    if workers > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with progress_bars(progress and len(docs) >= 50_000):
+        blocks = docs.map(_blocks, batched=True, batch_size=_BATCH, features=_BLOCKS,
+                          remove_columns=["text"], num_proc=workers if workers > 1 else None,
+                          fn_kwargs={"tokenizer": tokenizer, "block": cfg.max_length},
+                          cache_file_name=str(out / "blocks.arrow"), load_from_cache_file=False,
+                          new_fingerprint=uuid.uuid4().hex, desc="tokenizing text")
+    return blocks, {"documents": len(docs), "blocks": len(blocks),
+                    "tokens": int(row_lengths(blocks).sum()), "block_length": cfg.max_length}

@@ -1,0 +1,294 @@
+"""The run: the folder every command after training consumes, its record, and reopening it.
+
+Owns
+- ``RunRecord``, the typed ``run.json``: what kind of run (sft, pt, compose, merge), its
+  status, method, base model and its resolved path, template, quantization,
+  ``trust_remote_code``, model patches (a grown vocabulary), the data report and
+  fingerprint, metrics and provenance; ``read_run`` / ``write_run`` are its only reader and
+  writer (the writer acts on the main process only);
+- ``Staging``, the one way any command writes a run folder: built in ``<out>.partial`` and
+  moved into place when finished, replacing only a folder that is a run (with
+  ``overwrite``) or is empty, never anything else;
+- ``open_model``, the one way any command gets (model, tokenizer, template) for a run or a
+  base model, reopening a run exactly as it was trained, and ``open_tokenizer`` for commands
+  that need no weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unitune import distributed
+from unitune.errors import UserError
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+Kind = Literal["sft", "pt", "compose", "merge"]
+Status = Literal["running", "interrupted", "failed", "finished"]
+_LEGACY_METRICS = ("train_loss", "steps", "tokens_seen", "train_runtime_s", "wall_time_s",
+                   "peak_gpu_memory_gib")
+
+
+class RunRecord(BaseModel):
+    """What a run is and how it came about (``run.json``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Kind = "sft"
+    status: Status = "running"
+    method: str
+    base_model: str
+    base_model_path: str | None = None
+    base_fingerprint: str | None = None  # its config and weight files, checked on resume
+    template: str | None = None
+    quantization: str | None = None  # '4bit' / '8bit': the base it trained on
+    trust_remote_code: bool = False
+    model_patches: dict = Field(default_factory=dict)  # {'vocab_size': n}
+    adapter_init: dict | None = None
+    trainable_parameters: int | None = None
+    total_parameters: int | None = None
+    masking: str | None = None
+    packing: bool | None = None
+    data: dict | None = None
+    data_fingerprint: str | None = None
+    metrics: dict = Field(default_factory=dict)
+    optimizations: list[str] = Field(default_factory=list)
+    device: str | None = None
+    dtype: str | None = None
+    world_size: int = 1
+    sources: dict | None = None  # compose: the expression and its runs; merge: the run merged
+    resumed_from: list[str] = Field(default_factory=list)
+    error: str | None = None
+    unitune_version: str = ""
+    started: float = Field(default_factory=time.time)
+    ended: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data):
+        """Runs written before the record existed kept metrics at the top level."""
+        if isinstance(data, dict) and "metrics" not in data:
+            data = dict(data)
+            data["metrics"] = {k: data.pop(k) for k in _LEGACY_METRICS if k in data}
+            if "composed" in data:
+                data.setdefault("kind", "compose")
+                data["sources"] = data.pop("composed")
+            if "merged_from" in data:
+                data.setdefault("kind", "merge")
+                data["sources"] = data.pop("merged_from")
+        return data
+
+
+def is_run(folder: Path) -> bool:
+    return (Path(folder) / RUN_FILE).is_file()
+
+
+def read_run(folder: str | Path) -> RunRecord:
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{folder}: not a unitune run (no {RUN_FILE})")
+    try:
+        return RunRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise UserError(f"{path}: not a valid run record ({str(exc).splitlines()[0]})") \
+            from None
+
+
+def read_finished(folder: str | Path) -> RunRecord:
+    """The record of a finished run; a partial one is refused with what to do about it."""
+    record = read_run(folder)
+    if record.status != "finished":
+        raise UserError(f"{folder}: the run is {record.status}, not finished; resume it with "
+                        f"`unitune train --resume {folder}`")
+    return record
+
+
+def write_run(folder: Path, record: RunRecord) -> None:
+    """Write ``run.json`` atomically (a reader never sees half of it); main process only."""
+    if not distributed.is_main():
+        return
+    from unitune import __version__
+
+    record.unitune_version = __version__
+    tmp = folder / (RUN_FILE + ".tmp")
+    tmp.write_text(record.model_dump_json(indent=1), encoding="utf-8")
+    os.replace(tmp, folder / RUN_FILE)
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to write ``out`` over anything but an empty folder or (with ``overwrite``) a
+    run; nothing is touched."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a folder; pick another")
+    if not any(out.iterdir()):
+        return
+    if not is_run(out):
+        raise UserError(f"{out} exists and is not a unitune run; refusing to replace it "
+                        "(--overwrite replaces runs only); pick another output folder")
+    if not overwrite:
+        raise UserError(f"{out} already holds a run; pick another output folder or pass "
+                        "--overwrite to replace it")
+
+
+class Staging:
+    """A run folder written in ``<out>.partial`` and moved to ``out`` once finished.
+
+    ``out`` must be absent, empty, or (with ``overwrite``) a run: it is replaced only when the
+    new run is complete. A leftover ``<out>.partial`` from an interrupted command is a run
+    that may be resumed (``resume``); otherwise it is refused unless ``overwrite``.
+    """
+
+    def __init__(self, out: Path, overwrite: bool = False):
+        self.out = Path(out)
+        self.path = self.out.with_name(self.out.name + ".partial")
+        self.overwrite = overwrite
+
+    def open(self, resume: bool = False) -> Path:
+        check_replaceable(self.out, self.overwrite)
+        if self.path.exists() and not resume:
+            if not self.path.is_dir() or (any(self.path.iterdir()) and not is_run(self.path)):
+                raise UserError(f"{self.path} exists and is not a unitune run; move it away")
+            if not self.overwrite and is_run(self.path):
+                status = read_run(self.path).status
+                raise UserError(f"{self.path} holds an unfinished run ({status}); resume it "
+                                f"with `unitune train --resume {self.path}` or pass "
+                                "--overwrite to start again")
+            if distributed.is_main():
+                shutil.rmtree(self.path)
+        if distributed.is_main():
+            self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
+
+    def commit(self) -> Path:
+        """Move the finished folder into place; an old run there is moved aside first and
+        removed only once the new one is in place."""
+        if distributed.is_main():
+            check_replaceable(self.out, self.overwrite)  # (it may have changed meanwhile)
+            old = None
+            if self.out.exists():
+                old = self.out.with_name(self.out.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                self.out.rename(old)
+            self.path.rename(self.out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def discard(self) -> None:
+        if distributed.is_main():
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextmanager
+def staged(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """``with staged(out) as folder:`` write into ``folder``; it becomes ``out`` when the block
+    ends, and is removed if the block fails (for commands that cannot resume)."""
+    staging = Staging(out, overwrite)
+    folder = staging.open()
+    try:
+        yield folder
+    except BaseException:
+        staging.discard()
+        raise
+    staging.commit()
+
+
+# --- reopening models and runs -------------------------------------------------------------
+
+
+def _base_path(record: RunRecord, log, progress: bool) -> str:
+    from unitune.models.loading import resolve_model_path
+
+    if record.base_model_path and Path(record.base_model_path).exists():
+        return record.base_model_path
+    return resolve_model_path(record.base_model, log=log, progress=progress)
+
+
+def apply_patches(model, patches: dict) -> None:
+    """Re-apply to a freshly loaded base what training changed in it before the adapter was
+    added: the embeddings resized to a grown vocabulary."""
+    if "vocab_size" in patches and model.get_input_embeddings().weight.shape[0] != \
+            patches["vocab_size"]:
+        model.resize_token_embeddings(patches["vocab_size"])
+
+
+def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
+               template: str | None = None, quantization: Literal["as-trained", "none"] =
+               "as-trained", trust_remote_code: bool = False, log=print,
+               progress: bool = True):
+    """(model in eval mode, tokenizer, template) for a run folder or a base model.
+
+    A run reopens exactly as it trained: its base (a QLoRA run on a 4-bit base, unless
+    ``quantization='none'`` asks for the 16-bit weights, as merging does), its
+    ``trust_remote_code``, its model patches, its adapter and its tokenizer and template.
+    ``template`` overrides the run's (with a warning) or picks one for a base model (default:
+    the model's own). ``trust_remote_code`` applies to base models; a run uses its own."""
+    from unitune import methods
+    from unitune.data.templates import get_template, load_template
+    from unitune.models.loading import (
+        load_base,
+        load_tokenizer,
+        pick_device,
+        pick_dtype,
+        resolve_model_path,
+        resolve_template,
+    )
+
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    folder = Path(target)
+    if not is_run(folder):
+        path = resolve_model_path(str(target), log=log, progress=progress)
+        model = load_base(path, torch_dtype, dev, trust_remote_code).eval()
+        tokenizer = load_tokenizer(path, trust_remote_code)
+        return model, tokenizer, resolve_template(template or "auto", model.config.model_type,
+                                                  tokenizer)
+    record = read_finished(folder)
+    method = methods.get(record.method)
+    trust = record.trust_remote_code
+    if method.whole_model:
+        model = load_base(str(folder), torch_dtype, dev, trust)
+    else:
+        quant = record.quantization if quantization == "as-trained" else None
+        if quant and dev.type != "cuda":
+            raise UserError(f"{folder} trained on a {quant} base ({record.method}); reopening it "
+                            "as trained needs a CUDA GPU with bitsandbytes (merging it uses "
+                            "the 16-bit base and works anywhere)")
+        base = load_base(_base_path(record, log, progress), torch_dtype, dev, trust, quant)
+        apply_patches(base, record.model_patches)
+        model = method.load(base, folder)
+    tokenizer = load_tokenizer(str(folder), trust)
+    run_template = load_template(folder)
+    if template and template != run_template.name:
+        log(f"warning: {folder} was trained with template '{run_template.name}'; using "
+            f"'{template}' instead may give worse answers")
+        run_template = get_template(template)
+    return model.eval(), tokenizer, run_template
+
+
+def open_tokenizer(target: str, template: str = "auto", log=print):
+    """(tokenizer, template) of a run or a base model without loading any weights; a preset
+    builds only its tokenizer."""
+    from unitune.data.templates import load_template
+    from unitune.models.loading import describe_base, load_tokenizer, resolve_template
+
+    if is_run(Path(target)):
+        record = read_run(target)
+        tok = load_tokenizer(str(target), record.trust_remote_code)
+        if template == "auto":
+            return tok, load_template(Path(target))
+        return tok, resolve_template(template, None, tok)
+    folder, config = describe_base(target, log=log)
+    tok = load_tokenizer(folder)
+    return tok, resolve_template(template, config.model_type, tok)
