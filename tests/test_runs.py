@@ -181,11 +181,7 @@ def test_a_crash_leaves_a_resumable_partial_run(tmp_path, data, reference):
 
     out = tmp_path / "run"
     partial = out.with_name("run.partial")
-    cfg_args = {"base_model": "tiny-llama-test", "data": [data], "output_dir": str(out),
-                "max_steps": STEPS, "batch_size": 4, "lr": 1e-2, "save_steps": SAVE,
-                "logging_steps": 1, "lora": {"r": 4, "dropout": 0.1}, "device": "cpu",
-                "template": "alpaca"}
-    cfg = TrainConfig(**cfg_args)
+    cfg = TrainConfig(**crash_args(data, out))
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, log=lines.append, progress=False, callbacks=[CrashAt(10)])
@@ -196,6 +192,115 @@ def test_a_crash_leaves_a_resumable_partial_run(tmp_path, data, reference):
     assert yaml.safe_load((partial / "config.yaml").read_text())["max_steps"] == STEPS
     train(cfg, log=lambda *a: None, progress=False, resume_from=True)
     assert_same_adapter(out, reference)
+
+
+def test_resuming_from_an_older_checkpoint_drops_the_newer_ones(tmp_path, data, reference):
+    partial, _ = interrupted_run(tmp_path, data)
+    newest, older = resume.checkpoints(partial)[:2]
+    done = run("train", "--resume", str(older), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert f"after {older.name}, which this resume trains again" in done.stdout + done.stderr
+    assert_same_adapter(tmp_path / "run", reference)
+
+
+def test_rerunning_without_resume_keeps_the_partial_run(tmp_path, data, capsys):
+    partial, _ = interrupted_run(tmp_path, data, step=4)
+    kept = sorted(p.name for p in partial.rglob("*"))
+    assert main(["train", "--data", data, "-o", str(tmp_path / "run"), *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "holds an unfinished run (interrupted); resume it with" in err, err
+    assert sorted(p.name for p in partial.rglob("*")) == kept
+
+
+class FailAtSave(TrainerCallback):
+    """Fails once the last checkpoint is complete, as a crash while saving the run would."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            raise OSError("disk full")
+
+
+def crash_args(data: str, out: Path) -> dict:
+    return {"base_model": "tiny-llama-test", "data": [data], "output_dir": str(out),
+            "max_steps": STEPS, "batch_size": 4, "lr": 1e-2, "save_steps": SAVE,
+            "logging_steps": 1, "lora": {"r": 4, "dropout": 0.1}, "device": "cpu",
+            "template": "alpaca"}
+
+
+def test_a_failure_after_the_last_step_resumes_by_saving(tmp_path, data, reference):
+    out = tmp_path / "run"
+    cfg = TrainConfig(**crash_args(data, out))
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg, log=lambda *a: None, progress=False, callbacks=[FailAtSave()])
+    lines: list[str] = []
+    train(cfg, log=lines.append, progress=False, resume_from=True)
+    assert any(f"checkpoint-{STEPS} is the last step: saving the run" in x for x in lines)
+    assert_same_adapter(out, reference)
+    assert read_run(out).metrics["steps"] == STEPS
+
+
+def test_a_crash_before_the_first_checkpoint_resumes_from_the_start(tmp_path, data, reference):
+    out = tmp_path / "run"
+    cfg = TrainConfig(**crash_args(data, out))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, log=lambda *a: None, progress=False, callbacks=[CrashAt(3)])
+    lines: list[str] = []
+    train(cfg, log=lines.append, progress=False, resume_from=True)
+    assert any("has no valid checkpoint; training starts from step 0" in x for x in lines)
+    assert logged_steps(out) == list(range(1, STEPS + 1))  # steps 1-2 are not logged twice
+    assert_same_adapter(out, reference)
+
+
+def test_overwrite_never_touches_a_users_old_folder(tmp_path, data, reference):
+    import shutil
+
+    out = tmp_path / "chat"
+    shutil.copytree(reference, out)
+    backup = tmp_path / "chat.old"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("mine")
+    assert main(["train", "--data", data, "-o", str(out), "--overwrite",
+                 "--base-model", "tiny-llama-test", "--max-steps", "1", "--no-progress",
+                 "device=cpu"]) == 0
+    assert (backup / "notes.txt").read_text() == "mine"
+    assert read_run(out).metrics["steps"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_run_that_runs_model_code_needs_the_users_consent(reference, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "remote"
+    shutil.copytree(reference, folder)
+    info = json.loads((folder / "run.json").read_text())
+    info["trust_remote_code"] = True
+    (folder / "run.json").write_text(json.dumps(info))
+    assert main(["generate", str(folder), "hi", "--max-new-tokens", "2"]) == 2
+    assert "pass --trust-remote-code if you trust it" in capsys.readouterr().err
+    assert main(["generate", str(folder), "hi", "--max-new-tokens", "2",
+                 "--trust-remote-code"]) == 0
+
+
+def test_bottleneck_adapters_keep_their_modules_to_save(tmp_path, test_preset, data):
+    from unitune.run import open_model
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            model.eval()
+            with torch.no_grad():
+                self.logits = model(input_ids=torch.tensor([[5, 9, 13, 7]])).logits
+
+    cap = Capture()
+    out = tmp_path / "run"
+    train(TrainConfig(base_model="tiny-llama-test", data=[data], output_dir=str(out),
+                      method="adapter_seq", modules_to_save=["embed_tokens"], max_steps=3,
+                      batch_size=4, lr=5e-2, device="cpu", template="alpaca"),
+          log=lambda *a: None, progress=False, callbacks=[cap])
+    assert any("embed_tokens" in k for k in adapter(out))
+    model, _, _ = open_model(out, device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=torch.tensor([[5, 9, 13, 7]])).logits,
+                              cap.logits, atol=1e-6)
 
 
 @pytest.mark.parametrize("args,expected", [

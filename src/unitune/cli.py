@@ -66,13 +66,13 @@ def _add_train(sub) -> None:
     p.add_argument("--max-steps", dest="max_steps", type=int, help="stop after N steps")
     p.add_argument("--batch-size", dest="batch_size", type=int,
                    help="examples per forward pass, all processes together")
-    p.add_argument("--method", help="lora, rslora, dora, qlora, adalora, prefix, p_tuning, "
-                   "prompt, ia3, adapter_seq, adapter_par, full, freeze")
+    p.add_argument("--method", help="fine-tuning method (the choices: config key 'method' "
+                   "below)")
     p.add_argument("--lora-r", dest="lora.r", type=int, help="LoRA rank")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--overwrite", action="store_const", const=True,
-                   help="replace a finished run in the output folder")
+                   help="replace a run in the output folder (never a folder that is not one)")
     p.add_argument("--skip-invalid", dest="skip_invalid", action="store_const", const=True,
                    help="leave out invalid records (each reported) instead of stopping")
     p.add_argument("--resume", nargs="?", const=True, metavar="PARTIAL_RUN",
@@ -159,7 +159,9 @@ def _add_compose(sub) -> None:
                    "on the replies); pick the largest λ whose perplexity rise over λ=0 stays "
                    "within --ppl-bound")
     p.add_argument("--ppl-bound", type=float, default=0.5)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="the runs' model may run its own code (sweeps load it)")
 
 
 def cmd_compose(args) -> int:
@@ -169,7 +171,8 @@ def cmd_compose(args) -> int:
     out = Path(args.out)
     if args.sweep:
         sweep(args.expression, out, parse_sweep(args.sweep), Path(args.root), args.eval_data,
-              args.ppl_text, args.ppl_bound, args.semantics, args.rank, args.overwrite)
+              args.ppl_text, args.ppl_bound, args.semantics, args.rank, args.overwrite,
+              args.trust_remote_code)
     else:
         compose(args.expression, out, Path(args.root), args.lam, args.semantics, args.rank,
                 args.overwrite)
@@ -187,13 +190,16 @@ def _add_merge(sub) -> None:
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--quantize", choices=["8bit", "4bit"],
                    help="re-quantize the merged 16-bit weights (CUDA + bitsandbytes)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="the run's model may run its own code")
 
 
 def cmd_merge(args) -> int:
     from unitune.export.merge import merge
 
-    out = merge(Path(args.run_dir), Path(args.out), args.dtype, args.overwrite, args.quantize)
+    out = merge(Path(args.run_dir), Path(args.out), args.dtype, args.overwrite, args.quantize,
+                args.trust_remote_code)
     print(f"merged model: {out}")
     return 0
 
@@ -219,7 +225,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--trust-remote-code", action="store_true",
-                   help="run a base model's own code from its folder (a run records its own)")
+                   help="let the model run its own code (a base model's, or a run's trained with "
+                   "trust_remote_code)")
 
 
 def cmd_generate(args) -> int:
@@ -254,7 +261,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--report", help="write the full result as JSON here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--trust-remote-code", action="store_true",
-                   help="run a base model's own code from its folder (a run records its own)")
+                   help="let the model run its own code (a base model's, or a run's trained with "
+                   "trust_remote_code)")
 
 
 def cmd_eval(args) -> int:

@@ -39,13 +39,18 @@ def is_local_main() -> bool:
     return local_rank() == 0
 
 
-def wait_for(done: Path, failed: Path | None, what: str, poll_s: float = 0.5) -> None:
+def wait_for(done: Path, failed: Path | None, what: str, since: float = 0.0,
+             poll_s: float = 0.5) -> None:
     """Block until ``done`` exists (another process finished ``what``); if ``failed`` appears
-    instead, raise its message (the same one-line error the other process reported)."""
+    instead (written after ``since``), raise its message: the same one-line error the other
+    process reported."""
     while not done.exists():
-        if failed is not None and failed.exists():
-            raise UserError(failed.read_text(encoding="utf-8").strip()
-                            or f"{what} failed in another process")
+        try:
+            if failed is not None and failed.stat().st_mtime >= since:
+                raise UserError(failed.read_text(encoding="utf-8").strip()
+                                or f"{what} failed in another process")
+        except FileNotFoundError:
+            pass
         time.sleep(poll_s)
 
 

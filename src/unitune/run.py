@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +32,7 @@ from unitune import distributed
 from unitune.errors import UserError
 
 RUN_FILE = "run.json"
-CONFIG_FILE = "config.yaml"
-Kind = Literal["sft", "pt", "compose", "merge"]
+CONFIG_YAML = "config.yaml"  # the effective configuration of a trained run
 Status = Literal["running", "interrupted", "failed", "finished"]
 _LEGACY_METRICS = ("train_loss", "steps", "tokens_seen", "train_runtime_s", "wall_time_s",
                    "peak_gpu_memory_gib")
@@ -43,7 +43,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    kind: Kind = "sft"
+    kind: str = "sft"  # a training stage (sft, pt, ...), compose or merge
     status: Status = "running"
     method: str
     base_model: str
@@ -154,7 +154,13 @@ class Staging:
         self.path = self.out.with_name(self.out.name + ".partial")
         self.overwrite = overwrite
 
+        self.created = False  # whether open() made the folder (and discard() may remove it)
+
     def open(self, resume: bool = False) -> Path:
+        """Check the folders and create ``<out>.partial`` (or reuse it, when resuming); only
+        the main process looks at or changes them."""
+        if not distributed.is_main():
+            return self.path
         check_replaceable(self.out, self.overwrite)
         if self.path.exists() and not resume:
             if not self.path.is_dir() or (any(self.path.iterdir()) and not is_run(self.path)):
@@ -164,29 +170,32 @@ class Staging:
                 raise UserError(f"{self.path} holds an unfinished run ({status}); resume it "
                                 f"with `unitune train --resume {self.path}` or pass "
                                 "--overwrite to start again")
-            if distributed.is_main():
-                shutil.rmtree(self.path)
-        if distributed.is_main():
-            self.path.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.path)
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
         return self.path
 
     def commit(self) -> Path:
-        """Move the finished folder into place; an old run there is moved aside first and
-        removed only once the new one is in place."""
+        """Move the finished folder into place; an old run there is moved aside (under a
+        name no one else uses) and removed only once the new one is in place."""
         if distributed.is_main():
-            check_replaceable(self.out, self.overwrite)  # (it may have changed meanwhile)
+            try:
+                check_replaceable(self.out, self.overwrite)  # (it may have changed meanwhile)
+            except UserError as exc:
+                raise UserError(f"{exc}; the finished run is kept in {self.path}") from None
             old = None
             if self.out.exists():
-                old = self.out.with_name(self.out.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                self.out.rename(old)
+                old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.replaced-",
+                                            dir=self.out.parent))
+                self.out.rename(old / self.out.name)
             self.path.rename(self.out)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         return self.out
 
     def discard(self) -> None:
-        if distributed.is_main():
+        """Remove the folder, if ``open`` created it (never a partial run found there)."""
+        if distributed.is_main() and self.created:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -208,19 +217,35 @@ def staged(out: Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 def _base_path(record: RunRecord, log, progress: bool) -> str:
-    from unitune.models.loading import resolve_model_path
+    from unitune.models.loading import model_fingerprint, resolve_model_path
 
     if record.base_model_path and Path(record.base_model_path).exists():
-        return record.base_model_path
-    return resolve_model_path(record.base_model, log=log, progress=progress)
+        path = record.base_model_path
+    else:
+        path = resolve_model_path(record.base_model, log=log, progress=progress)
+    if record.base_fingerprint and model_fingerprint(path) != record.base_fingerprint:
+        log(f"warning: the base model at {path} is not the one this run trained on (its "
+            "config or weight files changed); the adapter may not fit it")
+    return path
 
 
-def apply_patches(model, patches: dict) -> None:
-    """Re-apply to a freshly loaded base what training changed in it before the adapter was
-    added: the embeddings resized to a grown vocabulary."""
-    if "vocab_size" in patches and model.get_input_embeddings().weight.shape[0] != \
-            patches["vocab_size"]:
-        model.resize_token_embeddings(patches["vocab_size"])
+def grow_vocabulary(model, rows: int) -> None:
+    """Give ``model`` ``rows`` embedding rows, the new ones (and their LM head rows) set to the
+    mean of the old: the same values whenever a run's base is reopened (transformers' own
+    mean resizing samples around the mean)."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if rows <= old:
+        return
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    with torch.no_grad():
+        tables = {id(model.get_input_embeddings().weight): model.get_input_embeddings().weight}
+        head = model.get_output_embeddings()
+        if head is not None:
+            tables.setdefault(id(head.weight), head.weight)
+        for table in tables.values():
+            table[old:] = table[:old].mean(dim=0, keepdim=True)
 
 
 def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
@@ -230,10 +255,12 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
     """(model in eval mode, tokenizer, template) for a run folder or a base model.
 
     A run reopens exactly as it trained: its base (a QLoRA run on a 4-bit base, unless
-    ``quantization='none'`` asks for the 16-bit weights, as merging does), its
-    ``trust_remote_code``, its model patches, its adapter and its tokenizer and template.
-    ``template`` overrides the run's (with a warning) or picks one for a base model (default:
-    the model's own). ``trust_remote_code`` applies to base models; a run uses its own."""
+    ``quantization='none'`` asks for the 16-bit weights, as merging does), its grown
+    vocabulary, its adapter, its tokenizer and its template. ``template`` overrides the run's
+    (with a warning) or picks one for a base model (default: the model's own). A model whose
+    code comes with it (``trust_remote_code``) runs only when the caller passes
+    ``trust_remote_code=True``, for a run too: a run folder from elsewhere cannot run code on
+    its own say-so."""
     from unitune import methods
     from unitune.data.templates import get_template, load_template
     from unitune.models.loading import (
@@ -245,6 +272,9 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
         resolve_template,
     )
 
+    template = None if template == "auto" else template
+    if template:
+        get_template(template)  # an unknown name fails before any weights load
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     folder = Path(target)
@@ -256,6 +286,9 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
                                                   tokenizer)
     record = read_finished(folder)
     method = methods.get(record.method)
+    if record.trust_remote_code and not trust_remote_code:
+        raise UserError(f"{folder} runs its model's own code (it trained with "
+                        "trust_remote_code); pass --trust-remote-code if you trust it")
     trust = record.trust_remote_code
     if method.whole_model:
         model = load_base(str(folder), torch_dtype, dev, trust)
@@ -266,7 +299,7 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
                             "as trained needs a CUDA GPU with bitsandbytes (merging it uses "
                             "the 16-bit base and works anywhere)")
         base = load_base(_base_path(record, log, progress), torch_dtype, dev, trust, quant)
-        apply_patches(base, record.model_patches)
+        grow_vocabulary(base, record.model_patches.get("vocab_size", 0))
         model = method.load(base, folder)
     tokenizer = load_tokenizer(str(folder), trust)
     run_template = load_template(folder)
@@ -284,10 +317,12 @@ def open_tokenizer(target: str, template: str = "auto", log=print):
     from unitune.models.loading import describe_base, load_tokenizer, resolve_template
 
     if is_run(Path(target)):
-        record = read_run(target)
-        tok = load_tokenizer(str(target), record.trust_remote_code)
-        if template == "auto":
-            return tok, load_template(Path(target))
+        tok = load_tokenizer(str(target))
+        run_template = load_template(Path(target))
+        if template in ("auto", run_template.name):
+            return tok, run_template
+        log(f"warning: {target} was trained with template '{run_template.name}'; showing "
+            f"'{template}' instead")
         return tok, resolve_template(template, None, tok)
     folder, config = describe_base(target, log=log)
     tok = load_tokenizer(folder)

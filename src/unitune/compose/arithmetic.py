@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from unitune import methods
 from unitune.errors import UserError
 from unitune.methods import CONFIG_FILE, INIT_FILE, WEIGHTS_FILE
-from unitune.run import RUN_FILE, RunRecord, read_finished, staged, write_run
+from unitune.run import RunRecord, read_finished, staged, write_run
 
 
 def _kind(method: str) -> str:
@@ -166,13 +165,13 @@ def write(inputs: list[dict], weights: dict[str, torch.Tensor], out: Path, expre
     files (a sweep's table) before the folder is moved into place."""
     from safetensors.torch import save_file
 
+    from unitune.data.templates import load_template
+    from unitune.models.loading import load_tokenizer
+
     first = inputs[0]
     with staged(out, overwrite) as tmp:
-        for path in first["folder"].iterdir():
-            if path.is_file() and path.name not in (WEIGHTS_FILE, CONFIG_FILE, INIT_FILE,
-                                                    RUN_FILE, "metrics.jsonl", "loss.png",
-                                                    "config.yaml"):
-                shutil.copy(path, tmp / path.name)
+        load_tokenizer(str(first["folder"])).save_pretrained(str(tmp))
+        load_template(first["folder"]).save(tmp)
         config = dict(first["config"])
         if delta_rank is not None:
             config.update(r=delta_rank, lora_alpha=delta_rank, use_rslora=False,

@@ -60,8 +60,9 @@ def compose(expression: str, out: Path, root: Path = Path("."), lam: float | Non
 def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
           eval_data: str | None = None, ppl_text: str | None = None, ppl_bound: float = 0.5,
           semantics: str = "params", rank: int | None = None, overwrite: bool = False,
-          log=print) -> dict:
-    """Score every λ, pick one, write the composed adapter for it plus a table and a plot."""
+          trust_remote_code: bool = False, log=print) -> dict:
+    """Score every λ, pick one, write the composed adapter for it plus a table and a plot.
+    ``trust_remote_code``: the runs' base model may run its own code."""
     from unitune import methods
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match
@@ -85,20 +86,23 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     inputs = _load(expression, root, lams[0])
     compose(expression, scratch, root, lams[0], semantics, rank, overwrite=True, log=log,
             inputs=inputs)
-    model, tokenizer, template = open_model(scratch)
-    windows = reference_windows(reference, tokenizer, template) if reference else None
-    method = methods.get(inputs[0]["info"].method)
-    for lam in lams:
-        weights, *_ = _combined(expression, lam, semantics, rank, inputs)
-        method.set_adapter_weights(model, weights)  # (copied onto the model's device)
-        row = {"lambda": lam}
-        if records:
-            row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
-                                                      max_new_tokens=32).accuracy
-        if windows:
-            row["perplexity"] = perplexity(model, windows)
-        rows.append(row)
-        log("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    try:
+        model, tokenizer, template = open_model(scratch, trust_remote_code=trust_remote_code)
+        windows = reference_windows(reference, tokenizer, template) if reference else None
+        method = methods.get(inputs[0]["info"].method)
+        for lam in lams:
+            weights, *_ = _combined(expression, lam, semantics, rank, inputs)
+            method.set_adapter_weights(model, weights)  # (copied onto the model's device)
+            row = {"lambda": lam}
+            if records:
+                row["exact_match"] = evaluate_exact_match(model, tokenizer, template, records,
+                                                          max_new_tokens=32).accuracy
+            if windows:
+                row["perplexity"] = perplexity(model, windows)
+            rows.append(row)
+            log("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if reference:
         limit = rows[0]["perplexity"] + ppl_bound
         ok = [r for r in rows if r["perplexity"] <= limit]
@@ -107,7 +111,6 @@ def sweep(expression: str, out: Path, lams: list[float], root: Path = Path("."),
     else:
         best = max(rows, key=lambda r: (r["exact_match"], -abs(r["lambda"] - 0.5)))
         rule = "highest exact match"
-    shutil.rmtree(scratch, ignore_errors=True)
     weights, coefs, names, r = _combined(expression, best["lambda"], semantics, rank, inputs)
     result = {"expression": expression, "rule": rule, "chosen_lambda": best["lambda"],
               "points": rows}

@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from unitune.data.encode import progress_bars
 from unitune.data.sources import resolve_files
 from unitune.data.templates import Template
 from unitune.errors import UserError
-from unitune.models.tiny import unitune_home
+from unitune.paths import unitune_home
 
 CACHE_VERSION = 1  # raise when the same key would encode to different rows
 DATA_KEYS = ("stage", "data", "validation_data", "data_format", "data_dir", "validation_split",
@@ -39,38 +41,46 @@ class Prepared:
     train: datasets.Dataset
     validation: datasets.Dataset | None
     report: dict  # what run.json records about the data
-    log: list[str]  # what preparing it said, repeated when the entry is reused
-    key: str
-    reused: bool
 
 
 def cache_root() -> Path:
     return unitune_home() / "cache" / "data"
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's content, remembered by (path, size, mtime) so an unchanged file is
-    read once."""
-    path = path.resolve()
-    stat = path.stat()
-    memo_path = cache_root() / "digests.json"
-    try:
-        memo = json.loads(memo_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        memo = {}
-    seen = memo.get(str(path))
-    if seen and seen[:2] == [stat.st_size, stat.st_mtime_ns]:
-        return seen[2]
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    memo[str(path)] = [stat.st_size, stat.st_mtime_ns, sha.hexdigest()]
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_path.with_name(f"digests.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo), encoding="utf-8")
-    os.replace(tmp, memo_path)
-    return sha.hexdigest()
+class Digests:
+    """sha256 of files' content, remembered (``digests.json``) by (path, size, mtime) so an
+    unchanged file is read once; the memo is read once and written once per use."""
+
+    def __init__(self):
+        self.path = cache_root() / "digests.json"
+        try:
+            self.memo = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.memo = {}
+        self.changed = False
+
+    def __call__(self, path: Path) -> str:
+        path = path.resolve()
+        stat = path.stat()
+        seen = self.memo.get(str(path))
+        if seen and seen[:2] == [stat.st_size, stat.st_mtime_ns]:
+            return seen[2]
+        sha = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+        self.memo[str(path)] = [stat.st_size, stat.st_mtime_ns, sha.hexdigest()]
+        self.changed = True
+        return sha.hexdigest()
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        memo = {k: v for k, v in self.memo.items() if Path(k).exists()}  # (gone: forgotten)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"digests.{socket.gethostname()}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo), encoding="utf-8")
+        os.replace(tmp, self.path)
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -87,12 +97,14 @@ def tokenizer_digest(tokenizer) -> str:
 def data_key(cfg, tokenizer, template: Template, seq2seq: bool) -> str:
     """The digest that names the prepared data of ``cfg``."""
     config = cfg.model_dump(mode="json")
+    digest = Digests()
     files = {}
     for spec in [*cfg.data, *cfg.validation_data]:
         found = resolve_files(spec.path, cfg.data_dir)
-        files[spec.path] = [file_digest(f) for f in found] if found is not None else "hub"
+        files[spec.path] = [digest(f) for f in found] if found is not None else "hub"
     if cfg.augment.flan_templates:
-        files["flan_templates"] = file_digest(Path(cfg.augment.flan_templates))
+        files["flan_templates"] = digest(Path(cfg.augment.flan_templates))
+    digest.save()
     parts = {"version": CACHE_VERSION, "config": {k: config[k] for k in DATA_KEYS},
              "files": files, "tokenizer": tokenizer_digest(tokenizer),
              "template": asdict(template), "seq2seq": seq2seq}
@@ -113,8 +125,8 @@ def prepared(key: str, build: Build, log=print) -> Prepared:
     if not reused:
         if distributed.is_local_main():
             _make(entry, failed, build)
-        else:
-            distributed.wait_for(done, failed, "preparing the data")
+        else:  # (an error file older than this wait is a past attempt's)
+            distributed.wait_for(done, failed, "preparing the data", since=time.time() - 60)
     saved = json.loads(done.read_text(encoding="utf-8"))
     train = datasets.load_from_disk(str(entry / "train"))
     validation = datasets.load_from_disk(str(entry / "validation")) \
@@ -123,12 +135,12 @@ def prepared(key: str, build: Build, log=print) -> Prepared:
         log(line)
     if reused:
         log(f"data: reusing the prepared data in {entry}")
-    return Prepared(train, validation, saved["report"], saved["log"], key, reused)
+    return Prepared(train, validation, saved["report"])
 
 
 def _make(entry: Path, failed: Path, build: Build) -> None:
     failed.unlink(missing_ok=True)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    tmp = entry.with_name(f".{entry.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         train, validation, report, lines = build(tmp / "work")
@@ -144,11 +156,10 @@ def _make(entry: Path, failed: Path, build: Build) -> None:
             tmp.rename(entry)
         except OSError:  # another machine's process of a shared cache finished first
             shutil.rmtree(tmp, ignore_errors=True)
-    except UserError as exc:
+    except BaseException as exc:  # the processes waiting for it stop with the same message
         failed.parent.mkdir(parents=True, exist_ok=True)
-        failed.write_text(str(exc), encoding="utf-8")
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except BaseException:
+        failed.write_text(str(exc) if isinstance(exc, UserError) else
+                          f"preparing the data failed in another process: "
+                          f"{type(exc).__name__}: {exc}", encoding="utf-8")
         shutil.rmtree(tmp, ignore_errors=True)
         raise

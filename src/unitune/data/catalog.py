@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unitune.errors import UserError, did_you_mean
-from unitune.models.tiny import unitune_home
+from unitune.paths import unitune_home
 
 HUB_REPO = "QingyiSi/Alpaca-CoT"
 

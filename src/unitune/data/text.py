@@ -5,9 +5,9 @@ text as it is, a conversation rendered with the run's template), each document i
 with the tokenizer's special tokens and closed with EOS, and the documents are concatenated
 and cut into blocks of ``max_length`` tokens (what Hugging Face's ``run_clm`` does); the loss is
 on every token. Documents are streamed into an Arrow table and tokenised by a batched
-``datasets.map``, so a corpus of any size trains in flat memory. Blocks are cut within each
-batch of 1,000 documents; each batch's remainder is kept as a shorter block, so no text is
-lost.
+``datasets.map`` (in parallel), so a corpus of any size trains in flat memory. Blocks are cut
+in one pass within each batch of 1,000 documents; each batch's remainder is kept as a shorter
+block, so no text is lost.
 """
 
 from __future__ import annotations
@@ -79,13 +79,14 @@ def _write(texts: Iterator[str], path: Path) -> datasets.Dataset:
     return datasets.Dataset.from_file(str(path))
 
 
-def _blocks(batch: dict, tokenizer, block: int) -> dict:
+def _tokenize(batch: dict, tokenizer) -> dict:
     eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for doc in tokenizer(batch["text"])["input_ids"]:
-        ids.extend(doc)
-        if not doc or doc[-1] != eos:
-            ids.append(eos)
+    docs = tokenizer(batch["text"])["input_ids"]
+    return {"ids": [doc if doc and doc[-1] == eos else [*doc, eos] for doc in docs]}
+
+
+def _blocks(batch: dict, block: int) -> dict:
+    ids = [i for doc in batch["ids"] for i in doc]
     cut = [ids[i:i + block] for i in range(0, len(ids), block)]
     cut = [c for c in cut if len(c) > 1]  # a block of one token has nothing to predict
     return {"input_ids": cut, "labels": cut}
@@ -101,10 +102,16 @@ def text_blocks(specs, cfg, tokenizer, template: Template, out: Path, invalid: I
     if workers > 1:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with progress_bars(progress and len(docs) >= 50_000):
-        blocks = docs.map(_blocks, batched=True, batch_size=_BATCH, features=_BLOCKS,
-                          remove_columns=["text"], num_proc=workers if workers > 1 else None,
-                          fn_kwargs={"tokenizer": tokenizer, "block": cfg.max_length},
-                          cache_file_name=str(out / "blocks.arrow"), load_from_cache_file=False,
-                          new_fingerprint=uuid.uuid4().hex, desc="tokenizing text")
+        # tokenising runs in parallel; cutting into blocks is one pass, so the blocks do not
+        # depend on how many processes tokenised
+        ids = docs.map(_tokenize, batched=True, batch_size=_BATCH, remove_columns=["text"],
+                       num_proc=workers if workers > 1 else None,
+                       fn_kwargs={"tokenizer": tokenizer}, cache_file_name=str(out / "ids.arrow"),
+                       load_from_cache_file=False, new_fingerprint=uuid.uuid4().hex,
+                       desc="tokenizing text")
+        blocks = ids.map(_blocks, batched=True, batch_size=_BATCH, features=_BLOCKS,
+                         remove_columns=["ids"], fn_kwargs={"block": cfg.max_length},
+                         cache_file_name=str(out / "blocks.arrow"), load_from_cache_file=False,
+                         new_fingerprint=uuid.uuid4().hex, desc="grouping into blocks")
     return blocks, {"documents": len(docs), "blocks": len(blocks),
                     "tokens": int(row_lengths(blocks).sum()), "block_length": cfg.max_length}

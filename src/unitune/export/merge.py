@@ -17,9 +17,10 @@ from unitune.run import RunRecord, check_replaceable, open_model, read_finished,
 
 
 def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False,
-          quantize: str | None = None, log=print) -> Path:
+          quantize: str | None = None, trust_remote_code: bool = False, log=print) -> Path:
     """Merge in 16-bit and save; ``quantize`` ('8bit' / '4bit', CUDA + bitsandbytes) then
-    re-quantizes the merged weights and saves those instead."""
+    re-quantizes the merged weights and saves those instead. ``trust_remote_code``: the run's
+    model may run its own code."""
     info = read_finished(run_dir)
     method = methods.get(info.method)
     if quantize:
@@ -36,7 +37,8 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
     if info.quantization:
         log(f"the run trained on a {info.quantization} base: merging into the 16-bit weights "
             "instead (de-quantized), never into the quantized ones")
-    model, tokenizer, template = open_model(run_dir, dtype=dtype, quantization="none")
+    model, tokenizer, template = open_model(run_dir, dtype=dtype, quantization="none",
+                                            trust_remote_code=trust_remote_code)
     if not method.whole_model:
         model = model.merge_and_unload()
     record = RunRecord(kind="merge", status="finished", method="full",
@@ -57,7 +59,7 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
 
             del model
             quantized = load_base(str(tmp), torch.bfloat16, torch.device("cuda"),
-                                  quantize=quantize)
+                                  info.trust_remote_code, quantize=quantize)
             for weights in tmp.glob("*.safetensors*"):
                 weights.unlink()
             quantized.save_pretrained(tmp, safe_serialization=True)

@@ -38,6 +38,7 @@ class Method:
     mergeable: bool = False  # its update folds into the base weights (unitune merge)
     whole_model: bool = False  # trains and saves every weight: the run folder is a HF model
     shares_init: bool = False  # has adapter weights a later run can start from (init_adapter)
+    shardable: bool = True  # trains under FSDP / DeepSpeed (which shard weights and gradients)
 
     def base_quantization(self, cfg) -> str | None:
         """'4bit', '8bit' or None: what the base is loaded in for this config."""
@@ -72,19 +73,20 @@ class Method:
         """Replace the adapter's weights in place (keys as in ``adapter_weights``)."""
         raise UserError(f"method={self.name} has no separate adapter weights")
 
-    def save(self, model, folder: Path, state_dict: dict | None = None) -> None:
-        """Write the trained weights (and their config) into ``folder``; ``state_dict``: the
-        gathered weights when a distributed strategy shards them."""
-        model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
-
     def load(self, base, folder: Path):
         """The trained model of ``folder``, built on ``base`` (a freshly loaded base model).
         Not called for ``whole_model`` methods: their folder is loaded as a model itself."""
         raise NotImplementedError
 
-    # Checkpoints: the HF Trainer saves and restores PEFT adapters and whole models itself; a
-    # method it does not know (bottleneck adapters) writes and reads its weights here.
+    # Saving: the HF Trainer saves and restores PEFT adapters and whole models itself (in runs
+    # and checkpoints); a method it does not know (bottleneck adapters) sets
+    # ``native_checkpoints = False`` and writes and reads its weights with these two.
     native_checkpoints: bool = True
+
+    def save(self, model, folder: Path, state_dict: dict | None = None) -> None:
+        """Write the trained weights (and their config) into ``folder``; ``state_dict``: the
+        gathered weights when a distributed strategy shards them."""
+        raise NotImplementedError
 
     def load_weights(self, model, folder: Path) -> None:
         """Put the weights that ``save`` wrote to ``folder`` into ``model`` (a resume)."""

@@ -147,6 +147,7 @@ class Bottleneck(Method):
     composable = "bottleneck"
     shares_init = True
     native_checkpoints = False  # the HF Trainer knows only PEFT adapters and whole models
+    shardable = False  # its own save and load see whole tensors, not FSDP's / ZeRO's shards
 
     def __init__(self, name: str, kind: str, summary: str):
         self.name, self.kind, self.summary = name, kind, summary
@@ -178,11 +179,14 @@ class Bottleneck(Method):
         model.load_state_dict(state, strict=False)
 
     def save(self, model, folder, state_dict=None):
+        """The adapters and every other trained weight (``modules_to_save``)."""
         from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()
-                 if ".adapter." in k} if state_dict is not None else adapter_state(model)
-        if not state:
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        source = state_dict if state_dict is not None else model.state_dict()
+        state = {k: v.detach().cpu().contiguous() for k, v in source.items()
+                 if ".adapter." in k or k in trained}
+        if not any(".adapter." in k for k in state):
             raise RuntimeError("no bottleneck adapter weights to save")
         folder.mkdir(parents=True, exist_ok=True)
         save_file(state, str(folder / WEIGHTS_FILE))

@@ -152,6 +152,7 @@ class AdaLora(Lora):
     def __init__(self):
         super().__init__("adalora", "LoRA with ranks reallocated by importance (AdaLoRA)")
         self.composable = None  # ranks differ per module after pruning
+        self.shardable = False  # its allocator reads whole gradients
 
     def check(self, cfg, model_type, device):
         super().check(cfg, model_type, device)

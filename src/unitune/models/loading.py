@@ -79,10 +79,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_base(path: str, dtype: torch.dtype, device: torch.device,
-              trust_remote_code: bool = False, quantize: str | None = None, config=None):
+              trust_remote_code: bool = False, quantize: str | None = None):
     """A causal LM (or an encoder-decoder such as T5) from safetensors; ``quantize`` '4bit'
     (NF4, double quantization, compute in ``dtype``) or '8bit' loads it through bitsandbytes on
-    the GPU. ``config``: the model's config when the caller has read it already."""
+    the GPU. Under DeepSpeed ZeRO-3 (its config already given to the Trainer's arguments) the
+    weights load partitioned and stay where DeepSpeed puts them."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kwargs = {}
@@ -97,8 +98,7 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
             BitsAndBytesConfig(load_in_8bit=True)
         kwargs["device_map"] = {"": device.index or 0}
     try:
-        if config is None:
-            config = model_config(path, trust_remote_code)
+        config = model_config(path, trust_remote_code)
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) \
             else AutoModelForCausalLM
         model = auto.from_pretrained(
@@ -109,7 +109,22 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
                         "give a local folder with config.json and *.safetensors)") from None
     except ImportError as exc:
         raise UserError(f"cannot load model '{path}': {str(exc).splitlines()[0]}") from None
-    return model if quantize else model.to(device)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return model if quantize or is_deepspeed_zero3_enabled() else model.to(device)
+
+
+def model_fingerprint(path: str) -> str:
+    """What identifies a local model without reading its weights: its config and the names
+    and sizes of its weight files (a hub id is its name)."""
+    import hashlib
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        return path
+    parts = [(folder / "config.json").read_text(encoding="utf-8")]
+    parts += [f"{p.name}:{p.stat().st_size}" for p in sorted(folder.glob("*.safetensors"))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def model_config(model_path: str, trust_remote_code: bool = False):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from unitune.errors import UserError, did_you_mean
+from unitune.paths import unitune_home
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
@@ -54,10 +55,6 @@ PRESETS: dict[str, TinyPreset] = {
                                   max_position_embeddings=256,
                                   pretrain_examples_per_family=200, pretrain_steps=30),
 }
-
-
-def unitune_home() -> Path:
-    return Path(os.environ.get("UNITUNE_HOME", Path.home() / ".cache" / "unitune"))
 
 
 def preset_dir(name: str) -> Path:
@@ -143,10 +140,10 @@ def _build_once(target: Path, done: str, what: str, build, log) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(tmp)
-        if target.exists():  # a concurrent build finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
+        try:
             tmp.rename(target)
+        except OSError:  # a concurrent build (another machine sharing the cache) was first
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -48,13 +48,13 @@ class MetricsLogCallback(TrainerCallback):
     """Appends every log event (loss, lr, eval loss, tokens seen) as a JSON line; a resumed
     run first drops the rows after its checkpoint, which it is about to redo."""
 
-    def __init__(self, path: Path, resume_step: int = 0):
+    def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         self.start = time.perf_counter()
-        if resume_step and path.exists():
-            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        if resume_step is not None and path.exists():
+            kept = [json.dumps(row) + "\n" for row in _rows(path)
+                    if row["step"] <= resume_step]
+            path.write_text("".join(kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -83,9 +83,20 @@ class EvaluateAtEnd(TrainerCallback):
             control.should_evaluate = False
 
 
+def _rows(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a last line torn by a killed process is left out."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def read_metrics(path: Path, *keys: str) -> list[list[tuple[int, float]]]:
     """For each key, (step, value) of every ``metrics.jsonl`` row that logged it."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(path)
     return [[(r["step"], r[key]) for r in rows if key in r] for key in keys]
 
 

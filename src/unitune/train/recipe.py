@@ -1,23 +1,25 @@
 """Training a model: the recipe every stage runs (set up, train, save) around the HF Trainer.
 
 - ``setup``: the run folder (``<output_dir>.partial``; a resume reopens it and checks that
-  nothing that changes the result has changed), the record (status ``running``) and the
-  effective ``config.yaml``, the prepared data (tokenised once, cached by content, before any
-  process group exists), the base model with its patches, the fast path and the method, and
-  the Trainer with the run's callbacks.
+  nothing that changes the result has changed), the prepared data (tokenised once, cached by
+  content, before any process group exists), the Trainer's arguments (which start the process
+  group), the base model with its patches, the fast path and the method, the record (status
+  ``running``) and the effective ``config.yaml``, and the Trainer with the run's callbacks.
 - ``train``: ``Trainer.train``, from the newest valid checkpoint when resuming. SIGTERM or
   SIGINT saves a checkpoint and stops (``Interrupted``); a crash keeps the partial run (its
   metrics and checkpoints) and says how to resume it.
 - ``save``: the weights (gathered from every process), tokenizer, template, initial adapter
-  and loss picture, the record (``finished``), and the folder moved into place.
+  and loss picture, the record (``finished``), the folder moved into place, and then the
+  checkpoints removed.
 
 Works unchanged under ``torchrun`` and ``accelerate launch``: ``batch_size`` is the batch of all
 processes together, only the main process writes, and DDP, FSDP2 (``fsdp: true``) or DeepSpeed
-(``deepspeed: zero2|zero3|file``) come from the Trainer.
+(``deepspeed: zero2|zero3|file``) come from the Trainer. A single process uses one GPU.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,14 +29,15 @@ import yaml
 from transformers import Trainer
 
 from unitune import distributed, methods
-from unitune.config import TrainConfig, write_config
+from unitune.config import TrainConfig, with_absolute_paths, write_config
 from unitune.data.templates import get_template
 from unitune.errors import UserError
 from unitune.run import (
-    CONFIG_FILE,
+    CONFIG_YAML,
     RunRecord,
     Staging,
     check_replaceable,
+    grow_vocabulary,
     is_run,
     read_run,
     write_run,
@@ -42,6 +45,7 @@ from unitune.run import (
 from unitune.train import checkpointing, resume, speed, stages
 
 DEEPSPEED = {"zero2": "zero2.json", "zero3": "zero3.json"}  # shipped in train/deepspeed/
+PARTIAL = ".partial"
 
 
 class Interrupted(Exception):
@@ -62,8 +66,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True, callbacks: list | 
     try:
         recipe.setup(resume_from, force_resume)
     except BaseException:
-        if not resume_from:  # nothing of value was written: no step was trained
-            recipe.staging.discard()
+        recipe.staging.discard()  # (only a folder this attempt created: never a partial run)
         raise
     try:
         recipe.train()
@@ -81,18 +84,20 @@ def resume_folder(target: bool | str | Path, output_dir: str) -> tuple[Path, Pat
                             "--resume to start one)")
         return folder, None
     path = Path(target)
+    if path.name.startswith("checkpoint-") and path.parent.name == resume.CHECKPOINTS:
+        if not path.is_dir():
+            raise UserError(f"--resume {path}: no such checkpoint")
+        return path.parent.parent, path
+    if not is_run(path) and is_run(Staging(path).path):  # the run's name, not its .partial
+        path = Staging(path).path
     if not path.exists():
         raise UserError(f"--resume {path}: no such folder")
-    if path.name.startswith("checkpoint-") and path.parent.name == resume.CHECKPOINTS:
-        return path.parent.parent, path
-    if not is_run(path) and is_run(Staging(path).path):
-        path = Staging(path).path
     if not is_run(path):
         raise UserError(f"--resume {path}: not a unitune run or checkpoint (no run.json)")
     if read_run(path).status == "finished":
         raise UserError(f"--resume {path}: the run is finished; there is nothing to resume")
-    if not path.name.endswith(".partial"):
-        raise UserError(f"--resume {path}: not an unfinished run folder (<output_dir>.partial)")
+    if not path.name.endswith(PARTIAL):
+        raise UserError(f"--resume {path}: not an unfinished run folder (<output_dir>{PARTIAL})")
     return path, None
 
 
@@ -100,71 +105,64 @@ def resume_config(target: str, output_dir: str | None) -> tuple[str, str]:
     """For ``--resume PARTIAL_RUN`` without a config: (the run's config file, its output
     folder), so the run resumes where it is, whatever the current directory."""
     folder, _ = resume_folder(target, output_dir or "")
-    out = str(folder.with_name(folder.name.removesuffix(".partial")))
+    out = str(folder.with_name(folder.name.removesuffix(PARTIAL)))
     if output_dir and Path(output_dir).resolve() != Path(out).resolve():
         raise UserError(f"--resume {target}: that run's output folder is {out}, not "
                         f"{output_dir}")
     stored_config(folder)  # (refuses a folder without one)
-    return str(folder / CONFIG_FILE), out
+    return str(folder / CONFIG_YAML), out
 
 
 def stored_config(folder: Path) -> dict:
     """The config a partial run was started with (``config.yaml``)."""
-    path = folder / CONFIG_FILE
+    path = folder / CONFIG_YAML
     if not path.is_file():
-        raise UserError(f"{folder}: no {CONFIG_FILE}; it cannot be resumed")
+        raise UserError(f"{folder}: no {CONFIG_YAML}; it cannot be resumed")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _model_fingerprint(path: str) -> str:
-    """What identifies a local base model without reading its weights: its config and the
-    names and sizes of its weight files (a hub id is its name)."""
-    import hashlib
-
-    folder = Path(path)
-    if not folder.is_dir():
-        return path
-    parts = [(folder / "config.json").read_text(encoding="utf-8")]
-    parts += [f"{p.name}:{p.stat().st_size}" for p in sorted(folder.glob("*.safetensors"))]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 class Recipe:
     def __init__(self, cfg: TrainConfig, log, progress: bool, callbacks: list):
-        self.cfg, self.progress, self.extra_callbacks = cfg, progress, callbacks
+        self.cfg = with_absolute_paths(cfg)
+        self.progress, self.extra_callbacks = progress, callbacks
         self.log = log if distributed.is_main() else (lambda *a, **k: None)
         self.stage = stages.get(cfg.stage)
         self.method = methods.get(cfg.method)
-        self.staging = Staging(Path(cfg.output_dir), cfg.overwrite)
+        self.staging = Staging(Path(self.cfg.output_dir), cfg.overwrite)
         self.started = time.time()
+        self.trainer = self.result = None
 
     # --- set up --------------------------------------------------------------------------
 
     def setup(self, resume_from: bool | str | Path, force: bool) -> None:
         cfg, log = self.cfg, self.log
+        self.resuming, self.force = bool(resume_from), force
         self._check()
         self.checkpoint = None
-        if resume_from:
+        if self.resuming:
             folder, named = resume_folder(resume_from, cfg.output_dir)
             if folder.resolve() != self.staging.path.resolve():
                 raise UserError(f"--resume {folder}: that run belongs to output_dir "
-                                f"{folder.with_name(folder.name.removesuffix('.partial'))}, "
+                                f"{folder.with_name(folder.name.removesuffix(PARTIAL))}, "
                                 f"not {cfg.output_dir}")
             self.record = read_run(folder)
             self.staging.open(resume=True)
+            if named is not None and (problem := resume.checkpoint_problem(named)):
+                raise UserError(f"--resume {named}: {problem}")
             self.checkpoint = named or resume.newest_valid(folder, log)
-            if named and resume.checkpoint_problem(named):
-                raise UserError(f"--resume {named}: {resume.checkpoint_problem(named)}")
             if self.checkpoint is None:
                 log(f"warning: {folder} has no valid checkpoint; training starts from step 0")
         else:
             self.staging.open()
+            masking, packing = self.stage.loss(cfg)
             self.record = RunRecord(kind=self.stage.name, method=cfg.method,
                                     base_model=cfg.base_model, template=cfg.template,
-                                    masking=cfg.masking, packing=cfg.packing,
-                                    world_size=distributed.world_size())
+                                    masking=masking, packing=packing)
         self.folder = self.staging.path
-        self._setup_model_and_data(force)
+        self._setup_data()
+        self.args = self._training_arguments()  # (starts the process group, if any)
+        self._setup_model()
+        self._write_run_files()
         self._setup_trainer()
 
     def _check(self) -> None:
@@ -183,10 +181,16 @@ class Recipe:
                             f"processes; give a multiple of {world}")
         if cfg.fsdp and cfg.deepspeed:
             raise UserError("choose fsdp=true or deepspeed, not both")
-        if (cfg.fsdp or cfg.deepspeed) and (cfg.device == "cpu" or not torch.cuda.is_available()):
-            what = "fsdp=true" if cfg.fsdp else f"deepspeed={cfg.deepspeed}"
-            raise UserError(f"{what} shards training over GPUs and needs CUDA (on the CPU "
+        sharded = "fsdp=true" if cfg.fsdp else f"deepspeed={cfg.deepspeed}" \
+            if cfg.deepspeed else None
+        if sharded and (cfg.device == "cpu" or not torch.cuda.is_available()):
+            raise UserError(f"{sharded} shards training over GPUs and needs CUDA (on the CPU "
                             "accelerate would quietly fall back to DDP); leave it off here")
+        if sharded and not self.method.shardable:
+            raise UserError(f"{sharded} does not work with method={cfg.method}; train it with "
+                            "DDP (torchrun without fsdp/deepspeed)")
+        if sharded and self.method.base_quantization(cfg):
+            raise UserError(f"{sharded} with a quantized base is not supported; use DDP")
         if cfg.deepspeed:
             self._deepspeed_config()
 
@@ -204,24 +208,25 @@ class Recipe:
                             "file that exists")
         return cfg.deepspeed
 
-    def _refuse_changes(self, what: str, changes: list[str], force: bool) -> None:
+    def _refuse(self, what: str, changes: list[str]) -> None:
+        """Refuse to resume because ``what`` changed (or warn, when forced)."""
         if not changes:
             return
         listed = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more"
                                             if len(changes) > 5 else "")
-        if force:
+        if self.force:
             self.log(f"warning: resuming although the {what} changed ({listed})")
             return
         raise UserError(f"cannot resume {self.staging.path}: the {what} changed since it "
                         f"started ({listed}); resume with the original ones, or pass "
                         "--force-resume to continue anyway")
 
-    def _setup_model_and_data(self, force: bool) -> None:
+    def _setup_data(self) -> None:
         from unitune.data import cache
         from unitune.models.loading import (
             describe_base,
-            load_base,
             load_tokenizer,
+            model_fingerprint,
             pick_device,
             pick_dtype,
             resolve_model_path,
@@ -232,54 +237,91 @@ class Recipe:
         tokenizer_path, base_config = describe_base(cfg.base_model, cfg.trust_remote_code, log)
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        model_type = base_config.model_type
+        self.model_type = base_config.model_type
         self.seq2seq = bool(getattr(base_config, "is_encoder_decoder", False))
-        self.method.check(cfg, model_type, self.device)
+        self.method.check(cfg, self.model_type, self.device)
         self.stage.check(cfg, self.seq2seq)
         self.tokenizer = load_tokenizer(tokenizer_path, cfg.trust_remote_code)
-        self.template = resolve_template(cfg.template, model_type, self.tokenizer)
-        effective = cfg.model_copy(update={"template": self.template.name})
+        self.template = resolve_template(cfg.template, self.model_type, self.tokenizer)
+        self.effective = cfg.model_copy(update={"template": self.template.name})
         key = cache.data_key(cfg, self.tokenizer, self.template, self.seq2seq)
-        resuming = record.data_fingerprint is not None
-        if resuming:  # refuse what would change the result
-            changes = resume.config_changes(stored_config(self.folder),
-                                            effective.model_dump(mode="json"))
-            self._refuse_changes("settings", changes, force)
+        if self.resuming:  # refuse what would change the result, before any long work
+            current = self.effective.model_dump(mode="json")
+            self._refuse("settings", resume.config_changes(stored_config(self.folder), current))
             if record.data_fingerprint != key:
-                self._refuse_changes("data", ["the data files, tokenizer or template differ"],
-                                     force)
+                self._refuse("data", ["the data files, tokenizer or template differ"])
+            if self.checkpoint is not None:
+                made = resume.manifest(self.checkpoint)
+                self._refuse("checkpoint's run", resume.config_changes(made["config"], current))
+            world = distributed.world_size()
+            if record.world_size != world:
+                self._refuse("number of processes", [f"{record.world_size} -> {world} (the "
+                             "data order and each process's random state differ)"])
+            model_id = model_fingerprint(resolve_model_path(cfg.base_model, log=log))
+            if record.base_fingerprint != model_id:
+                self._refuse("base model", [f"{cfg.base_model} holds other weights"])
         record.template, record.data_fingerprint = self.template.name, key
-        record.trust_remote_code = cfg.trust_remote_code
-        record.quantization = self.method.base_quantization(cfg)
-        record.status, record.error = "running", None
-        if self.checkpoint is not None:
-            record.resumed_from.append(self.checkpoint.name)
-        trained_on = "every token" if cfg.stage == "pt" else {
-            "assistant": "every assistant reply", "last": "the last assistant reply",
-            "all": "all tokens"}[cfg.masking]
-        log(f"stage: {cfg.stage}; template: {self.template.name}; loss on {trained_on}"
-            f"{'; packing' if cfg.packing else ''}")
-
-        # the data, before any process group exists (tokenising may take long)
+        record.trust_remote_code, record.world_size = cfg.trust_remote_code, \
+            distributed.world_size()
+        log(f"stage: {cfg.stage}; template: {self.template.name}; loss on "
+            f"{({'assistant': 'every assistant reply', 'last': 'the last assistant reply', 'all': 'every token'})[record.masking]}"  # noqa: E501
+            f"{'; packing' if record.packing else ''}")
+        # before any process group exists: tokenising may take longer than a collective waits
         prepared = cache.prepared(key, self.stage.build(cfg, self.tokenizer, self.template,
                                                         self.seq2seq, self.progress), log)
         record.data = prepared.report
         self.train_rows = self.stage.train_set(prepared.train, cfg, log)
         self.val_rows = prepared.validation
 
+    def _training_arguments(self):
+        from transformers import TrainingArguments
+
+        cfg, world = self.cfg, distributed.world_size()
+        extra = {}
+        if cfg.fsdp:  # (wraps the model's _no_split_modules, its decoder layers)
+            extra.update(fsdp="full_shard auto_wrap", fsdp_config={
+                "fsdp_version": 2, "reshard_after_forward": True,
+                "state_dict_type": "FULL_STATE_DICT"})
+        if cfg.deepspeed:
+            extra["deepspeed"] = self._deepspeed_config()
+        args = TrainingArguments(
+            output_dir=str(self.folder / resume.CHECKPOINTS),
+            per_device_train_batch_size=cfg.batch_size // world,
+            per_device_eval_batch_size=cfg.batch_size // world,
+            gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
+            num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup,
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+            logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+            save_total_limit=None, report_to=[],
+            eval_strategy="epoch" if self.val_rows is not None else "no",
+            seed=cfg.seed, data_seed=cfg.seed,
+            bf16=self.dtype == torch.bfloat16, fp16=self.dtype == torch.float16,
+            use_cpu=self.device.type == "cpu", disable_tqdm=True,
+            include_num_input_tokens_seen="all" if self.record.packing else "non_padding",
+            dataloader_num_workers=0, remove_unused_columns=False,
+            ddp_find_unused_parameters=False, **extra)
+        args._n_gpu = 1  # one process, one GPU: the Trainer's nn.DataParallel would multiply
+        return args      # the batch by the GPUs it sees (more GPUs: torchrun)
+
+    def _setup_model(self) -> None:
+        from unitune.models.loading import load_base, model_fingerprint, resolve_model_path
+
+        cfg, log, record = self.cfg, self.log, self.record
         model_path = resolve_model_path(cfg.base_model, log=log, progress=self.progress)
-        model_id = _model_fingerprint(model_path)
-        if resuming and record.base_fingerprint != model_id:
-            self._refuse_changes("base model", [f"{model_path} holds other weights"], force)
-        record.base_model_path, record.base_fingerprint = model_path, model_id
-        base = load_base(model_path, self.dtype, self.device, cfg.trust_remote_code,
+        record.base_model_path = model_path
+        record.base_fingerprint = model_fingerprint(model_path)
+        record.quantization = self.method.base_quantization(cfg)
+        torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
+        # FSDP2 shards a model from the host: no process holds all of it on its GPU
+        device = torch.device("cpu") if cfg.fsdp else self.device
+        base = load_base(model_path, self.dtype, device, cfg.trust_remote_code,
                          quantize=record.quantization)
         record.model_patches = self._patch_vocabulary(base)
         self.active = speed.optimize(base, cfg.kernels, cfg.attention,
                                      cfg.gradient_checkpointing, cfg.offload_activations,
                                      cfg.packing)
-        torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
-        self.model, self.method_callbacks = self.method.build(base, cfg, model_type)
+        self.model, self.method_callbacks = self.method.build(base, cfg, self.model_type)
         self.active += speed.optimize_adapter(self.model, self.dtype, cfg.kernels)
         log(f"optimizations: {'; '.join(self.active)}")
         record.optimizations = self.active
@@ -294,8 +336,22 @@ class Recipe:
         record.trainable_parameters, record.total_parameters = trainable, total
         log(f"method: {cfg.method}; trainable parameters: {trainable:,} of {total:,} "
             f"({100 * trainable / total:.2f}%)")
-        if distributed.is_main():  # the run exists from here: a crash leaves it resumable
-            write_config(effective, self.folder / CONFIG_FILE)
+
+    def _write_run_files(self) -> None:
+        """From here the run exists: a crash leaves it resumable."""
+        record = self.record
+        record.status, record.error = "running", None
+        if self.checkpoint is not None:
+            record.resumed_from.append(self.checkpoint.name)
+            stale = [c for c in resume.checkpoints(self.folder)
+                     if resume.step_of(c) > resume.step_of(self.checkpoint)]
+            if stale and distributed.is_main():  # another trajectory: it would mix with ours
+                self.log(f"removing {len(stale)} checkpoint(s) after {self.checkpoint.name}, "
+                         "which this resume trains again")
+                for folder in stale:
+                    shutil.rmtree(folder)
+        if distributed.is_main():
+            write_config(self.effective, self.folder / CONFIG_YAML)
             write_run(self.folder, record)
 
     def _patch_vocabulary(self, base) -> dict:
@@ -303,7 +359,7 @@ class Recipe:
         rows = base.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) <= rows:
             return {}
-        base.resize_token_embeddings(len(self.tokenizer))
+        grow_vocabulary(base, len(self.tokenizer))
         saved = set(self.cfg.modules_to_save)
         if not self.method.whole_model and not saved & {"embed_tokens", "lm_head", "wte"}:
             self.log(f"warning: the embeddings grew from {rows} to {len(self.tokenizer)} rows; "
@@ -330,39 +386,6 @@ class Recipe:
         self.method.set_adapter_weights(self.model, state)
         return path
 
-    def _training_arguments(self):
-        from transformers import TrainingArguments
-
-        cfg, world = self.cfg, distributed.world_size()
-        extra = {}
-        if cfg.fsdp:
-            extra.update(fsdp="full_shard auto_wrap", fsdp_config={
-                "fsdp_version": 2, "reshard_after_forward": True,
-                "state_dict_type": "FULL_STATE_DICT", "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "transformer_layer_cls_to_wrap": sorted(
-                    {type(m).__name__ for m in checkpointing.checkpointed_layers(self.model)})})
-        if cfg.deepspeed:
-            extra["deepspeed"] = self._deepspeed_config()
-        return TrainingArguments(
-            output_dir=str(self.folder / resume.CHECKPOINTS),
-            per_device_train_batch_size=cfg.batch_size // world,
-            per_device_eval_batch_size=max(1, cfg.batch_size // world),
-            gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
-            num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup,
-            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-            logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
-            save_total_limit=None, report_to=[],
-            eval_strategy="epoch" if self.val_rows is not None else "no",
-            seed=cfg.seed, data_seed=cfg.seed,
-            bf16=self.dtype == torch.bfloat16, fp16=self.dtype == torch.float16,
-            use_cpu=self.device.type == "cpu", disable_tqdm=True,
-            use_liger_kernel=speed.LIGER in self.active,
-            include_num_input_tokens_seen="all" if cfg.packing or cfg.stage == "pt"
-            else "non_padding",
-            dataloader_num_workers=0, remove_unused_columns=False,
-            ddp_find_unused_parameters=False, **extra)
-
     def _setup_trainer(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
@@ -370,25 +393,28 @@ class Recipe:
 
         from unitune.train.callbacks import EvaluateAtEnd, MetricsLogCallback, ProgressCallback
 
-        step = resume.manifest(self.checkpoint)["step"] if self.checkpoint else 0
+        step = resume.step_of(self.checkpoint) if self.checkpoint else 0
         self.stop = resume.StopOnSignal(self.log)
         stamp = {"data_fingerprint": self.record.data_fingerprint,
-                 "config": self.cfg.model_dump(mode="json")}
-        callbacks = [self.stop, resume.Checkpoints(self.folder, self.cfg.keep_checkpoints,
-                                                   stamp)]
+                 "config": self.effective.model_dump(mode="json")}
+        callbacks = [self.stop, *self.method_callbacks,
+                     resume.Checkpoints(self.folder, self.cfg.keep_checkpoints, stamp)]
         if self.val_rows is not None:
             callbacks.append(EvaluateAtEnd())
         self.writer = None
         if distributed.is_main():
-            self.writer = SummaryWriter(log_dir=str(self.folder / "tb"), purge_step=step or None)
+            # a resume redoes the steps after its checkpoint: drop what was logged for them
+            self.writer = SummaryWriter(log_dir=str(self.folder / "tb"),
+                                        purge_step=step + 1 if self.resuming else None)
             callbacks += [ProgressCallback(disable=not self.progress),
-                          MetricsLogCallback(self.folder / "metrics.jsonl", step),
+                          MetricsLogCallback(self.folder / "metrics.jsonl",
+                                             step if self.resuming else None),
                           TensorBoardCallback(tb_writer=self.writer)]
         self.trainer = RunTrainer(
-            method=self.method, model=self.model, args=self._training_arguments(),
+            method=self.method, model=self.model, args=self.args,
             train_dataset=self.train_rows, eval_dataset=self.val_rows,
             data_collator=self.stage.collator(self.tokenizer), processing_class=self.tokenizer,
-            callbacks=[*callbacks, *self.method_callbacks, *self.extra_callbacks])
+            callbacks=[*callbacks, *self.extra_callbacks])
         self.trainer.remove_callback(PrinterCallback)  # our bar and metrics log replace it
 
     # --- train ---------------------------------------------------------------------------
@@ -397,7 +423,9 @@ class Recipe:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         resume_cmd = f"unitune train --resume {self.folder}"
-        self.result = None
+        if self.checkpoint is not None and resume.manifest(self.checkpoint)["final"]:
+            self._load_final_checkpoint()  # every step was trained; only saving was left
+            return
         try:
             self.result = self.trainer.train(
                 resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
@@ -412,6 +440,7 @@ class Recipe:
                      f"is kept in {self.folder}; resume it {where} with: {resume_cmd}")
             raise
         finally:
+            self.stop.restore()
             if self.writer is not None:
                 self.writer.close()
         state = self.trainer.state
@@ -422,12 +451,22 @@ class Recipe:
                               f"{state.global_step} of {state.max_steps}; checkpoint saved in "
                               f"{self.folder / resume.CHECKPOINTS}; resume with: {resume_cmd}")
 
+    def _load_final_checkpoint(self) -> None:
+        from transformers import TrainerState
+
+        self.trainer._load_from_checkpoint(str(self.checkpoint))
+        self.trainer.state = TrainerState.load_from_json(
+            str(self.checkpoint / "trainer_state.json"))
+        self.log(f"{self.checkpoint.name} is the last step: saving the run")
+
     def _finish_record(self, status: str, error: str | None = None) -> None:
         state, record, result = self.trainer.state, self.record, self.result
         evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
+        losses = [h["loss"] for h in state.log_history if "loss" in h]
         record.metrics = {
             "steps": state.global_step, "max_steps": state.max_steps,
             "train_loss": result.training_loss if result else None,
+            "last_logged_loss": losses[-1] if losses else None,
             "eval_loss": evals[-1] if evals else None,
             "tokens_seen": state.num_input_tokens_seen,
             "train_runtime_s": result.metrics.get("train_runtime") if result else None,
@@ -442,8 +481,6 @@ class Recipe:
     # --- save ----------------------------------------------------------------------------
 
     def save(self) -> Path:
-        import shutil
-
         from unitune.train.callbacks import plot_loss
 
         self.trainer.save_model(str(self.folder))  # (every process: FSDP / ZeRO-3 gather)
@@ -456,12 +493,14 @@ class Recipe:
             self.template.save(self.folder)
             plot_loss(self.folder / "metrics.jsonl", self.folder / "loss.png",
                       title=f"{self.staging.out.name}: loss")
-            shutil.rmtree(self.folder / resume.CHECKPOINTS, ignore_errors=True)
             (self.folder / "training_args.bin").unlink(missing_ok=True)
         self._finish_record("finished")
         distributed.barrier()
-        return self.staging.commit()
-
+        out = self.staging.commit()
+        if distributed.is_main():  # (only now: until the run is in place they can resume it)
+            shutil.rmtree(out / resume.CHECKPOINTS, ignore_errors=True)
+        distributed.barrier()  # every process returns a run that is in place
+        return out
 
     def close(self) -> None:
         """Leave the process group, once nothing holds it (gloo's worker threads otherwise
@@ -472,8 +511,9 @@ class Recipe:
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        self.trainer.accelerator.free_memory()
-        del self.trainer, self.model
+        if self.trainer is not None:
+            self.trainer.accelerator.free_memory()
+        self.trainer = self.model = None
         gc.collect()
         dist.destroy_process_group()
 
@@ -487,8 +527,8 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 class RunTrainer(Trainer):
-    """The HF Trainer, with a method that is neither a PEFT adapter nor a whole model
-    (bottleneck adapters) saving and restoring its own weights in checkpoints."""
+    """The HF Trainer, with a method it does not know (bottleneck adapters: neither a PEFT
+    adapter nor a whole model) saving and restoring its own weights in checkpoints."""
 
     def __init__(self, *args, method: methods.Method, **kwargs):
         self.method = method

@@ -10,7 +10,8 @@ of every process, its own state with the position in the data) into
   is skipped (with a warning) in favour of the previous one. We keep the newest
   ``keep_checkpoints`` valid ones ourselves, deleting old ones only after a new one is valid
   (the Trainer's own rotation runs before we know that);
-- a checkpoint at the last step too, so a failure while saving the run loses nothing;
+- a checkpoint at the last step too (the Trainer's), marked ``final``: a failure while saving
+  the run loses nothing, and resuming it only saves;
 - what may change between a run and its resume (``config_changes``);
 - SIGTERM / SIGINT: the first one finishes the current step, writes a checkpoint and stops
   (every process agrees on the step); a second Ctrl-C stops at once.
@@ -35,7 +36,7 @@ _PREFIX = "checkpoint-"
 _WHOLE_DIGEST = 256 << 20  # files up to this size are hashed whole, larger ones head + tail
 # keys that do not change what a run computes (where it is written, how often it logs/saves)
 RESUMABLE_KEYS = {"output_dir", "overwrite", "logging_steps", "save_steps", "keep_checkpoints",
-                  "data_workers"}
+                  "data_workers", "gradient_checkpointing", "offload_activations"}
 
 
 def _digest(path: Path) -> str:
@@ -77,7 +78,8 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
-def _step(folder: Path) -> int:
+def step_of(folder: Path) -> int:
+    """The step of a checkpoint folder (-1 for a name that is not one)."""
     try:
         return int(folder.name.removeprefix(_PREFIX))
     except ValueError:
@@ -90,8 +92,8 @@ def checkpoints(run: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)
-             and _step(p) >= 0]
-    return sorted(found, key=_step, reverse=True)
+             and step_of(p) >= 0]
+    return sorted(found, key=step_of, reverse=True)
 
 
 def newest_valid(run: Path, log=print) -> Path | None:
@@ -124,33 +126,32 @@ def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
 
 
 class Checkpoints(TrainerCallback):
-    """Writes the manifest of every checkpoint once all processes saved, keeps the newest
-    ``keep`` valid ones, and asks for a checkpoint at the last step."""
+    """Writes the manifest of every checkpoint once all processes saved it (after the other
+    callbacks added their files), then keeps the newest ``keep`` complete ones."""
 
     def __init__(self, run: Path, keep: int, stamp: dict):
         self.run, self.keep, self.stamp = run, keep, stamp
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True
 
     def on_save(self, args, state, control, **kwargs):
         distributed.barrier()  # every process has written its RNG state
         if distributed.is_main():
             folder = self.run / CHECKPOINTS / f"{_PREFIX}{state.global_step}"
-            data = {**self.stamp, "step": state.global_step, "files": _files(folder)}
+            data = {**self.stamp, "step": state.global_step,
+                    "final": state.global_step >= state.max_steps, "files": _files(folder)}
             tmp = folder / (MANIFEST + ".tmp")
             tmp.write_text(json.dumps(data), encoding="utf-8")
             os.replace(tmp, folder / MANIFEST)
-            valid = [f for f in checkpoints(self.run) if (f / MANIFEST).is_file()]
-            for old in valid[self.keep:]:
+            complete = [f for f in checkpoints(self.run)
+                        if (f / MANIFEST).is_file() and step_of(f) <= state.global_step]
+            for old in complete[self.keep:]:
                 shutil.rmtree(old, ignore_errors=True)
         distributed.barrier()
 
 
 class StopOnSignal(TrainerCallback):
-    """SIGTERM or SIGINT: finish this step, save a checkpoint, stop. A second SIGINT raises
-    ``KeyboardInterrupt`` at once. The handlers are in place only while training."""
+    """SIGTERM or SIGINT: finish this step, save a checkpoint, stop (without the evaluation an
+    epoch's end would run). A second SIGINT raises ``KeyboardInterrupt`` at once. The handlers
+    are in place only while training (``restore`` puts the previous ones back)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -160,25 +161,30 @@ class StopOnSignal(TrainerCallback):
         self.stopped_at: int | None = None
         self._previous: dict = {}
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum, frame):  # (no printing here: it may interrupt a write)
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
-        if distributed.is_main():
-            self.log(f"\n{signal.Signals(signum).name}: stopping after this step and saving a "
-                     "checkpoint (Ctrl-C again to stop at once)")
 
     def on_train_begin(self, args, state, control, **kwargs):
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
 
     def on_step_end(self, args, state, control, **kwargs):
         if distributed.any_process(self.received is not None):
             self.received = self.received or signal.SIGTERM  # (another process got it)
             self.stopped_at = state.global_step
+            self.log(f"\n{signal.Signals(self.received).name}: stopping after step "
+                     f"{state.global_step} and saving a checkpoint (Ctrl-C again to stop at "
+                     "once)")
             control.should_save = True
             control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_at is not None:
+            control.should_evaluate = False

@@ -23,6 +23,10 @@ class Stage:
     def check(self, cfg, seq2seq: bool) -> None:
         """Refuse what the stage cannot do, before any data or weights load."""
 
+    def loss(self, cfg) -> tuple[str, bool]:
+        """(which tokens carry the loss: a ``masking`` value, whether rows are packed)."""
+        return cfg.masking, cfg.packing
+
     def build(self, cfg, tokenizer, template: Template, seq2seq: bool, progress: bool):
         """A function of a work folder that returns (train rows, validation rows or None,
         report, log lines): what ``data.cache.prepared`` runs when the data is not cached."""
@@ -86,6 +90,9 @@ class SupervisedFineTuning(Stage):
 class Pretraining(Stage):
     name = "pt"
     summary = "continued pre-training on plain text, loss on every token, in blocks"
+
+    def loss(self, cfg):
+        return "all", False  # every token of full blocks
 
     def check(self, cfg, seq2seq):
         from unitune.data.text import check
