@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+sys.path.insert(0, SRC)
 
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads
     "tiny": (64, 128, 2, 2, 1),
@@ -59,8 +60,10 @@ def train(name: str, args, base: Path, data: Path, out: Path, extra: list[str]) 
            str(out / name), "--base-model", str(base), "--max-steps", str(args.steps),
            "--batch-size", str(args.batch * args.nproc), "--no-progress", "logging_steps=1",
            f"device={args.device}", "template=alpaca", "max_length=256", *extra]
-    start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    start = time.time()  # (the processes import unitune from this checkout, installed or not)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get(
+        "PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.time() - start
     if proc.returncode:
         return {"run": name, "error": proc.stderr.strip().splitlines()[-1:], "wall_s": wall}

@@ -64,3 +64,14 @@ def test_activation_memory_counts_less_for_unitune_than_the_baseline():
     for i in (0, 3):  # per dropout: baseline > baseline under autocast > unitune
         kib = [float(r[2]) for r in rows[i:i + 3]]
         assert kib[0] > kib[1] > kib[2] > 0, stdout
+
+
+@pytest.mark.slow
+def test_distributed_smoke_trains_and_reopens_under_torchrun(test_preset):
+    stdout = bench("distributed_smoke.py", "--shape", "tiny", "--device", "cpu", "--nproc",
+                   "2", "--steps", "2", "--batch", "2")
+    import json
+
+    result = json.loads(stdout.splitlines()[-1])
+    assert result["run"] == "ddp-lora" and result["world_size"] == 2, stdout
+    assert result["steps"] == 2 and result["saved_tensors"] > 0 and "answer" in result

@@ -105,23 +105,25 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data, referen
     assert not (out / resume.CHECKPOINTS).exists()
 
 
-def interrupted_run(tmp_path: Path, data: str, step: int = 8) -> tuple[Path, str]:
-    """A run stopped by SIGTERM after its checkpoint of ``step``; (partial folder, stderr)."""
+def interrupted_run(tmp_path: Path, data: str, step: int = 8,
+                    sig: signal.Signals = signal.SIGTERM) -> tuple[Path, str]:
+    """A run stopped by ``sig`` after its checkpoint of ``step``; (partial folder, stderr)."""
     out = tmp_path / "run"
     proc = start("train", "--data", data, "-o", str(out), *ARGS)
     partial = out.with_name("run.partial")
     wait_for_checkpoint(proc, partial, step)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + sig, err
     return partial, err
 
 
-def test_sigterm_leaves_a_clean_checkpoint_and_a_clean_exit(tmp_path, data, reference):
-    partial, err = interrupted_run(tmp_path, data)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_leaves_a_clean_checkpoint_and_a_clean_exit(tmp_path, data, reference, sig):
+    partial, err = interrupted_run(tmp_path, data, sig=sig)
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("SIGTERM: stopped at step") and "unitune train --resume" in last
+    assert last.startswith(f"{sig.name}: stopped at step") and "unitune train --resume" in last
     record = read_run(partial)
     stopped = record.metrics["steps"]
     assert record.status == "interrupted" and 8 <= stopped < STEPS
