@@ -8,6 +8,7 @@ what is allowed, with a "did you mean" hint for misspelled keys.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -178,23 +179,22 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with every local path it names made absolute (catalog names and hub ids stay),
     so a stored config means the same from any working directory."""
 
-    def local(value: str | None) -> str | None:
+    def local(value: str | None) -> str | None:  # (links are kept: the user's names stay)
         if value is None:
             return None
         path = Path(value).expanduser()
-        return str(path.resolve()) if path.exists() else value
+        return os.path.abspath(path) if path.exists() else value
 
     def specs(items: list[DataSpec]) -> list[DataSpec]:
         return [s.model_copy(update={"path": local(s.path)}) for s in items]
 
-    out = Path(cfg.output_dir).expanduser()
     return cfg.model_copy(update={
         "data": specs(cfg.data), "validation_data": specs(cfg.validation_data),
         "base_model": local(cfg.base_model), "init_adapter": local(cfg.init_adapter),
         "deepspeed": local(cfg.deepspeed), "data_dir": local(cfg.data_dir),
         "augment": cfg.augment.model_copy(
             update={"flan_templates": local(cfg.augment.flan_templates)}),
-        "output_dir": str(out.parent.resolve() / out.name)})
+        "output_dir": os.path.abspath(Path(cfg.output_dir).expanduser())})
 
 
 def _fields(schema: type[BaseModel], prefix: str = ""):

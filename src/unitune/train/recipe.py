@@ -123,12 +123,12 @@ def stored_config(folder: Path) -> dict:
 
 class Recipe:
     def __init__(self, cfg: TrainConfig, log, progress: bool, callbacks: list):
-        self.cfg = with_absolute_paths(cfg)
+        self.cfg = cfg  # (read with the user's own paths, so messages name them)
         self.progress, self.extra_callbacks = progress, callbacks
         self.log = log if distributed.is_main() else (lambda *a, **k: None)
         self.stage = stages.get(cfg.stage)
         self.method = methods.get(cfg.method)
-        self.staging = Staging(Path(self.cfg.output_dir), cfg.overwrite)
+        self.staging = Staging(Path(cfg.output_dir), cfg.overwrite)
         self.started = time.time()
         self.trainer = self.result = None
 
@@ -243,8 +243,10 @@ class Recipe:
         self.stage.check(cfg, self.seq2seq)
         self.tokenizer = load_tokenizer(tokenizer_path, cfg.trust_remote_code)
         self.template = resolve_template(cfg.template, self.model_type, self.tokenizer)
-        self.effective = cfg.model_copy(update={"template": self.template.name})
-        key = cache.data_key(cfg, self.tokenizer, self.template, self.seq2seq)
+        # what is stored and compared: the same from any working directory
+        self.effective = with_absolute_paths(cfg).model_copy(
+            update={"template": self.template.name})
+        key = cache.data_key(self.effective, self.tokenizer, self.template, self.seq2seq)
         if self.resuming:  # refuse what would change the result, before any long work
             current = self.effective.model_dump(mode="json")
             self._refuse("settings", resume.config_changes(stored_config(self.folder), current))
