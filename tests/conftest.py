@@ -50,3 +50,21 @@ def synth_data(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("synth")
     return write_suite(out, list(DEFAULT_FAMILIES), n_train=8, n_val=2, n_test=2, n_pretrain=4,
                        seed=0)
+
+
+# the marker tokens the families' own tokenizers hold as special tokens
+FAMILY_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|eot_id|>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
+                   "[gMASK]", "sop", "<reserved_102>", "<reserved_103>", "<reserved_106>",
+                   "<reserved_107>", "<eoh>", "<eoa>", "<eom>"]
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer(test_preset):
+    """The test preset's tokenizer with the families' marker tokens added as special tokens
+    (each family's own tokenizer has them)."""
+    from unitune.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(test_preset))
+    tok.add_special_tokens({"additional_special_tokens": FAMILY_SPECIALS})
+    return tok

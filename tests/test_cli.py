@@ -56,6 +56,16 @@ def test_train_writes_every_artefact(trained_run):
     cfg = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert cfg["lora"]["r"] == 4 and cfg["max_steps"] == 3 and cfg["template"] == "alpaca"
     assert (trained_run / "adapter_model.safetensors").stat().st_size > 10_000
+    # the saved tokenizer's chat_template renders what was trained (alpaca here)
+    from unitune.data.schema import Conversation
+    from unitune.data.templates import get_template
+    from unitune.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(trained_run))
+    conv = Conversation.single("Sort the numbers.", "1 2 3")
+    assert tok.apply_chat_template([{"role": "user", "content": "Sort the numbers."}],
+                                   tokenize=False, add_generation_prompt=True) == \
+        tok.bos_token + get_template("alpaca").render_prompt(conv, tok)
 
 
 def test_generate_uses_the_runs_template(trained_run, capsys):

@@ -50,13 +50,15 @@ def test_single_turn_trains_exactly_the_answer_and_eos(tokenizer):
 @pytest.mark.parametrize("name", ["alpaca", "vicuna", "llama-2-chat", "llama-3", "chatml", "qwen",
                                   "chatglm2", "chatglm3", "baichuan2", "internlm", "moss",
                                   "bloom"])
-def test_every_assistant_turn_and_only_them(tokenizer, name):
+def test_every_assistant_turn_and_only_them(family_tokenizer, name):
+    tokenizer = family_tokenizer
     template = TEMPLATES[name]
     (row,), _ = encode_conversations([MULTI], tokenizer, template, max_length=512)
     eot = template.assistant_suffix.format(eos=tokenizer.eos_token, bos=tokenizer.bos_token)
+    final = template.final_suffix.format(eos=tokenizer.eos_token, bos=tokenizer.bos_token)
     runs = trained_text(tokenizer, row)
     lead = template.answer_lead
-    assert runs == [f"{lead}I am a model.{eot}", f"{lead}5{eot}"], runs
+    assert runs == [f"{lead}I am a model.{eot}", f"{lead}5{eot}{final}"], runs
     # the user turns and the system prompt are never trained
     untrained = tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"],
                                                        strict=True) if lab == IGNORE])

@@ -337,6 +337,8 @@ def _add_data(sub) -> None:
         if name == "preview":
             q.add_argument("-n", type=int, default=2, help="how many examples")
             q.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+            q.add_argument("--ids", action="store_true", help="also show the token ids around "
+                           "every place where training starts or stops")
         else:
             q.add_argument("--plot", help="write the length histogram PNG here")
 

@@ -32,7 +32,7 @@ import torch
 
 from unitune.data.schema import Conversation
 from unitune.data.store import Records, from_row, rows_of
-from unitune.data.templates import Template
+from unitune.data.templates import SpanError, Template
 from unitune.errors import UserError, did_you_mean
 
 IGNORE = -100
@@ -72,18 +72,60 @@ def check_masking(masking: str) -> None:
                         f"choose {', '.join(MASKING)}")
 
 
-def _token_at(encoding, pos: int, end: int, step: int) -> int | None:
-    """The token covering character ``pos``, looking onwards (step 1) or back (step -1) over
-    characters no token covers (such as a space a tokenizer folds into the next token)."""
-    while (step > 0 and pos < end) or (step < 0 and pos >= end):
-        tok = encoding.char_to_token(pos)
-        if tok is not None:
-            return tok
-        pos += step
-    return None
+class _FastTokens:
+    """The ids of one text from the Rust tokenizer, and which tokens cover a character span
+    (its offsets, exactly)."""
+
+    def __init__(self, encoding):
+        self.encoding = encoding
+        self.ids = encoding.ids
+
+    def _token_at(self, pos: int, end: int, step: int) -> int | None:
+        """The token covering character ``pos``, looking onwards (step 1) or back (step -1)
+        over characters no token covers (such as a space folded into the next token)."""
+        while (step > 0 and pos < end) or (step < 0 and pos >= end):
+            tok = self.encoding.char_to_token(pos)
+            if tok is not None:
+                return tok
+            pos += step
+        return None
+
+    def token_range(self, start: int, end: int) -> tuple[int, int] | None:
+        first, last = self._token_at(start, end, 1), self._token_at(end - 1, start, -1)
+        return (first, last + 1) if first is not None and last is not None \
+            and last >= first else None
 
 
-def _labels(encoding, ids: list[int], spans: list[tuple[int, int]], masking: str) -> list[int]:
+class _SlowTokens:
+    """The ids of one text from a slow (Python, e.g. SentencePiece or remote-code)
+    tokenizer. With no offsets, a span's tokens are found by tokenising the text up to its
+    start and its end: the same ids as the whole text's, or the span is refused (the
+    tokenizer merges characters across its boundary)."""
+
+    def __init__(self, text: str, tokenizer, add_special_tokens: bool):
+        self.text, self.tokenizer, self.add = text, tokenizer, add_special_tokens
+        self.ids = self._ids(text)
+        built = tokenizer.build_inputs_with_special_tokens([-1]) if add_special_tokens else [-1]
+        self.appended = len(built) - built.index(-1) - 1  # special tokens added after a text
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=self.add)["input_ids"])
+
+    def _count(self, end: int) -> int | None:
+        """How many of the text's tokens cover its first ``end`` characters (None when the
+        text's tokens do not begin with the prefix's own)."""
+        ids = self._ids(self.text[:end])
+        ids = ids[: len(ids) - self.appended]
+        return len(ids) if ids == self.ids[: len(ids)] else None
+
+    def token_range(self, start: int, end: int) -> tuple[int, int] | None:
+        first, last = self._count(start), self._count(end)
+        return (first, last) if first is not None and last is not None and last > first \
+            else None
+
+
+def _labels(tokens, spans: list[tuple[int, int]], masking: str) -> list[int]:
+    ids = tokens.ids
     if masking == "all":
         labels = list(ids)
         if ids:
@@ -93,10 +135,9 @@ def _labels(encoding, ids: list[int], spans: list[tuple[int, int]], masking: str
         spans = spans[-1:]
     labels = [IGNORE] * len(ids)
     for s, e in spans:
-        first = _token_at(encoding, s, e, 1)
-        last = _token_at(encoding, e - 1, s, -1)
-        if first is not None and last is not None and last >= first:
-            labels[first:last + 1] = ids[first:last + 1]
+        found = tokens.token_range(s, e)
+        if found is not None:
+            labels[found[0]:found[1]] = ids[found[0]:found[1]]
     return labels
 
 
@@ -106,15 +147,42 @@ class _Specials:
     bos_token: str
 
 
-def _encode_batch(texts: list[str], tokenizer) -> list:
-    """One call of the Rust tokenizer over all texts (parallel), special tokens added as the
-    tokenizer adds them to a prompt at inference; no truncation or padding."""
+def _tokenize(texts: list[str], tokenizer, add_special_tokens: bool) -> list:
+    """The tokens of every text: a fast tokenizer's one parallel Rust call (no truncation or
+    padding), a slow one's text by text. Special tokens are added only when the template
+    leaves them to the tokenizer, exactly as at inference."""
+    if not getattr(tokenizer, "is_fast", False):
+        return [_SlowTokens(t, tokenizer, add_special_tokens) for t in texts]
     backend = tokenizer.backend_tokenizer
     if backend.truncation is not None:
         backend.no_truncation()
     if backend.padding is not None:
         backend.no_padding()
-    return backend.encode_batch(texts, add_special_tokens=True)
+    return [_FastTokens(e) for e in backend.encode_batch(texts,
+                                                         add_special_tokens=add_special_tokens)]
+
+
+def _render(template: Template, conv: Conversation, tokenizer):
+    """(text, spans, why it cannot be trained or "")."""
+    try:
+        text, spans = template.render(conv, tokenizer)
+    except SpanError as exc:
+        return "", [], f"reply not located: {exc}"
+    return text, spans, ""
+
+
+def _leading_specials(ids: list[int], tokenizer, template: Template) -> int:
+    """How many tokens open the row before any text: special tokens (added by the tokenizer or
+    written by the template) and the template's prefix (BOS, ``[gMASK]sop``); truncating the
+    prompt keeps them."""
+    prefix = template.prefix.format(eos=tokenizer.eos_token or "", bos=tokenizer.bos_token or "")
+    opening = len(tokenizer(prefix, add_special_tokens=template.add_special_tokens)[
+        "input_ids"]) if prefix else 0
+    special = set(tokenizer.all_special_ids)
+    n = 0
+    while n < len(ids) and (n < opening or ids[n] in special):
+        n += 1
+    return n
 
 
 _MIN_PROMPT = 8  # prompt tokens an over-long example keeps in front of its reply
@@ -124,28 +192,29 @@ def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_le
             masking: str) -> list[dict]:
     """One row per conversation: ``input_ids``, ``labels`` and what fitting it did
     (``prompt_truncated``, ``turns_dropped``, and ``dropped``: why it was left out, or "")."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError("unitune needs a fast (Rust) tokenizer for exact loss masking; this "
-                        "model only has a slow one (convert it with transformers first)")
     # plain attributes: the tokenizer's own attribute lookup is slow in a hot loop
     specials = tokenizer if template.tokenizer_template else _Specials(
         tokenizer.eos_token or "", tokenizer.bos_token or "")
-    rendered = [template.render(c, specials) for c in convs]
-    encodings = _encode_batch([r[0] for r in rendered], tokenizer)
+    rendered = [_render(template, c, specials) for c in convs]
+    all_tokens = _tokenize([r[0] for r in rendered], tokenizer, template.add_special_tokens)
     rows: list[dict] = []
-    for conv, (_, spans), encoding in zip(convs, rendered, encodings, strict=True):
-        row = {"input_ids": [], "labels": [], "dropped": "", "prompt_truncated": False,
-               "turns_dropped": False, "tokens": len(encoding.ids)}
+    for conv, (_, spans, why), tokens in zip(convs, rendered, all_tokens, strict=True):
+        row = {"input_ids": [], "labels": [], "dropped": why, "prompt_truncated": False,
+               "turns_dropped": False, "tokens": len(tokens.ids)}
         rows.append(row)
+        if why:
+            continue
         if not spans and masking != "all":
             row["dropped"] = "no assistant reply to train on"
             continue
-        ids = encoding.ids
-        labels = _labels(encoding, ids, spans, masking)
-        if len(ids) > max_length:
-            _fit(conv, ids, labels, tokenizer, template, max_length, masking, row)
+        labels = _labels(tokens, spans, masking)
+        if all(label == IGNORE for label in labels):
+            row["dropped"] = "no token of the reply could be trained (its span is empty)"
+            continue
+        if len(tokens.ids) > max_length:
+            _fit(conv, tokens.ids, labels, tokenizer, template, max_length, masking, row)
         else:
-            row["input_ids"], row["labels"] = ids, labels
+            row["input_ids"], row["labels"] = tokens.ids, labels
     return rows
 
 
@@ -159,10 +228,12 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, row) -> No
             break
         turns = turns[nxt:]
         shorter = replace(conv, turns=turns)
-        text, spans = template.render(shorter, tokenizer)
-        (encoding,) = _encode_batch([text], tokenizer)
-        ids = encoding.ids
-        labels = _labels(encoding, ids, spans, masking)
+        text, spans, why = _render(template, shorter, tokenizer)
+        if why:
+            row.update(dropped=why, turns_dropped=False)
+            return
+        (tokens,) = _tokenize([text], tokenizer, template.add_special_tokens)
+        ids, labels = tokens.ids, _labels(tokens, spans, masking)
         row["turns_dropped"] = True
     if len(ids) > max_length:
         # 2. one exchange left: keep the whole final reply, cut the prompt from the left
@@ -174,12 +245,40 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, row) -> No
                               "prompt tokens")
             row["turns_dropped"] = False
             return
-        head = 1 if ids and ids[0] == tokenizer.bos_token_id else 0
+        head = _leading_specials(ids, tokenizer, template)
         keep = max_length - head
         ids = ids[:head] + ids[len(ids) - keep:]
         labels = labels[:head] + labels[len(labels) - keep:]
         row["prompt_truncated"] = True
     row["input_ids"], row["labels"] = ids, labels
+
+
+def prompt_mismatches(conv: Conversation, tokenizer, template: Template) -> list[str]:
+    """Where the inference prompt of a reply is not the start of the training text, as text or
+    as tokens (a tokenizer can merge the prompt's last characters with the reply's first):
+    what a model trained on the text would not see when it is asked. Empty when they agree."""
+    full, _, why = _render(template, conv, tokenizer)
+    if why:
+        return [why]
+    (whole,) = _tokenize([full], tokenizer, template.add_special_tokens)
+    problems = []
+    for k, turn in enumerate(conv.turns):
+        if turn.role != "assistant":
+            continue
+        prompt = template.render(replace(conv, turns=conv.turns[:k]), tokenizer)[0]
+        if not full.startswith(prompt):
+            at = next((i for i, (a, b) in enumerate(zip(prompt, full, strict=False)) if a != b),
+                      min(len(prompt), len(full)))
+            problems.append(f"reply {k}: the prompt's text differs from the training text at "
+                            f"character {at}: {prompt[at:at + 20]!r} vs {full[at:at + 20]!r}")
+            continue
+        (asked,) = _tokenize([prompt], tokenizer, template.add_special_tokens)
+        if whole.ids[: len(asked.ids)] != asked.ids:
+            at = next((i for i, (a, b) in enumerate(zip(asked.ids, whole.ids, strict=False))
+                       if a != b), len(asked.ids) - 1)
+            problems.append(f"reply {k}: the prompt's tokens differ from the training text's "
+                            f"at token {at}: {asked.ids[at:at + 3]} vs {whole.ids[at:at + 3]}")
+    return problems
 
 
 def _encode_seq2seq(convs: Sequence[Conversation], tokenizer, template: Template,
@@ -188,7 +287,7 @@ def _encode_seq2seq(convs: Sequence[Conversation], tokenizer, template: Template
     too long), the decoder is trained on the final reply and EOS (never cut: dropped if too
     long)."""
     prompts = [template.render_prompt(c, tokenizer) for c in convs]
-    inputs = tokenizer(prompts)["input_ids"]
+    inputs = tokenizer(prompts, add_special_tokens=template.add_special_tokens)["input_ids"]
     replies = tokenizer([c.answer for c in convs], add_special_tokens=False)["input_ids"]
     rows = []
     for ids, reply in zip(inputs, replies, strict=True):

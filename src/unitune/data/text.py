@@ -58,8 +58,10 @@ def _documents(specs, cfg, template: Template, tokenizer, invalid: Invalid) -> I
                                     invalid):
                 if isinstance(rec, PlainText):
                     yield rec.text
-                elif isinstance(rec, Conversation):
-                    yield template.render(rec, tokenizer)[0]
+                elif isinstance(rec, Conversation):  # (the tokenizer adds BOS to every
+                    text = template.render(rec, tokenizer)[0]  # document: not twice)
+                    bos = tokenizer.bos_token
+                    yield text.removeprefix(bos) if bos and template.specials_in_text else text
                 else:
                     raise UserError(f"{rec.where}: is a preference pair; stage=pt trains on "
                                     "plain text or conversations")

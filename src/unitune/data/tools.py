@@ -52,10 +52,10 @@ def _families(args) -> int:
 
 
 def _templates(args) -> int:
-    from unitune.data.templates import TEMPLATE_NOTES, TEMPLATES
+    from unitune.data.templates import TEMPLATES
 
-    for name in TEMPLATES:
-        print(f"{name:<14}{TEMPLATE_NOTES.get(name, '')}")
+    for name, template in TEMPLATES.items():
+        print(f"{name:<14}{template.reference}")
     return 0
 
 
@@ -125,8 +125,24 @@ def _tokenizer_and_template(args):
     return open_tokenizer(args.base_model, args.template)
 
 
+def _boundaries(row: dict, tokenizer, width: int = 3) -> list[str]:
+    """The token ids (and pieces) around every place where training switches on or off."""
+    from unitune.data.encode import IGNORE
+
+    ids, labels = row["input_ids"], row["labels"]
+    lines = []
+    for i in range(1, len(ids)):
+        if (labels[i] != IGNORE) != (labels[i - 1] != IGNORE):
+            window = range(max(0, i - width), min(len(ids), i + width))
+            shown = " ".join(("| " if j == i else "") + f"{ids[j]}:{tokenizer.decode([ids[j]])!r}"
+                             for j in window)
+            lines.append(f"  {'trained from' if labels[i] != IGNORE else 'untrained from'} "
+                         f"token {i}: {shown}")
+    return lines
+
+
 def _preview(args) -> int:
-    from unitune.data.encode import IGNORE, encode_conversations
+    from unitune.data.encode import IGNORE, encode_conversations, prompt_mismatches
     from unitune.data.readers import iter_conversations
 
     if args.n <= 0:
@@ -153,6 +169,10 @@ def _preview(args) -> int:
         n_trained = sum(lab != IGNORE for lab in row["labels"])
         print(f"\n--- {conv.where}: {len(row['input_ids'])} tokens, {n_trained} trained ---")
         print("".join(out))
+        if args.ids:
+            print("\n".join(_boundaries(row, tokenizer)))
+        for problem in prompt_mismatches(conv, tokenizer, template):
+            print(f"warning: {conv.where}: {problem}")
     return 0
 
 

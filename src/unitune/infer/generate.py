@@ -1,7 +1,10 @@
 """Generation: render prompts with the run's template, decode in batches, return the answers.
 
-Generation stops at the tokenizer's EOS and at the template's end-of-turn markers (as token ids
-when they are single tokens, and by cutting the decoded text otherwise).
+Prompts are tokenised exactly as in training (special tokens added only where the template
+leaves them to the tokenizer). Generation stops, through transformers' own stopping, at the
+union of the model's ``generation_config`` EOS ids, the tokenizer's EOS and the template's
+end-of-turn markers (a marker that is one token joins the EOS ids, a longer one is a stop
+string); a stop string that ends an answer is not part of it.
 """
 
 from __future__ import annotations
@@ -43,16 +46,23 @@ class Decoding:
                                 **sampling)
 
 
-def _stop_ids(tokenizer, stops: list[str]) -> list[int]:
-    ids = [tokenizer.eos_token_id]
+def eos_ids(model, tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
+    """(the token ids that end generation, the stop strings longer than one token)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [i for i in ([configured] if isinstance(configured, int) else configured or [])]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    strings = []
     for stop in stops:
         pieces = tokenizer(stop, add_special_tokens=False)["input_ids"]
-        if len(pieces) == 1 and pieces[0] not in ids:
+        if len(pieces) == 1:
             ids.append(pieces[0])
-    return ids
+        else:
+            strings.append(stop)
+    return list(dict.fromkeys(ids)), strings
 
 
-def _cut(text: str, stops: list[str]) -> str:
+def _without_stop(text: str, stops: list[str]) -> str:
     for stop in stops:
         if stop in text:
             text = text[: text.index(stop)]
@@ -61,10 +71,14 @@ def _cut(text: str, stops: list[str]) -> str:
 
 @torch.inference_mode()
 def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
-                   batch_size: int = 32, stops: list[str] | None = None) -> list[str]:
+                   batch_size: int = 32, stops: list[str] | None = None,
+                   add_special_tokens: bool = True) -> list[str]:
     """Answers to already-rendered prompts, in input order (left-padded batches)."""
     stops = stops or []
-    config = decoding.generation_config(_stop_ids(tokenizer, stops), tokenizer.pad_token_id)
+    ids, strings = eos_ids(model, tokenizer, stops)
+    config = decoding.generation_config(ids, tokenizer.pad_token_id)
+    if strings:
+        config.stop_strings = strings
     answers: list[str] = []
     device = next(model.parameters()).device
     saved_side = tokenizer.padding_side
@@ -73,12 +87,14 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            out = model.generate(**enc, generation_config=config)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens).to(device)
+            out = model.generate(**enc, generation_config=config,
+                                 tokenizer=tokenizer if strings else None)
             # a decoder-only model returns prompt + answer; an encoder-decoder only the answer
             new = out if getattr(model.config, "is_encoder_decoder", False) else \
                 out[:, enc["input_ids"].shape[1]:]
-            answers.extend(_cut(t, stops) for t in tokenizer.batch_decode(
+            answers.extend(_without_stop(t, stops) for t in tokenizer.batch_decode(
                 new, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = saved_side
@@ -91,4 +107,4 @@ def answer(model, tokenizer, template: Template, conversations: list[Conversatio
     the reference and is left out), rendered through ``template``."""
     prompts = [template.render_prompt(c, tokenizer) for c in conversations]
     return generate_texts(model, tokenizer, prompts, decoding, batch_size,
-                          template.stop_strings(tokenizer))
+                          template.stop_strings(tokenizer), template.add_special_tokens)

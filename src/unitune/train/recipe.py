@@ -491,7 +491,10 @@ class Recipe:
                 from safetensors.torch import save_file
 
                 save_file(self.init_state, str(self.folder / methods.INIT_FILE))
-            self.tokenizer.save_pretrained(str(self.folder))
+            # its chat_template renders what was trained, for apply_chat_template and servers
+            tokenizer = self.template.with_chat_template(self.tokenizer) \
+                if self.stage.teaches_chat_format else self.tokenizer
+            tokenizer.save_pretrained(str(self.folder))
             self.template.save(self.folder)
             plot_loss(self.folder / "metrics.jsonl", self.folder / "loss.png",
                       title=f"{self.staging.out.name}: loss")

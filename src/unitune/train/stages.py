@@ -19,6 +19,7 @@ from unitune.errors import UserError, did_you_mean
 class Stage:
     name: str = ""
     summary: str = ""
+    teaches_chat_format: bool = True  # the run's tokenizer gets the template as chat_template
 
     def check(self, cfg, seq2seq: bool) -> None:
         """Refuse what the stage cannot do, before any data or weights load."""
@@ -90,6 +91,7 @@ class SupervisedFineTuning(Stage):
 class Pretraining(Stage):
     name = "pt"
     summary = "continued pre-training on plain text, loss on every token, in blocks"
+    teaches_chat_format = False
 
     def loss(self, cfg):
         return "all", False  # every token of full blocks
