@@ -177,3 +177,47 @@ def test_json_lines_in_a_json_file_with_a_long_first_record(tmp_path):
     path.write_text("\n".join(json.dumps({"instruction": "x" * 6000, "output": f"o{i}"})
                               for i in range(3)), encoding="utf-8")
     assert [r.answer for r in read_records(str(path))] == ["o0", "o1", "o2"]
+
+
+def test_tool_definitions_calls_and_results_are_read_not_dropped(tmp_path):
+    """OpenAI messages (tools + tool_calls with JSON-text arguments, null content) and
+    ShareGPT (tools as JSON text, function_call / observation turns) give the same
+    conversation; converting and storing keep the tools."""
+    from unitune.data import store
+
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    openai = {"tools": [tool], "messages": [
+        {"role": "user", "content": "2+3?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "5"},
+        {"role": "assistant", "content": "It is 5."}]}
+    sharegpt = {"tools": json.dumps([tool]), "conversations": [
+        {"from": "human", "value": "2+3?"},
+        {"from": "function_call",
+         "value": json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}})},
+        {"from": "observation", "value": "5"},
+        {"from": "gpt", "value": "It is 5."}]}
+    for name, record in (("o.jsonl", openai), ("s.jsonl", sharegpt)):
+        (tmp_path / name).write_text(json.dumps(record) + "\n")
+    (a,), (b,) = (read_conversations(str(tmp_path / n)) for n in ("o.jsonl", "s.jsonl"))
+    assert a.tool_list() == [tool] and a.turns == b.turns and a.tools == b.tools
+    assert a.turns[1].calls() == [{"name": "add", "arguments": {"a": 2, "b": 3}}]
+    assert [t.role for t in a.turns] == ["user", "assistant", "tool", "assistant"]
+    for fmt in ("openai", "sharegpt"):  # written back, read again: the same
+        (tmp_path / f"back_{fmt}.jsonl").write_text(json.dumps(to_json(a, fmt)) + "\n")
+        (again,) = read_conversations(str(tmp_path / f"back_{fmt}.jsonl"))
+        assert again.turns == a.turns and again.tools == a.tools, fmt
+    (stored,) = store.write([a], tmp_path / "records.arrow")
+    assert stored.turns == a.turns and stored.tools == a.tools
+
+
+def test_a_bad_tool_call_names_the_record(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"conversations": [
+        {"from": "human", "value": "q"}, {"from": "function_call", "value": "{not json"},
+        {"from": "gpt", "value": "a"}]}) + "\n")
+    with pytest.raises(UserError, match=r"bad.jsonl:1: conversations\[1\].value: not valid "
+                                        "JSON"):
+        read_conversations(str(path))

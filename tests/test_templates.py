@@ -261,3 +261,178 @@ def test_preview_shows_the_ids_at_every_boundary(test_preset, synth_data, capsys
     out = capsys.readouterr().out
     assert "trained from token" in out and "untrained from token" not in out  # (EOS last)
     assert "| " in out and "warning" not in out
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+TOOL_USE = Conversation(
+    (Turn("user", "Weather in Paris and 北京?"),
+     Turn("assistant", "", tool_calls=json.dumps(
+         [{"name": "get_weather", "arguments": {"city": "Paris"}},
+          {"name": "get_weather", "arguments": {"city": "北京"}}], ensure_ascii=False)),
+     Turn("tool", '{"temp": 21}'), Turn("tool", '{"temp": 30}'),
+     Turn("assistant", "Paris 21°C, 北京 30°C.")),
+    tools=json.dumps([WEATHER]))
+
+
+def tool_messages(conv: Conversation) -> list[dict]:
+    from unitune.data.templates import _messages
+
+    return _messages(conv)
+
+
+def test_qwen_tool_use_renders_the_official_text(references):
+    """Tool definitions, calls and (grouped) results exactly as Qwen2.5's own template."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    ref = references["qwen2.5"]
+    tok = Specials(None, ref["eos_token"])
+    ours, spans = get_template("qwen").render(TOOL_USE, tok)
+    theirs, _ = render_jinja_template(conversations=[tool_messages(TOOL_USE)],
+                                      tools=[WEATHER], chat_template=ref["chat_template"],
+                                      eos_token=ref["eos_token"])
+    assert ours == theirs[0]
+    assert "# Tools" in ours and ours.count("<tool_response>") == 2
+    # the call is a trained reply, the tool results are not trained
+    assert [ours[s:e] for s, e in spans] == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call>'
+        '<|im_end|>', "Paris 21°C, 北京 30°C.<|im_end|>"]
+
+
+def test_tool_use_through_the_tokenizers_own_template(family_tokenizer, references):
+    tok = copy.copy(family_tokenizer)
+    tok.chat_template = references["qwen2.5"]["chat_template"]
+    (own,), report = encode_conversations([TOOL_USE], tok, get_template("tokenizer"), 2048)
+    (named,), _ = encode_conversations([TOOL_USE], tok, get_template("qwen"), 2048)
+    assert report.kept == 1
+    assert own["input_ids"] == named["input_ids"] and own["labels"] == named["labels"]
+    trained = tok.decode([t for t, lab in zip(own["input_ids"], own["labels"], strict=True)
+                          if lab != IGNORE])
+    assert '"city": "Paris"' in trained and "temp" not in trained  # calls yes, results no
+
+
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if n not in ("tokenizer", "raw")])
+def test_tool_use_in_every_templates_saved_chat_template(family_tokenizer, name):
+    """Formats without a tool syntax of their own carry the definitions in the system prompt
+    and the calls as JSON; the saved chat_template renders tools the same way."""
+    tok = family_tokenizer
+    template = get_template(name)
+    text, spans = template.render(TOOL_USE, tok)
+    assert "get_weather" in text[: spans[0][0]] and len(spans) == 2
+    saved = template.with_chat_template(tok)
+    bos = tok.bos_token if template.add_special_tokens and \
+        tok("x")["input_ids"][0] == tok.bos_token_id else ""
+    assert saved.apply_chat_template(tool_messages(TOOL_USE), tools=[WEATHER],
+                                     tokenize=False) == bos + text
+
+
+def test_a_template_without_a_system_prompt_cannot_carry_tools(family_tokenizer):
+    rows, report = encode_conversations([TOOL_USE], family_tokenizer, get_template("raw"), 512)
+    assert rows == [] and list(report.dropped) == [
+        "reply not located: template raw has no system prompt to carry the tool definitions"]
+
+
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if n != "tokenizer"])
+def test_every_inference_prompt_is_the_start_of_the_training_text(family_tokenizer, name):
+    """As text, for every template and conversation (whether it also tokenises as the start
+    depends on the tokenizer: `data preview` warns where it does not)."""
+    from unitune.data.encode import prompt_mismatches
+
+    for conv in [*CONVERSATIONS.values(), *([TOOL_USE] if name != "raw" else [])]:
+        problems = prompt_mismatches(conv, family_tokenizer, get_template(name))
+        text_problems = [p for p in problems if "prompt's text differs" in p]
+        assert text_problems == [], (name, text_problems)
+
+
+# --- the families whose reference is code, not a jinja template: their code, restated -----------
+
+def alpaca_cot(conv: Conversation, eos: str) -> str:
+    """PhoebusSi/Alpaca-CoT finetune.py generate_prompt (+ the EOS its tokenizer appends)."""
+    turn, out = conv.turns[0], conv.turns[1].content
+    if turn.input:
+        return ("Below is an instruction that describes a task, paired with an input that "
+                "provides further context. Write a response that appropriately completes the "
+                f"request.\n\n### Instruction:\n{turn.content}\n\n### Input:\n{turn.input}\n\n"
+                f"### Response:\n{out}") + eos
+    return ("Below is an instruction that describes a task. Write a response that "
+            f"appropriately completes the request.\n\n### Instruction:\n{turn.content}\n\n"
+            f"### Response:\n{out}") + eos
+
+
+def fastchat_vicuna(conv: Conversation, eos: str) -> str:
+    """FastChat conversation.py, vicuna_v1.1: SeparatorStyle.ADD_COLON_TWO."""
+    system = conv.system or ("A chat between a curious user and an artificial intelligence "
+                             "assistant. The assistant gives helpful, detailed, and polite "
+                             "answers to the user's questions.")
+    seps, ret = [" ", eos], system + " "
+    for i, turn in enumerate(conv.turns):
+        ret += ("USER" if turn.role == "user" else "ASSISTANT") + ": " + \
+            (turn.user_text() if turn.role == "user" else turn.content) + seps[i % 2]
+    return ret
+
+
+def chatglm2(conv: Conversation, eos: str) -> str:
+    """THUDM/chatglm2-6b tokenization_chatglm.py build_prompt, + ptuning main.py's EOS."""
+    pairs = [(conv.turns[i].user_text(), conv.turns[i + 1].content)
+             for i in range(0, len(conv.turns) - 2, 2)]
+    prompt = "".join(f"[Round {i + 1}]\n\n问：{q}\n\n答：{r}\n\n"
+                     for i, (q, r) in enumerate(pairs))
+    prompt += f"[Round {len(pairs) + 1}]\n\n问：{conv.turns[-2].user_text()}\n\n答："
+    return prompt + conv.turns[-1].content + eos
+
+
+def internlm(conv: Conversation, eos: str) -> str:
+    """internlm-chat-7b modeling_internlm.py build_inputs (v1.1), the last reply closed as
+    the history's are."""
+    prompt = f"<|System|>:{conv.system}\n" if conv.system else ""
+    for i in range(0, len(conv.turns), 2):
+        prompt += (f"<|User|>:{conv.turns[i].user_text()}\n"
+                   f"<|Bot|>:{conv.turns[i + 1].content}<eoa>\n")
+    return prompt
+
+
+def moss(conv: Conversation, eos: str) -> str:
+    """OpenLMLab/MOSS: meta_instruction + '<|Human|>: ...<eoh>\\n<|MOSS|>: ...<eom>\\n'."""
+    from unitune.data.templates import _MOSS_SYSTEM
+
+    text = (conv.system or _MOSS_SYSTEM) + "\n"
+    for i in range(0, len(conv.turns), 2):
+        text += (f"<|Human|>: {conv.turns[i].user_text()}<eoh>\n"
+                 f"<|MOSS|>: {conv.turns[i + 1].content}<eom>\n")
+    return text
+
+
+def baichuan2(conv: Conversation, eos: str) -> str:
+    """Baichuan2 fine-tune.py: system, then user token 195 (<reserved_106>) + question,
+    assistant token 196 (<reserved_107>) + answer, one EOS at the end."""
+    text = conv.system
+    for i in range(0, len(conv.turns), 2):
+        text += (f"<reserved_106>{conv.turns[i].user_text()}"
+                 f"<reserved_107>{conv.turns[i + 1].content}")
+    return text + eos
+
+
+CODE_REFERENCES = {"alpaca": alpaca_cot, "vicuna": fastchat_vicuna, "chatglm2": chatglm2,
+                   "internlm": internlm, "moss": moss, "baichuan2": baichuan2}
+
+
+SHAPES = {**CONVERSATIONS, "input": Conversation.single("Sort.", "1 2 3", input="3 1 2")}
+
+
+def defined(name: str, conv: Conversation) -> bool:
+    """Whether the family's code has a form for this conversation (Alpaca-CoT's is
+    single-turn without a system prompt; ChatGLM2's has no system prompt)."""
+    if name == "alpaca":
+        return len(conv.turns) == 2 and not conv.system
+    return not (name == "chatglm2" and conv.system)
+
+
+@pytest.mark.parametrize("name,shape", [(n, s) for n in CODE_REFERENCES for s in SHAPES
+                                        if defined(n, SHAPES[s])])
+def test_named_templates_render_their_familys_code(name, shape):
+    conv = SHAPES[shape]
+    tok = Specials("<s>", "</s>")
+    assert get_template(name).render(conv, tok)[0] == CODE_REFERENCES[name](conv, "</s>")

@@ -31,7 +31,7 @@ from unitune.data.templates import Template
 from unitune.errors import UserError
 from unitune.paths import unitune_home
 
-CACHE_VERSION = 1  # raise when the same key would encode to different rows
+CACHE_VERSION = 2  # raise when the same key would encode to different rows
 DATA_KEYS = ("stage", "data", "validation_data", "data_format", "data_dir", "validation_split",
              "mix_total", "dedupe", "augment", "masking", "max_length", "seed", "skip_invalid")
 

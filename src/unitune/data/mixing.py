@@ -167,7 +167,8 @@ def flan_mini_sources(records: dict[str, list], scale: float = 1.0) -> list[Sour
 
 
 def _digest(conv: Conversation) -> bytes:
-    key = [conv.system, [(t.role, t.content, t.input) for t in conv.turns]]
+    key = [conv.system, conv.tools,
+           [(t.role, t.content, t.input, t.tool_calls) for t in conv.turns]]
     return hashlib.blake2b(json.dumps(key, ensure_ascii=False).encode(), digest_size=16).digest()
 
 

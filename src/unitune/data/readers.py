@@ -275,6 +275,44 @@ def _alpaca(obj: dict, where: str, src: str, line: int) -> Conversation:
     return Conversation(tuple(turns), _str_field(obj, "system", where, False), src, line, meta)
 
 
+def _json_value(value, where: str):
+    """A JSON value given as itself or as JSON text (tool definitions and call arguments come
+    both ways)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") \
+                from None
+    return value
+
+
+def _tool_calls(value, where: str) -> str:
+    """An assistant turn's calls, from OpenAI's ``tool_calls`` (``{"function": {"name",
+    "arguments"}}``) or a ShareGPT ``function_call`` value (``{"name", "arguments"}``, or a
+    list of them), as the canonical JSON list of ``{"name", "arguments"}``."""
+    calls = _json_value(value, where)
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for i, call in enumerate(calls):
+        call = call.get("function", call) if isinstance(call, dict) else call
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise UserError(f"{where}[{i}]: a tool call needs a 'name' (and 'arguments')")
+        out.append({"name": call["name"],
+                    "arguments": _json_value(call.get("arguments", {}), f"{where}[{i}].arguments")})
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _tools(obj: dict, where: str) -> str:
+    """The tool definitions of a record (``tools``: a list, or JSON text of one)."""
+    if "tools" not in obj or obj["tools"] in (None, "", []):
+        return ""
+    tools = _json_value(obj["tools"], f"{where}: tools")
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise UserError(f"{where}: tools: expected a list of tool definitions (JSON objects)")
+    return json.dumps(tools, ensure_ascii=False)
+
+
 def _sharegpt_turns(items, where: str, field: str) -> tuple[str, list[Turn]]:
     if not isinstance(items, list):
         raise UserError(f"{where}: {field}: expected a list of messages")
@@ -284,10 +322,19 @@ def _sharegpt_turns(items, where: str, field: str) -> tuple[str, list[Turn]]:
             raise UserError(f"{where}: {field}[{i}]: expected an object with 'from' and 'value'")
         role_key = "from" if "from" in msg else "role"
         text_key = "value" if "value" in msg else "content"
-        if role_key not in msg or text_key not in msg:
+        calls = msg.get("tool_calls")
+        if role_key not in msg or (text_key not in msg and not calls):
             raise UserError(f"{where}: {field}[{i}]: needs 'from' and 'value' (or 'role' and "
                             "'content')")
-        raw_role, text = msg[role_key], msg[text_key]
+        raw_role, text = msg[role_key], msg.get(text_key)
+        if calls:  # an OpenAI assistant message that calls tools (its content may be null)
+            turns.append(Turn("assistant", text or "",
+                              tool_calls=_tool_calls(calls, f"{where}: {field}[{i}].tool_calls")))
+            continue
+        if str(raw_role).lower() == "function_call":  # ShareGPT: the call is the value
+            turns.append(Turn("assistant", "",
+                              tool_calls=_tool_calls(text, f"{where}: {field}[{i}].{text_key}")))
+            continue
         if not isinstance(text, str):
             raise UserError(f"{where}: {field}[{i}].{text_key}: expected a string, got "
                             f"{type(text).__name__}")
@@ -308,8 +355,8 @@ def _conversation(obj: dict, field: str, where: str, src: str, line: int) -> Con
     system, turns = _sharegpt_turns(obj[field], where, field)
     if "system" in obj and not system:
         system = _str_field(obj, "system", where, False)
-    meta = {k: v for k, v in obj.items() if k not in (field, "system")}
-    return Conversation(tuple(turns), system, src, line, meta)
+    meta = {k: v for k, v in obj.items() if k not in (field, "system", "tools")}
+    return Conversation(tuple(turns), system, src, line, meta, _tools(obj, where))
 
 
 def _preference(obj: dict, where: str, src: str, line: int) -> PreferencePair:
@@ -479,14 +526,25 @@ def to_json(record: Record, fmt: str) -> dict:
         if fmt == "flan":
             return {"inputs": last_user.user_text(), "targets": conv.answer}
         return {"prompt": last_user.user_text(), "completion": conv.answer}
+    tools = {"tools": conv.tool_list()} if conv.tools else {}
     if fmt == "sharegpt":
         names = {"user": "human", "assistant": "gpt", "tool": "observation"}
-        msgs = ([{"from": "system", "value": conv.system}] if conv.system else []) + [
-            {"from": names[t.role], "value": t.user_text()} for t in conv.turns]
-        return {"conversations": msgs}
+        msgs = [{"from": "system", "value": conv.system}] if conv.system else []
+        for t in conv.turns:
+            if t.content or not t.tool_calls:
+                msgs.append({"from": names[t.role], "value": t.user_text()})
+            if t.tool_calls:
+                calls = t.calls()
+                msgs.append({"from": "function_call", "value": json.dumps(
+                    calls[0] if len(calls) == 1 else calls, ensure_ascii=False)})
+        return {"conversations": msgs, **tools}
     if fmt == "openai":
-        msgs = ([{"role": "system", "content": conv.system}] if conv.system else []) + [
-            {"role": t.role, "content": t.user_text()} for t in conv.turns]
-        return {"messages": msgs}
+        msgs = [{"role": "system", "content": conv.system}] if conv.system else []
+        for t in conv.turns:
+            msg = {"role": t.role, "content": t.user_text()}
+            if t.tool_calls:
+                msg["tool_calls"] = [{"type": "function", "function": c} for c in t.calls()]
+            msgs.append(msg)
+        return {"messages": msgs, **tools}
     raise UserError(f"cannot convert to '{fmt}'{did_you_mean(fmt, FORMATS)}; formats: "
                     f"{', '.join(FORMATS)}")

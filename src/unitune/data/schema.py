@@ -1,7 +1,9 @@
 """The one internal record format every reader produces and every later stage consumes.
 
-A ``Conversation`` is an optional system prompt and a list of turns (user / assistant, plus
-tool turns where a format has them); a single-turn Alpaca record is the special case of one
+A ``Conversation`` is an optional system prompt, the tools it may call (JSON schemas, as
+OpenAI and ShareGPT-style data carry them), and a list of turns (user / assistant, plus tool
+turns with tool results; an assistant turn may call tools); a single-turn Alpaca record is the
+special case of one
 user turn (instruction, with an optional ``input`` kept apart for templates that show it) and
 one assistant turn. ``PreferencePair`` (a prompt conversation, chosen and rejected answers) and
 ``PlainText`` (pre-training text) are the other two kinds. Every record knows where it came
@@ -10,6 +12,7 @@ from (``source``, ``line``) so that any later error can point at it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 
 from unitune.errors import UserError
@@ -22,10 +25,14 @@ class Turn:
     role: str
     content: str
     input: str = ""  # Alpaca-style context of a user turn; templates without a slot append it
+    tool_calls: str = ""  # an assistant turn's calls: a JSON list of {"name", "arguments"}
 
     def user_text(self) -> str:
         """The user's words with the input appended (for templates with no input slot)."""
         return f"{self.content}\n\n{self.input}" if self.input else self.content
+
+    def calls(self) -> list[dict]:
+        return json.loads(self.tool_calls) if self.tool_calls else []
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,10 @@ class Conversation:
     source: str = "<memory>"
     line: int = 0
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    tools: str = ""  # the tools it may call: a JSON list of tool schemas
+
+    def tool_list(self) -> list[dict]:
+        return json.loads(self.tools) if self.tools else []
 
     @property
     def where(self) -> str:
@@ -89,9 +100,9 @@ def check_conversation(conv: Conversation, for_training: bool = True) -> Convers
     """Raise ``UserError`` (``file:line: turns[i].field: problem``) unless ``conv`` is usable.
 
     Rules: at least one turn; roles are user/assistant/tool; the first turn is the user's;
-    user and assistant alternate (a tool turn may follow an assistant turn and is followed by
-    an assistant turn); contents are non-empty strings; for training, the last turn is the
-    assistant's.
+    user and assistant alternate (tool turns, the results of an assistant turn's calls, follow
+    it and are followed by an assistant turn); contents are non-empty strings (an assistant
+    turn that calls tools may have none); for training, the last turn is the assistant's.
     """
     where = conv.where
     if not conv.turns:
@@ -104,7 +115,7 @@ def check_conversation(conv: Conversation, for_training: bool = True) -> Convers
         if not isinstance(turn.content, str):
             raise UserError(f"{where}: turns[{i}].content: expected a string, got "
                             f"{type(turn.content).__name__}")
-        if not turn.content.strip():
+        if not turn.content.strip() and not turn.tool_calls:
             what = "answer" if turn.role == "assistant" else "message"
             raise UserError(f"{where}: turns[{i}].content: empty {turn.role} {what}")
         if i == 0 and turn.role != "user":
@@ -112,7 +123,7 @@ def check_conversation(conv: Conversation, for_training: bool = True) -> Convers
                             f"turn, not {turn.role!r}")
         if previous is not None:
             allowed = {"user": ("assistant",), "assistant": ("user", "tool"),
-                       "tool": ("assistant",)}[previous]
+                       "tool": ("tool", "assistant")}[previous]
             if turn.role not in allowed:
                 raise UserError(f"{where}: turns[{i}].role: {turn.role!r} after "
                                 f"{previous!r}; roles out of order (expected "

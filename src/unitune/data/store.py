@@ -2,7 +2,8 @@
 trains in flat memory.
 
 Owns the row form of a ``Conversation`` (``to_row`` / ``from_row``: the system prompt, the turns
-as a list of ``{role, content, input}``, where it came from, and ``meta`` as JSON), ``write``
+as a list of ``{role, content, input, tool_calls}``, where it came from, ``meta`` and the tool
+definitions as JSON), ``write``
 (streams records into an Arrow file in fixed-size batches: memory holds one batch, however
 many records there are) and ``Records``, a read-only sequence of ``Conversation``s over such a
 table, memory-mapped by ``datasets``, or over a selection of its rows (``select`` keeps an
@@ -23,26 +24,29 @@ from unitune.data.schema import Conversation, Turn
 SCHEMA = pa.schema([
     ("system", pa.string()),
     ("turns", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
-                                   ("input", pa.string())]))),
+                                   ("input", pa.string()), ("tool_calls", pa.string())]))),
     ("source", pa.string()),
     ("line", pa.int64()),
     ("meta", pa.string()),
+    ("tools", pa.string()),
 ])
 BATCH = 1_000  # records per Arrow record batch when writing and reading
 
 
 def to_row(conv: Conversation) -> dict:
     return {"system": conv.system,
-            "turns": [{"role": t.role, "content": t.content, "input": t.input}
-                      for t in conv.turns],
+            "turns": [{"role": t.role, "content": t.content, "input": t.input,
+                       "tool_calls": t.tool_calls} for t in conv.turns],
             "source": conv.source, "line": conv.line,
-            "meta": json.dumps(conv.meta, ensure_ascii=False, default=str) if conv.meta else ""}
+            "meta": json.dumps(conv.meta, ensure_ascii=False, default=str) if conv.meta else "",
+            "tools": conv.tools}
 
 
 def from_row(row: dict) -> Conversation:
-    return Conversation(tuple(Turn(t["role"], t["content"], t["input"]) for t in row["turns"]),
+    return Conversation(tuple(Turn(t["role"], t["content"], t["input"], t["tool_calls"])
+                              for t in row["turns"]),
                         row["system"], row["source"], row["line"],
-                        json.loads(row["meta"]) if row["meta"] else {})
+                        json.loads(row["meta"]) if row["meta"] else {}, row["tools"])
 
 
 def rows_of(batch: dict) -> Iterator[dict]:

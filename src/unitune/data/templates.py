@@ -50,6 +50,12 @@ class Template:
     ``apply_chat_template`` does); otherwise the tokenizer adds its own (BOS, ChatGLM's
     ``[gMASK]sop``), as the family's code does. ``stop`` lists end-of-turn strings that end
     generation besides EOS. ``reference`` names the format's source.
+
+    Tools: the definitions (one JSON schema per line, ``{tools}``) follow the system prompt as
+    ``tools_system`` says (a format without its own puts them there in plain words); an
+    assistant turn's calls follow its text, each as ``tool_call`` (``{call}`` is
+    ``{"name", "arguments"}`` in JSON); tool results are ``tool`` turns, a run of them between
+    ``tool_open`` and ``tool_close``.
     """
 
     name: str
@@ -67,6 +73,11 @@ class Template:
     system_default: str = ""
     system_default_with_input: str = ""
     tool: str = ""
+    tool_open: str = ""  # before a run of tool results (Qwen2.5 groups them in one user turn)
+    tool_close: str = ""  # after it
+    tools_system: str = "\n\nYou can call these tools (one JSON schema per line):\n{tools}"
+    tool_call: str = "{call}"  # one call of an assistant turn ({call}: {"name", "arguments"})
+    tool_call_sep: str = "\n"  # between the reply's text and its calls, and between calls
     strip: bool = False
     specials_in_text: bool = False
     stop: tuple[str, ...] = ()
@@ -91,7 +102,23 @@ class Template:
                                  and self.system_default_with_input else self.system_default)
         if self.strip and not self.system_in_first_user:  # (llama-2 strips the whole turn)
             system = system.strip()
+        if conv.tools:
+            if not self.system:
+                raise SpanError(f"template {self.name} has no system prompt to carry the "
+                                "tool definitions")
+            tools = "\n".join(json.dumps(t, ensure_ascii=False) for t in conv.tool_list())
+            block = self.tools_system.format(tools=tools)
+            system = system + block if system else block.lstrip("\n")
         return self.system.format(system=system) if system and self.system else ""
+
+    def _reply(self, content: str, calls: list[dict]) -> str:
+        """A reply's text: its words, then its tool calls."""
+        rendered = [self.tool_call.format(call=json.dumps(
+            {"name": c["name"], "arguments": c["arguments"]}, ensure_ascii=False))
+            for c in calls]
+        if content and rendered:
+            content += self.tool_call_sep
+        return content + self.tool_call_sep.join(rendered)
 
     def render(self, conv: Conversation, tokenizer=None) -> tuple[str, list[tuple[int, int]]]:
         """(text, spans): the rendered conversation and the [start, end) character spans of
@@ -132,13 +159,19 @@ class Template:
                 add(self.assistant_prefix.format(**specials))
             elif turn.role == "tool":
                 content = turn.content.strip() if self.strip else turn.content
-                add((self.tool or self.user).format(content=content, input="", round=exchange,
-                                                    **specials))
-                add(self.assistant_prefix.format(**specials))
+                first = i == 0 or conv.turns[i - 1].role != "tool"
+                closes = i == last or conv.turns[i + 1].role != "tool"
+                add((self.tool_open if first else "")
+                    + (self.tool or self.user).format(content=content, input="", round=exchange,
+                                                      **specials)
+                    + (self.tool_close if closes else ""))
+                if closes:
+                    add(self.assistant_prefix.format(**specials))
             else:
                 start = length
                 content = turn.content.strip() if self.strip else turn.content
-                add(self.answer_lead + content + self.assistant_suffix.format(**specials)
+                add(self.answer_lead + self._reply(content, turn.calls())
+                    + self.assistant_suffix.format(**specials)
                     + (self.final_suffix.format(**specials) if i == last else ""))
                 spans.append((start, length))
                 if i != last or self.keep_final_sep:
@@ -189,9 +222,14 @@ class Template:
 
 
 def _messages(conv: Conversation) -> list[dict]:
+    """The conversation as chat messages (OpenAI's shape: calls as ``tool_calls``)."""
     messages = [{"role": "system", "content": conv.system}] if conv.system else []
-    return messages + [{"role": t.role, "content": t.user_text() if t.role == "user"
-                        else t.content} for t in conv.turns]
+    for t in conv.turns:
+        message = {"role": t.role, "content": t.user_text() if t.role == "user" else t.content}
+        if t.tool_calls:
+            message["tool_calls"] = [{"type": "function", "function": c} for c in t.calls()]
+        messages.append(message)
+    return messages
 
 
 def _special_strings(tokenizer) -> list[str]:
@@ -222,13 +260,17 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise UserError("template 'tokenizer': this tokenizer has no chat_template; pick a "
                         "named template (see `unitune data templates`)")
-    messages = _messages(conv)
+    messages, tools = _messages(conv), conv.tool_list() or None
+
+    def render(msgs, prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
+                                             add_generation_prompt=prompt)
+
     if not conv.turns or conv.turns[-1].role != "assistant":
-        return tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=True), []
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return render(messages, prompt=True), []
+    text = render(messages)
     if "generation" in tokenizer.chat_template and "{%" in tokenizer.chat_template:
-        marked = _generation_spans(tokenizer, messages)
+        marked = _generation_spans(tokenizer, messages, tools)
         if marked is not None:
             return text, marked
     spans: list[tuple[int, int]] = []
@@ -237,9 +279,7 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
         if turn.role != "assistant":
             continue
         upto = messages[: offset + i + 1]
-        before = tokenizer.apply_chat_template(upto[:-1], tokenize=False,
-                                               add_generation_prompt=True)
-        after = tokenizer.apply_chat_template(upto, tokenize=False)
+        before, after = render(upto[:-1], prompt=True), render(upto)
         if not after.startswith(before) or not text.startswith(after):
             raise SpanError("the chat template renders this reply differently when more "
                             "follows (not prefix-stable)")
@@ -252,14 +292,14 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
     return text, spans
 
 
-def _generation_spans(tokenizer, messages) -> list[tuple[int, int]] | None:
+def _generation_spans(tokenizer, messages, tools) -> list[tuple[int, int]] | None:
     """The ``{% generation %}`` blocks of a chat template as character spans (None when this
     transformers cannot report them)."""
     try:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         _, indices = render_jinja_template(
-            conversations=[messages], chat_template=tokenizer.chat_template,
+            conversations=[messages], tools=tools, chat_template=tokenizer.chat_template,
             return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
     except (ImportError, TypeError, ValueError):
         return None
@@ -290,8 +330,8 @@ def _to_jinja(t: Template, bos_first: bool) -> str:
     def strip(expr: str) -> str:
         return f"({expr}) | trim" if t.strip else expr
 
-    system_value = "ns.system" if t.system_in_first_user else strip("ns.system")
-    system_block = _jinja_text(t.system, {**specials, "system": system_value}) \
+    round_ = "(ns.round | string)"
+    system_block = _jinja_text(t.system, {**specials, "system": "ns.system"}) \
         if t.system else "''"
     user_text = "(m.content + ('\\n\\n' + m.input if m.input else ''))"
     first_user = f"({system_block} if ns.round == 1 and ns.system else '') + " \
@@ -300,19 +340,27 @@ def _to_jinja(t: Template, bos_first: bool) -> str:
     if t.user_with_input:
         user_with_input = ("{%- if m.input -%}"
                            + text(t.user_with_input, content=strip(first_user + "m.content"),
-                                  input="m.input", round="(ns.round | string)")
+                                  input="m.input", round=round_)
                            + "{%- else -%}")
     default = json.dumps(t.system_default, ensure_ascii=False)
     default_with_input = json.dumps(t.system_default_with_input or t.system_default,
                                     ensure_ascii=False)
+    tools_block = _jinja_text(t.tools_system, {"tools": "ns.tools"})
+    call = "'{\"name\": ' + (c.name | tojson) + ', \"arguments\": ' + (c.arguments | tojson) + '}'"
     return "".join([
-        "{%- set ns = namespace(round=0, system='') -%}",
+        "{%- set ns = namespace(round=0, system='', tools='') -%}",
         "{%- if messages and messages[0].role == 'system' -%}",
         "{%- set ns.system = messages[0].content -%}{%- set loop_messages = messages[1:] -%}",
         "{%- else -%}{%- set loop_messages = messages -%}",
         f"{{%- if loop_messages and loop_messages[0].input -%}}{{%- set ns.system = "
         f"{default_with_input} -%}}{{%- else -%}}{{%- set ns.system = {default} -%}}"
         "{%- endif -%}{%- endif -%}",
+        "{%- set ns.system = ns.system | trim -%}"
+        if t.strip and not t.system_in_first_user else "",
+        "{%- if tools -%}{%- for tool in tools -%}{%- set ns.tools = ns.tools + ('\\n' if not "
+        "loop.first else '') + (tool | tojson) -%}{%- endfor -%}",
+        f"{{%- set ns.system = (ns.system + {tools_block}) if ns.system else "
+        f"({tools_block}).lstrip('\\n') -%}}{{%- endif -%}}",
         "{{- bos_token -}}" if bos_first else "",
         text(t.prefix),
         "" if t.system_in_first_user else
@@ -320,15 +368,23 @@ def _to_jinja(t: Template, bos_first: bool) -> str:
         "{%- for m in loop_messages -%}",
         "{%- if m.role == 'user' -%}{%- set ns.round = ns.round + 1 -%}",
         user_with_input,
-        text(t.user, content=strip(first_user + user_text), input="''",
-             round="(ns.round | string)"),
+        text(t.user, content=strip(first_user + user_text), input="''", round=round_),
         "{%- endif -%}" if t.user_with_input else "",
         "{%- elif m.role == 'tool' -%}",
-        text(t.tool or t.user, content=strip("m.content"), input="''",
-             round="(ns.round | string)"),
+        "{%- if loop.first or loop.previtem.role != 'tool' -%}" + text(t.tool_open)
+        + "{%- endif -%}",
+        text(t.tool or t.user, content=strip("m.content"), input="''", round=round_),
+        "{%- if loop.last or loop.nextitem.role != 'tool' -%}" + text(t.tool_close)
+        + "{%- endif -%}",
         "{%- elif m.role == 'assistant' -%}",
         text(t.assistant_prefix),
-        "{{- " + _jinja_text(t.answer_lead, {}) + " + " + strip("m.content") + " -}}",
+        "{%- set content = " + strip("m.content or ''") + " -%}",
+        "{{- " + _jinja_text(t.answer_lead, {}) + " + content -}}",
+        "{%- for call in (m.tool_calls or []) -%}",
+        "{%- set c = call.function if call.function is defined else call -%}",
+        "{%- if content or not loop.first -%}" + text(t.tool_call_sep) + "{%- endif -%}",
+        text(t.tool_call, call=call),
+        "{%- endfor -%}",
         text(t.assistant_suffix),
         "{%- if loop.last -%}" + text(t.final_suffix) + "{%- endif -%}",
         text(t.turn_sep) if t.keep_final_sep else
@@ -372,9 +428,15 @@ _CHATML = Template(
               "Open-Orca/Mistral-7B-OpenOrca tokenizer_config.json)")
 _QWEN = replace(
     _CHATML, name="qwen", system_default="You are Qwen, created by Alibaba Cloud. You are a "
-    "helpful assistant.", tool="<|im_start|>user\n<tool_response>\n{content}\n"
-    "</tool_response><|im_end|>\n",
-    reference="Qwen/Qwen2.5-*-Instruct tokenizer_config.json chat_template")
+    "helpful assistant.", tool_open="<|im_start|>user",
+    tool="\n<tool_response>\n{content}\n</tool_response>", tool_close="<|im_end|>\n",
+    tools_system="\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+    "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
+    "<tools>\n{tools}\n</tools>\n\nFor each function call, return a json object with function "
+    "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>',
+    tool_call="<tool_call>\n{call}\n</tool_call>",
+    reference="Qwen/Qwen2.5-*-Instruct tokenizer_config.json chat_template (tools too)")
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in [
     Template(
