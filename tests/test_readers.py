@@ -221,3 +221,40 @@ def test_a_bad_tool_call_names_the_record(tmp_path):
     with pytest.raises(UserError, match=r"bad.jsonl:1: conversations\[1\].value: not valid "
                                         "JSON"):
         read_conversations(str(path))
+
+
+@pytest.mark.parametrize("record,expected", [
+    ({"messages": [{"role": "user", "content": "q", "tool_calls": [
+        {"function": {"name": "f", "arguments": {}}}]}]},
+     "only an assistant message calls tools"),
+    ({"conversations": [{"from": "human", "value": "q"},
+                        {"from": "function_call", "value": '{"name": "f"}'}]},
+     "a tool call needs a 'name' and 'arguments'"),
+    ({"conversations": [{"from": "human", "value": "q"},
+                        {"from": "function_call", "value": '{"name": "f", "arguments": 3}'}]},
+     "arguments: expected a JSON object, got int"),
+    ({"conversations": [{"from": "human", "value": "q"},
+                        {"from": "function_call", "value": "[]"}]}, "no tool calls in it"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
+                        {"from": "observation", "value": "r"}, {"from": "gpt", "value": "b"}]},
+     "a tool result after an assistant turn that calls no tool"),
+])
+def test_malformed_tool_data_is_a_clear_error(tmp_path, record, expected):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(UserError, match=f"t.jsonl:1: .*{expected}"):
+        read_conversations(str(path))
+
+
+def test_words_then_a_call_round_trip_through_sharegpt_and_empty_tools_are_none(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"tools": "[]", "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "Let me look.",
+         "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+        {"role": "tool", "content": "r"}, {"role": "assistant", "content": "done"}]}) + "\n")
+    (conv,) = read_conversations(str(path))
+    assert conv.tools == "" and conv.turns[1].content == "Let me look."
+    (tmp_path / "s.jsonl").write_text(json.dumps(to_json(conv, "sharegpt")) + "\n")
+    (again,) = read_conversations(str(tmp_path / "s.jsonl"))
+    assert again.turns == conv.turns

@@ -99,3 +99,18 @@ def test_every_registered_method_brings_its_config_section():
     assert [m.name for m in methods.all_methods() if m.composable] == [
         "lora", "rslora", "qlora", "ia3", "adapter_seq", "adapter_par"]
     assert {m.name for m in methods.all_methods() if m.whole_model} == {"full", "freeze"}
+
+
+@pytest.mark.slow
+def test_a_merged_run_as_base_keeps_the_chat_format_it_learned(tmp_path, test_preset,
+                                                                synth_data):
+    """A merged run's tokenizer carries unitune's chat_template; template: auto on it is the
+    format that run trained with (alpaca's input slot included), not a generic render."""
+    args = ["--data", str(synth_data["train"]), "--max-steps", "1", "--batch-size", "4",
+            "--no-progress", "lora.r=4", "device=cpu"]
+    assert main(["train", *args, "-o", str(tmp_path / "a"), "--base-model", "tiny-llama-test",
+                 "template=alpaca"]) == 0
+    assert main(["merge", str(tmp_path / "a"), "-o", str(tmp_path / "m")]) == 0
+    assert main(["train", *args, "-o", str(tmp_path / "b"), "--base-model",
+                 str(tmp_path / "m")]) == 0
+    assert read_run(tmp_path / "b").template == "alpaca"

@@ -214,11 +214,16 @@ def test_a_slow_tokenizer_trains_the_same_tokens(shared_data, llama2):
     one, by tokenising the text up to each reply's boundaries."""
     from transformers import SentencePieceBackend
 
-    slow = SentencePieceBackend(vocab_file=str(shared_data / "tokenizers" / "llama2_sp.model"),
-                                bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                add_bos_token=True)
+    class BosAndEos(SentencePieceBackend):
+        """A slow tokenizer that adds BOS before and EOS after every text (as some do)."""
+
+        def build_inputs_with_special_tokens(self, ids, pair=None):
+            return [self.bos_token_id, *ids, self.eos_token_id]
+
+    slow = BosAndEos(vocab_file=str(shared_data / "tokenizers" / "llama2_sp.model"),
+                     bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     slow.pad_token = slow.eos_token
-    assert not slow.is_fast
+    assert not slow.is_fast and slow("x")["input_ids"][-1] == slow.eos_token_id
     for name in ("llama-2-chat", "vicuna"):
         template = get_template(name)
         convs = list(CONVERSATIONS.values())
@@ -229,9 +234,12 @@ def test_a_slow_tokenizer_trains_the_same_tokens(shared_data, llama2):
                 row["input_ids"], row["labels"], strict=True) if lab != IGNORE])
             last = [t for t in conv.turns if t.role == "assistant"][-1].content
             assert (last.strip() if template.strip else last.rstrip()) in trained, name
-            assert row["input_ids"] == slow(template.render(conv, slow)[0],
-                                            add_special_tokens=template.add_special_tokens)[
-                "input_ids"]
+            # the tokenizer's BOS (where the template leaves it to the tokenizer), never its
+            # appended EOS: the template closes the reply itself
+            bare = slow(template.render(conv, slow)[0], add_special_tokens=False)["input_ids"]
+            bos = [slow.bos_token_id] if template.add_special_tokens else []
+            assert row["input_ids"] == bos + bare
+            assert row["input_ids"][-2:] != [slow.eos_token_id] * 2
         assert slow_report.kept == len(convs)
 
 
@@ -436,3 +444,31 @@ def test_named_templates_render_their_familys_code(name, shape):
     conv = SHAPES[shape]
     tok = Specials("<s>", "</s>")
     assert get_template(name).render(conv, tok)[0] == CODE_REFERENCES[name](conv, "</s>")
+
+
+def test_a_chat_template_that_drops_tools_or_refuses_an_example_drops_it(llama3_tokenizer):
+    """The official Llama-3 template ignores tools and tool calls: training on it would teach
+    an empty reply where the call belongs. Such examples, and ones a template refuses with an
+    error, are dropped and counted, not kept or fatal."""
+    rows, report = encode_conversations([TOOL_USE], llama3_tokenizer, get_template("tokenizer"),
+                                        2048)
+    assert rows == [] and "does not render the tools or tool calls (get_weather)" in \
+        next(iter(report.dropped))
+    tok = copy.copy(llama3_tokenizer)
+    tok.chat_template = "{{ raise_exception('System role not supported') }}"
+    rows, report = encode_conversations([CONVERSATIONS["system"]], tok,
+                                        get_template("tokenizer"), 256)
+    assert rows == [] and "refuses it: System role not supported" in next(iter(report.dropped))
+
+
+def test_saved_chat_template_takes_openai_string_arguments(family_tokenizer):
+    """Clients send earlier calls' arguments as JSON text: rendered as the object training
+    saw, not as a quoted string."""
+    saved = get_template("qwen").with_chat_template(family_tokenizer)
+    as_text = tool_messages(TOOL_USE)
+    for call in as_text[1]["tool_calls"]:
+        call["function"] = {**call["function"],
+                            "arguments": json.dumps(call["function"]["arguments"],
+                                                    ensure_ascii=False)}
+    assert saved.apply_chat_template(as_text, tools=[WEATHER], tokenize=False) == \
+        get_template("qwen").render(TOOL_USE, family_tokenizer)[0]

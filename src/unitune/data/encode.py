@@ -32,7 +32,7 @@ import torch
 
 from unitune.data.schema import Conversation
 from unitune.data.store import Records, from_row, rows_of
-from unitune.data.templates import SpanError, Template
+from unitune.data.templates import SpanError, Template, added_prefix
 from unitune.errors import UserError, did_you_mean
 
 IGNORE = -100
@@ -73,12 +73,12 @@ def check_masking(masking: str) -> None:
 
 
 class _FastTokens:
-    """The ids of one text from the Rust tokenizer, and which tokens cover a character span
-    (its offsets, exactly)."""
+    """The ids of one text from the Rust tokenizer (after the special tokens it opens with),
+    and which tokens cover a character span (its offsets, exactly)."""
 
-    def __init__(self, encoding):
-        self.encoding = encoding
-        self.ids = encoding.ids
+    def __init__(self, encoding, prefix: list[int]):
+        self.encoding, self.shift = encoding, len(prefix)
+        self.ids = prefix + encoding.ids
 
     def _token_at(self, pos: int, end: int, step: int) -> int | None:
         """The token covering character ``pos``, looking onwards (step 1) or back (step -1)
@@ -92,53 +92,59 @@ class _FastTokens:
 
     def token_range(self, start: int, end: int) -> tuple[int, int] | None:
         first, last = self._token_at(start, end, 1), self._token_at(end - 1, start, -1)
-        return (first, last + 1) if first is not None and last is not None \
-            and last >= first else None
+        if first is None or last is None or last < first:
+            return None
+        return first + self.shift, last + 1 + self.shift
 
 
 class _SlowTokens:
     """The ids of one text from a slow (Python, e.g. SentencePiece or remote-code)
-    tokenizer. With no offsets, a span's tokens are found by tokenising the text up to its
-    start and its end: the same ids as the whole text's, or the span is refused (the
-    tokenizer merges characters across its boundary)."""
+    tokenizer. With no offsets, the tokens of a span are found by tokenising the text up to
+    its start and its end: a boundary the tokenizer merges across is inside one token, which
+    is then trained, as the offsets of a fast tokenizer would say."""
 
-    def __init__(self, text: str, tokenizer, add_special_tokens: bool):
-        self.text, self.tokenizer, self.add = text, tokenizer, add_special_tokens
-        self.ids = self._ids(text)
-        built = tokenizer.build_inputs_with_special_tokens([-1]) if add_special_tokens else [-1]
-        self.appended = len(built) - built.index(-1) - 1  # special tokens added after a text
+    def __init__(self, text: str, tokenizer, prefix: list[int]):
+        self.text, self.tokenizer, self.shift = text, tokenizer, len(prefix)
+        self.bare = self._ids(text)
+        self.ids = prefix + self.bare
 
     def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=self.add)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _count(self, end: int) -> int | None:
-        """How many of the text's tokens cover its first ``end`` characters (None when the
-        text's tokens do not begin with the prefix's own)."""
-        ids = self._ids(self.text[:end])
-        ids = ids[: len(ids) - self.appended]
-        return len(ids) if ids == self.ids[: len(ids)] else None
+    def _boundary(self, pos: int) -> tuple[int, bool]:
+        """(how many of the text's tokens lie wholly before character ``pos``, whether the
+        next one starts exactly there)."""
+        head = self._ids(self.text[:pos])
+        common = 0
+        while common < min(len(head), len(self.bare)) and head[common] == self.bare[common]:
+            common += 1
+        return common, common == len(head)
 
     def token_range(self, start: int, end: int) -> tuple[int, int] | None:
-        first, last = self._count(start), self._count(end)
-        return (first, last) if first is not None and last is not None and last > first \
-            else None
+        first, _ = self._boundary(start)
+        last, exact = self._boundary(end)
+        last = last if exact else last + 1  # (the token the boundary falls in is trained)
+        return (first + self.shift, last + self.shift) if last > first else None
 
 
-def _labels(tokens, spans: list[tuple[int, int]], masking: str) -> list[int]:
+def _labels(tokens, spans: list[tuple[int, int]], masking: str) -> tuple[list[int], int]:
+    """(labels, how many spans could not be located in the tokens)."""
     ids = tokens.ids
     if masking == "all":
         labels = list(ids)
         if ids:
             labels[0] = IGNORE  # the first token is never predicted
-        return labels
+        return labels, 0
     if masking == "last":
         spans = spans[-1:]
-    labels = [IGNORE] * len(ids)
+    labels, missing = [IGNORE] * len(ids), 0
     for s, e in spans:
         found = tokens.token_range(s, e)
-        if found is not None:
+        if found is None:
+            missing += 1
+        else:
             labels[found[0]:found[1]] = ids[found[0]:found[1]]
-    return labels
+    return labels, missing
 
 
 @dataclass(frozen=True)
@@ -149,17 +155,20 @@ class _Specials:
 
 def _tokenize(texts: list[str], tokenizer, add_special_tokens: bool) -> list:
     """The tokens of every text: a fast tokenizer's one parallel Rust call (no truncation or
-    padding), a slow one's text by text. Special tokens are added only when the template
-    leaves them to the tokenizer, exactly as at inference."""
+    padding), a slow one's text by text. Where the template leaves special tokens to the
+    tokenizer, the ones it opens a text with are added (BOS, ChatGLM's ``[gMASK]sop``), never
+    one it would append (an EOS: the template ends each reply itself), exactly as at
+    inference."""
+    prefix = added_prefix(tokenizer) if add_special_tokens else []
     if not getattr(tokenizer, "is_fast", False):
-        return [_SlowTokens(t, tokenizer, add_special_tokens) for t in texts]
+        return [_SlowTokens(t, tokenizer, prefix) for t in texts]
     backend = tokenizer.backend_tokenizer
     if backend.truncation is not None:
         backend.no_truncation()
     if backend.padding is not None:
         backend.no_padding()
-    return [_FastTokens(e) for e in backend.encode_batch(texts,
-                                                         add_special_tokens=add_special_tokens)]
+    return [_FastTokens(e, prefix) for e in backend.encode_batch(texts,
+                                                                 add_special_tokens=False)]
 
 
 def _render(template: Template, conv: Conversation, tokenizer):
@@ -172,12 +181,12 @@ def _render(template: Template, conv: Conversation, tokenizer):
 
 
 def _leading_specials(ids: list[int], tokenizer, template: Template) -> int:
-    """How many tokens open the row before any text: special tokens (added by the tokenizer or
-    written by the template) and the template's prefix (BOS, ``[gMASK]sop``); truncating the
-    prompt keeps them."""
+    """How many tokens open the row before any text: the special tokens the tokenizer adds,
+    the template's prefix (BOS, ``[gMASK]sop``) and special tokens written first; truncating
+    the prompt keeps them."""
     prefix = template.prefix.format(eos=tokenizer.eos_token or "", bos=tokenizer.bos_token or "")
-    opening = len(tokenizer(prefix, add_special_tokens=template.add_special_tokens)[
-        "input_ids"]) if prefix else 0
+    opening = (len(added_prefix(tokenizer)) if template.add_special_tokens else 0) + (
+        len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0)
     special = set(tokenizer.all_special_ids)
     n = 0
     while n < len(ids) and (n < opening or ids[n] in special):
@@ -207,9 +216,9 @@ def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_le
         if not spans and masking != "all":
             row["dropped"] = "no assistant reply to train on"
             continue
-        labels = _labels(tokens, spans, masking)
-        if all(label == IGNORE for label in labels):
-            row["dropped"] = "no token of the reply could be trained (its span is empty)"
+        labels, missing = _labels(tokens, spans, masking)
+        if missing or all(label == IGNORE for label in labels):
+            row["dropped"] = "a reply trains no token (its span holds none)"
             continue
         if len(tokens.ids) > max_length:
             _fit(conv, tokens.ids, labels, tokenizer, template, max_length, masking, row)
@@ -233,7 +242,7 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, row) -> No
             row.update(dropped=why, turns_dropped=False)
             return
         (tokens,) = _tokenize([text], tokenizer, template.add_special_tokens)
-        ids, labels = tokens.ids, _labels(tokens, spans, masking)
+        ids, (labels, _) = tokens.ids, _labels(tokens, spans, masking)
         row["turns_dropped"] = True
     if len(ids) > max_length:
         # 2. one exchange left: keep the whole final reply, cut the prompt from the left

@@ -16,6 +16,7 @@ import codecs
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from unitune.data.schema import (
@@ -293,13 +294,19 @@ def _tool_calls(value, where: str) -> str:
     list of them), as the canonical JSON list of ``{"name", "arguments"}``."""
     calls = _json_value(value, where)
     calls = calls if isinstance(calls, list) else [calls]
+    if not calls:
+        raise UserError(f"{where}: no tool calls in it")
     out = []
     for i, call in enumerate(calls):
         call = call.get("function", call) if isinstance(call, dict) else call
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            raise UserError(f"{where}[{i}]: a tool call needs a 'name' (and 'arguments')")
-        out.append({"name": call["name"],
-                    "arguments": _json_value(call.get("arguments", {}), f"{where}[{i}].arguments")})
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) \
+                or "arguments" not in call:
+            raise UserError(f"{where}[{i}]: a tool call needs a 'name' and 'arguments'")
+        arguments = _json_value(call["arguments"], f"{where}[{i}].arguments")
+        if not isinstance(arguments, dict):
+            raise UserError(f"{where}[{i}].arguments: expected a JSON object, got "
+                            f"{type(arguments).__name__}")
+        out.append({"name": call["name"], "arguments": arguments})
     return json.dumps(out, ensure_ascii=False)
 
 
@@ -310,7 +317,7 @@ def _tools(obj: dict, where: str) -> str:
     tools = _json_value(obj["tools"], f"{where}: tools")
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise UserError(f"{where}: tools: expected a list of tool definitions (JSON objects)")
-    return json.dumps(tools, ensure_ascii=False)
+    return json.dumps(tools, ensure_ascii=False) if tools else ""
 
 
 def _sharegpt_turns(items, where: str, field: str) -> tuple[str, list[Turn]]:
@@ -328,12 +335,18 @@ def _sharegpt_turns(items, where: str, field: str) -> tuple[str, list[Turn]]:
                             "'content')")
         raw_role, text = msg[role_key], msg.get(text_key)
         if calls:  # an OpenAI assistant message that calls tools (its content may be null)
+            if _SHAREGPT_ROLES.get(str(raw_role).lower()) != "assistant":
+                raise UserError(f"{where}: {field}[{i}].tool_calls: only an assistant message "
+                                f"calls tools, not a {raw_role!r} one")
             turns.append(Turn("assistant", text or "",
                               tool_calls=_tool_calls(calls, f"{where}: {field}[{i}].tool_calls")))
             continue
         if str(raw_role).lower() == "function_call":  # ShareGPT: the call is the value
-            turns.append(Turn("assistant", "",
-                              tool_calls=_tool_calls(text, f"{where}: {field}[{i}].{text_key}")))
+            found = _tool_calls(text, f"{where}: {field}[{i}].{text_key}")
+            if turns and turns[-1].role == "assistant" and not turns[-1].tool_calls:
+                turns[-1] = replace(turns[-1], tool_calls=found)  # words, then the call
+            else:
+                turns.append(Turn("assistant", "", tool_calls=found))
             continue
         if not isinstance(text, str):
             raise UserError(f"{where}: {field}[{i}].{text_key}: expected a string, got "

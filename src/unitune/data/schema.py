@@ -128,6 +128,10 @@ def check_conversation(conv: Conversation, for_training: bool = True) -> Convers
                 raise UserError(f"{where}: turns[{i}].role: {turn.role!r} after "
                                 f"{previous!r}; roles out of order (expected "
                                 f"{' or '.join(allowed)})")
+            if turn.role == "tool" and previous == "assistant" and \
+                    not conv.turns[i - 1].tool_calls:
+                raise UserError(f"{where}: turns[{i}]: a tool result after an assistant turn "
+                                "that calls no tool")
         previous = turn.role
     if for_training and conv.turns[-1].role != "assistant":
         raise UserError(f"{where}: turns[{len(conv.turns) - 1}]: the conversation ends with a "

@@ -17,6 +17,7 @@ ending with the text that opens the assistant's reply: that is the inference pro
 from __future__ import annotations
 
 import json
+import re
 import string
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -102,7 +103,7 @@ class Template:
                                  and self.system_default_with_input else self.system_default)
         if self.strip and not self.system_in_first_user:  # (llama-2 strips the whole turn)
             system = system.strip()
-        if conv.tools:
+        if conv.tool_list():
             if not self.system:
                 raise SpanError(f"template {self.name} has no system prompt to carry the "
                                 "tool definitions")
@@ -201,21 +202,37 @@ class Template:
 
         if self.tokenizer_template:
             return tokenizer
-        ids = tokenizer("x")["input_ids"]
-        bos_added = bool(ids) and tokenizer.bos_token_id is not None \
-            and ids[0] == tokenizer.bos_token_id
+        opening = ""
+        prefix = added_prefix(tokenizer) if self.add_special_tokens else []
+        if prefix:  # written as text, where the tokenizer reads it back as these tokens
+            text = tokenizer.decode(prefix)
+            if tokenizer(text, add_special_tokens=False)["input_ids"] == prefix:
+                opening = text
         tok = copy.copy(tokenizer)
-        tok.chat_template = self.chat_template(bos_added)
+        tok.chat_template = self.chat_template(opening)
         return tok
 
-    def chat_template(self, bos_added: bool) -> str:
+    def chat_template(self, opening: str = "") -> str:
         """This template as a jinja ``chat_template`` for ``apply_chat_template``: the same
         text for messages ``{role, content}`` (a user message may carry ``input``, and a system
-        message goes first). ``bos_added``: the tokenizer adds BOS when it tokenises (the
-        jinja text then starts with ``bos_token``, as ``apply_chat_template`` adds nothing)."""
+        message goes first; tools and tool calls as OpenAI's API has them). ``opening``: the
+        special tokens the tokenizer adds to a text, as text (``apply_chat_template`` adds
+        none)."""
         if self.tokenizer_template:
             raise ValueError("the 'tokenizer' template is the tokenizer's own chat_template")
-        return _to_jinja(self, bos_added and self.add_special_tokens)
+        return _to_jinja(self, opening)
+
+
+def added_prefix(tokenizer) -> list[int]:
+    """The special tokens a tokenizer opens every text with when it adds its own (Llama's BOS,
+    ChatGLM2's ``[gMASK]sop``; none for Qwen or GPT-2). Ones it would append after the text
+    (an EOS some add) are not part of it: a template ends each reply itself."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return list(full[:i])
+    return []
 
 
 # --- the tokenizer's own chat template ----------------------------------------------------------
@@ -260,16 +277,22 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise UserError("template 'tokenizer': this tokenizer has no chat_template; pick a "
                         "named template (see `unitune data templates`)")
+    from jinja2.exceptions import TemplateError
+
     messages, tools = _messages(conv), conv.tool_list() or None
 
     def render(msgs, prompt: bool = False) -> str:
-        return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
-                                             add_generation_prompt=prompt)
+        try:
+            return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False,
+                                                 add_generation_prompt=prompt)
+        except TemplateError as exc:  # (e.g. "roles must alternate", "no system role")
+            raise SpanError(f"the chat template refuses it: {exc}") from None
 
     if not conv.turns or conv.turns[-1].role != "assistant":
         return render(messages, prompt=True), []
     text = render(messages)
-    if "generation" in tokenizer.chat_template and "{%" in tokenizer.chat_template:
+    _check_tools_rendered(conv, text)
+    if _GENERATION_BLOCK.search(tokenizer.chat_template):
         marked = _generation_spans(tokenizer, messages, tools)
         if marked is not None:
             return text, marked
@@ -290,6 +313,20 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
             raise SpanError("the chat template renders this reply as nothing")
         spans.append((len(before), end))
     return text, spans
+
+
+_GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _check_tools_rendered(conv: Conversation, text: str) -> None:
+    """A chat template that ignores tools or tool calls would train a model to answer without
+    them: refuse the example instead."""
+    names = {t.get("function", t).get("name") for t in conv.tool_list()}
+    names |= {c["name"] for turn in conv.turns for c in turn.calls()}
+    missing = sorted(n for n in names if n and n not in text)
+    if missing:
+        raise SpanError(f"the chat template does not render the tools or tool calls "
+                        f"({', '.join(missing)}); pick a template that does (e.g. qwen)")
 
 
 def _generation_spans(tokenizer, messages, tools) -> list[tuple[int, int]] | None:
@@ -317,11 +354,11 @@ def _jinja_text(fmt: str, values: dict[str, str]) -> str:
         if literal:
             pieces.append(json.dumps(literal, ensure_ascii=False))
         if field is not None:
-            pieces.append(values[field])
+            pieces.append(f"({values[field]})")
     return " + ".join(pieces) if pieces else "''"
 
 
-def _to_jinja(t: Template, bos_first: bool) -> str:
+def _to_jinja(t: Template, opening: str) -> str:
     specials = {"bos": "bos_token", "eos": "eos_token"}
 
     def text(fmt: str, **values: str) -> str:
@@ -333,7 +370,7 @@ def _to_jinja(t: Template, bos_first: bool) -> str:
     round_ = "(ns.round | string)"
     system_block = _jinja_text(t.system, {**specials, "system": "ns.system"}) \
         if t.system else "''"
-    user_text = "(m.content + ('\\n\\n' + m.input if m.input else ''))"
+    user_text = "((m.content or '') + ('\\n\\n' + m.input if m.input else ''))"
     first_user = f"({system_block} if ns.round == 1 and ns.system else '') + " \
         if t.system_in_first_user else ""
     user_with_input = ""
@@ -346,7 +383,8 @@ def _to_jinja(t: Template, bos_first: bool) -> str:
     default_with_input = json.dumps(t.system_default_with_input or t.system_default,
                                     ensure_ascii=False)
     tools_block = _jinja_text(t.tools_system, {"tools": "ns.tools"})
-    call = "'{\"name\": ' + (c.name | tojson) + ', \"arguments\": ' + (c.arguments | tojson) + '}'"
+    call = ("'{\"name\": ' + (c.name | tojson) + ', \"arguments\": ' + (c.arguments "
+            "if c.arguments is string else (c.arguments | tojson)) + '}'")
     return "".join([
         "{%- set ns = namespace(round=0, system='', tools='') -%}",
         "{%- if messages and messages[0].role == 'system' -%}",
@@ -361,7 +399,7 @@ def _to_jinja(t: Template, bos_first: bool) -> str:
         "loop.first else '') + (tool | tojson) -%}{%- endfor -%}",
         f"{{%- set ns.system = (ns.system + {tools_block}) if ns.system else "
         f"({tools_block}).lstrip('\\n') -%}}{{%- endif -%}}",
-        "{{- bos_token -}}" if bos_first else "",
+        "{{- " + json.dumps(opening, ensure_ascii=False) + " -}}" if opening else "",
         text(t.prefix),
         "" if t.system_in_first_user else
         f"{{%- if ns.system -%}}{{{{- {system_block} -}}}}{{%- endif -%}}",
@@ -373,7 +411,7 @@ def _to_jinja(t: Template, bos_first: bool) -> str:
         "{%- elif m.role == 'tool' -%}",
         "{%- if loop.first or loop.previtem.role != 'tool' -%}" + text(t.tool_open)
         + "{%- endif -%}",
-        text(t.tool or t.user, content=strip("m.content"), input="''", round=round_),
+        text(t.tool or t.user, content=strip("m.content or ''"), input="''", round=round_),
         "{%- if loop.last or loop.nextitem.role != 'tool' -%}" + text(t.tool_close)
         + "{%- endif -%}",
         "{%- elif m.role == 'assistant' -%}",

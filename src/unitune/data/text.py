@@ -27,7 +27,7 @@ from unitune.data.sources import Invalid, resolve_files
 from unitune.data.templates import Template
 from unitune.errors import UserError
 
-_TEXT = pa.schema([("text", pa.string())])
+_TEXT = pa.schema([("text", pa.string()), ("specials", pa.bool_())])
 _BLOCKS = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                              "labels": datasets.Sequence(datasets.Value("int32"))})
 _BATCH = 1_000
@@ -47,7 +47,10 @@ def check(cfg) -> None:
                             "applies to stage=sft only; remove it")
 
 
-def _documents(specs, cfg, template: Template, tokenizer, invalid: Invalid) -> Iterator[str]:
+def _documents(specs, cfg, template: Template, tokenizer,
+               invalid: Invalid) -> Iterator[tuple[str, bool]]:
+    """(text, whether the tokenizer adds its special tokens to it): plain text gets them; a
+    conversation holds what its template writes, as in fine-tuning."""
     for spec in specs:
         files = resolve_files(spec.path, cfg.data_dir)
         if files is None:
@@ -57,33 +60,44 @@ def _documents(specs, cfg, template: Template, tokenizer, invalid: Invalid) -> I
             for rec in iter_records(path, spec.format or cfg.data_format, cfg.skip_invalid,
                                     invalid):
                 if isinstance(rec, PlainText):
-                    yield rec.text
-                elif isinstance(rec, Conversation):  # (the tokenizer adds BOS to every
-                    text = template.render(rec, tokenizer)[0]  # document: not twice)
-                    bos = tokenizer.bos_token
-                    yield text.removeprefix(bos) if bos and template.specials_in_text else text
+                    yield rec.text, True
+                elif isinstance(rec, Conversation):
+                    yield template.render(rec, tokenizer)[0], template.add_special_tokens
                 else:
                     raise UserError(f"{rec.where}: is a preference pair; stage=pt trains on "
                                     "plain text or conversations")
 
 
-def _write(texts: Iterator[str], path: Path) -> datasets.Dataset:
+def _write(docs: Iterator[tuple[str, bool]], path: Path) -> datasets.Dataset:
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def flush(batch: list[tuple[str, bool]]) -> None:
+        texts, specials = zip(*batch, strict=True)
+        out.write_batch(pa.RecordBatch.from_pydict(
+            {"text": list(texts), "specials": list(specials)}, schema=_TEXT))
+
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, _TEXT) as out:
-        batch: list[str] = []
-        for text in texts:
-            batch.append(text)
+        batch: list[tuple[str, bool]] = []
+        for doc in docs:
+            batch.append(doc)
             if len(batch) == _BATCH:
-                out.write_batch(pa.RecordBatch.from_pydict({"text": batch}, schema=_TEXT))
+                flush(batch)
                 batch = []
         if batch:
-            out.write_batch(pa.RecordBatch.from_pydict({"text": batch}, schema=_TEXT))
+            flush(batch)
     return datasets.Dataset.from_file(str(path))
 
 
 def _tokenize(batch: dict, tokenizer) -> dict:
     eos = tokenizer.eos_token_id
-    docs = tokenizer(batch["text"])["input_ids"]
+    docs: list = [None] * len(batch["text"])
+    for specials in (True, False):  # (one batched call per kind)
+        where = [i for i, s in enumerate(batch["specials"]) if s is specials]
+        if where:
+            encoded = tokenizer([batch["text"][i] for i in where],
+                                add_special_tokens=specials)["input_ids"]
+            for i, ids in zip(where, encoded, strict=True):
+                docs[i] = ids
     return {"ids": [doc if doc and doc[-1] == eos else [*doc, eos] for doc in docs]}
 
 
@@ -106,7 +120,8 @@ def text_blocks(specs, cfg, tokenizer, template: Template, out: Path, invalid: I
     with progress_bars(progress and len(docs) >= 50_000):
         # tokenising runs in parallel; cutting into blocks is one pass, so the blocks do not
         # depend on how many processes tokenised
-        ids = docs.map(_tokenize, batched=True, batch_size=_BATCH, remove_columns=["text"],
+        ids = docs.map(_tokenize, batched=True, batch_size=_BATCH,
+                       remove_columns=["text", "specials"],
                        num_proc=workers if workers > 1 else None,
                        fn_kwargs={"tokenizer": tokenizer}, cache_file_name=str(out / "ids.arrow"),
                        load_from_cache_file=False, new_fingerprint=uuid.uuid4().hex,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from unitune.data.schema import Conversation
-from unitune.data.templates import Template
+from unitune.data.templates import Template, added_prefix
 from unitune.errors import UserError
 
 
@@ -76,6 +76,8 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
     """Answers to already-rendered prompts, in input order (left-padded batches)."""
     stops = stops or []
     ids, strings = eos_ids(model, tokenizer, stops)
+    # as in training: the special tokens the tokenizer opens a text with, none it appends
+    prefix = added_prefix(tokenizer) if add_special_tokens else []
     config = decoding.generation_config(ids, tokenizer.pad_token_id)
     if strings:
         config.stop_strings = strings
@@ -87,8 +89,10 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True,
-                            add_special_tokens=add_special_tokens).to(device)
+            rows = [prefix + ids for ids in tokenizer(chunk, add_special_tokens=False)[
+                "input_ids"]]
+            enc = tokenizer.pad({"input_ids": rows}, padding=True,
+                                return_tensors="pt").to(device)
             out = model.generate(**enc, generation_config=config,
                                  tokenizer=tokenizer if strings else None)
             # a decoder-only model returns prompt + answer; an encoder-decoder only the answer

@@ -242,7 +242,12 @@ class Recipe:
         self.method.check(cfg, self.model_type, self.device)
         self.stage.check(cfg, self.seq2seq)
         self.tokenizer = load_tokenizer(tokenizer_path, cfg.trust_remote_code)
-        self.template = resolve_template(cfg.template, self.model_type, self.tokenizer)
+        template = cfg.template
+        if template == "auto" and is_run(Path(tokenizer_path)):  # a fine-tuned run as base:
+            base_run = read_run(tokenizer_path)                    # the chat format it learned
+            if base_run.kind != "pt" and base_run.template:
+                template = base_run.template
+        self.template = resolve_template(template, self.model_type, self.tokenizer)
         # what is stored and compared: the same from any working directory
         self.effective = with_absolute_paths(cfg).model_copy(
             update={"template": self.template.name})
