@@ -476,6 +476,13 @@ _QWEN = replace(
     tool_call="<tool_call>\n{call}\n</tool_call>",
     reference="Qwen/Qwen2.5-*-Instruct tokenizer_config.json chat_template (tools too)")
 
+_BAICHUAN = Template(
+    name="baichuan", system="{system}", user="<reserved_102>{content}",
+    assistant_prefix="<reserved_103>", assistant_suffix="", final_suffix="{eos}",
+    specials_in_text=True,
+    reference="baichuan-inc/Baichuan-13B-Chat generation_utils.py build_chat_input (user / "
+              "assistant tokens 195 / 196, no BOS)")
+
 TEMPLATES: dict[str, Template] = {t.name: t for t in [
     Template(
         name="alpaca", system="{system}\n\n",
@@ -522,18 +529,11 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
         specials_in_text=True, stop=("<|user|>", "<|observation|>"),
         reference="THUDM/chatglm3-6b tokenizer_config.json chat_template; ChatGLM3 "
                   "finetune_demo appends EOS after the conversation"),
-    Template(
-        name="baichuan", system="{system}", user="<reserved_102>{content}",
-        assistant_prefix="<reserved_103>", assistant_suffix="", final_suffix="{eos}",
-        specials_in_text=True,
-        reference="baichuan-inc/Baichuan-13B-Chat generation_utils.py build_chat_input (user / "
-                  "assistant tokens 195 / 196, no BOS)"),
-    Template(
-        name="baichuan2", system="{system}", user="<reserved_106>{content}",
-        assistant_prefix="<reserved_107>", assistant_suffix="", final_suffix="{eos}",
-        specials_in_text=True,
-        reference="baichuan-inc/Baichuan2 fine-tune/fine-tune.py (user / assistant tokens "
-                  "195 / 196, EOS once after the conversation, no BOS)"),
+    _BAICHUAN,
+    replace(_BAICHUAN, name="baichuan2", user="<reserved_106>{content}",
+            assistant_prefix="<reserved_107>",
+            reference="baichuan-inc/Baichuan2 fine-tune/fine-tune.py (user / assistant tokens "
+                      "195 / 196, EOS once after the conversation, no BOS)"),
     Template(
         name="internlm", system="<|System|>:{system}\n", user="<|User|>:{content}\n",
         assistant_prefix="<|Bot|>:", assistant_suffix="<eoa>\n", stop=("<eoa>",),
