@@ -161,7 +161,7 @@ def build(setting: Setting, device: torch.device, unitune: bool, tmp: Path,
     if unitune:
         active = speed.optimize(model, "auto", setting.attention, setting.ckpt, setting.offload,
                                 setting.packed)
-        if speed.LIGER in active:  # what `unitune train` has the Trainer do (use_liger_kernel)
+        if speed.LIGER in active:  # what the Trainer does for `unitune train` (use_liger_kernel)
             from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
             _apply_liger_kernel_to_instance(model=model)

@@ -247,9 +247,19 @@ def test_seq2seq_t5_trains_saves_reloads_and_generates(tmp_path, test_preset, sy
                       method=method, max_steps=3, batch_size=4, lr=3e-2, device="cpu",
                       template="alpaca", lora={"r": 4, "dropout": 0.0}),
           log=lambda *a: None, progress=False, callbacks=[cap])
-    model, _, _ = open_model(out, device="cpu")
+    model, tok2, template = open_model(out, device="cpu")
     with torch.no_grad():
         assert torch.allclose(model(**enc, decoder_input_ids=dec).logits, cap.logits, atol=1e-5)
+    # generation feeds the encoder exactly what training did (T5's closing </s> included)
+    from unitune.data.encode import encode_conversations
+    from unitune.infer.generate import Decoding, answer
+
+    conv = Conversation.single("Sort the numbers.", "1 2 3", "3 1 2")
+    seen, generate = [], model.generate
+    model.generate = lambda **kw: (seen.append(kw["input_ids"][0].tolist()), generate(**kw))[1]
+    answer(model, tok2, template, [conv], Decoding(max_new_tokens=2))
+    (row,), _ = encode_conversations([conv], tok2, template, 256, seq2seq=True)
+    assert seen == [row["input_ids"]]
     assert json.loads((out / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
     assert main(["generate", str(out), "Sort the numbers.", "--input", "3 1 2",
                  "--max-new-tokens", "4"]) == 0

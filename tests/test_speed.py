@@ -1,6 +1,8 @@
 """The fast path's choices: which attention a model gets, and that FlexAttention's document
 mask keeps packed examples apart exactly as separate forward passes do."""
 
+import json
+
 import pytest
 import torch
 
@@ -130,3 +132,24 @@ def test_auto_falls_back_when_flex_cannot_be_set(test_preset, monkeypatch):
         "attention: sdpa (flex_attention unavailable: FlexAttention needs torch >= 2.5)"
     with pytest.raises(UserError, match="attention=flex_attention: FlexAttention needs"):
         speed.set_attention(model, "flex_attention", packing=True)
+
+
+def test_liger_listed_as_active_is_applied_by_the_trainer(tmp_path, test_preset, synth_data,
+                                                          monkeypatch):
+    """Where liger applies (a CUDA llama; faked here), the Trainer is told to apply it."""
+    import transformers.trainer
+
+    from unitune.config import TrainConfig
+    from unitune.train import speed
+    from unitune.train.recipe import train
+
+    applied = []
+    monkeypatch.setattr(speed, "liger_applies", lambda model: True)
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel",
+                        lambda model, config: applied.append(type(model).__name__))
+    out = train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
+                            output_dir=str(tmp_path / "run"), max_steps=1, batch_size=4,
+                            device="cpu", template="alpaca"), log=lambda *a: None,
+                progress=False)
+    assert applied and speed.LIGER in json.loads((out / "run.json").read_text())[
+        "optimizations"]

@@ -171,6 +171,18 @@ def _tokenize(texts: list[str], tokenizer, add_special_tokens: bool) -> list:
                                                                  add_special_tokens=False)]
 
 
+def tokenize_ids(texts: list[str], tokenizer, add_special_tokens: bool) -> list[list[int]]:
+    """The token ids of texts exactly as training tokenises a decoder's text (see
+    ``_tokenize``): what generation feeds a decoder-only model."""
+    return [tokens.ids for tokens in _tokenize(texts, tokenizer, add_special_tokens)]
+
+
+def encoder_ids(prompts: list[str], tokenizer, add_special_tokens: bool) -> list[list[int]]:
+    """An encoder-decoder's prompts, tokenised with every special token the tokenizer adds
+    (T5 closes its encoder input with ``</s>``), in training and at generation alike."""
+    return tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
+
+
 def _render(template: Template, conv: Conversation, tokenizer):
     """(text, spans, why it cannot be trained or "")."""
     try:
@@ -296,7 +308,7 @@ def _encode_seq2seq(convs: Sequence[Conversation], tokenizer, template: Template
     too long), the decoder is trained on the final reply and EOS (never cut: dropped if too
     long)."""
     prompts = [template.render_prompt(c, tokenizer) for c in convs]
-    inputs = tokenizer(prompts, add_special_tokens=template.add_special_tokens)["input_ids"]
+    inputs = encoder_ids(prompts, tokenizer, template.add_special_tokens)
     replies = tokenizer([c.answer for c in convs], add_special_tokens=False)["input_ids"]
     rows = []
     for ids, reply in zip(inputs, replies, strict=True):

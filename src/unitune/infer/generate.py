@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from unitune.data.encode import encoder_ids, tokenize_ids
 from unitune.data.schema import Conversation
-from unitune.data.templates import Template, added_prefix
+from unitune.data.templates import Template
 from unitune.errors import UserError
 
 
@@ -49,7 +50,7 @@ class Decoding:
 def eos_ids(model, tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
     """(the token ids that end generation, the stop strings longer than one token)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [i for i in ([configured] if isinstance(configured, int) else configured or [])]
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     strings = []
@@ -75,10 +76,10 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
                    add_special_tokens: bool = True) -> list[str]:
     """Answers to already-rendered prompts, in input order (left-padded batches)."""
     stops = stops or []
-    ids, strings = eos_ids(model, tokenizer, stops)
-    # as in training: the special tokens the tokenizer opens a text with, none it appends
-    prefix = added_prefix(tokenizer) if add_special_tokens else []
-    config = decoding.generation_config(ids, tokenizer.pad_token_id)
+    stop_ids, strings = eos_ids(model, tokenizer, stops)
+    seq2seq = getattr(model.config, "is_encoder_decoder", False)
+    tokenize = encoder_ids if seq2seq else tokenize_ids  # (exactly as in training)
+    config = decoding.generation_config(stop_ids, tokenizer.pad_token_id)
     if strings:
         config.stop_strings = strings
     answers: list[str] = []
@@ -89,15 +90,12 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            rows = [prefix + ids for ids in tokenizer(chunk, add_special_tokens=False)[
-                "input_ids"]]
-            enc = tokenizer.pad({"input_ids": rows}, padding=True,
-                                return_tensors="pt").to(device)
+            enc = tokenizer.pad({"input_ids": tokenize(chunk, tokenizer, add_special_tokens)},
+                                padding=True, return_tensors="pt").to(device)
             out = model.generate(**enc, generation_config=config,
                                  tokenizer=tokenizer if strings else None)
             # a decoder-only model returns prompt + answer; an encoder-decoder only the answer
-            new = out if getattr(model.config, "is_encoder_decoder", False) else \
-                out[:, enc["input_ids"].shape[1]:]
+            new = out if seq2seq else out[:, enc["input_ids"].shape[1]:]
             answers.extend(_without_stop(t, stops) for t in tokenizer.batch_decode(
                 new, skip_special_tokens=True))
     finally:

@@ -328,6 +328,7 @@ class Recipe:
         self.active = speed.optimize(base, cfg.kernels, cfg.attention,
                                      cfg.gradient_checkpointing, cfg.offload_activations,
                                      cfg.packing)
+        self.args.use_liger_kernel = speed.LIGER in self.active  # (the Trainer applies them)
         self.model, self.method_callbacks = self.method.build(base, cfg, self.model_type)
         self.active += speed.optimize_adapter(self.model, self.dtype, cfg.kernels)
         log(f"optimizations: {'; '.join(self.active)}")
