@@ -47,11 +47,6 @@ class Specials:
         self.bos_token, self.eos_token = bos, eos
 
 
-def messages(conv: Conversation) -> list[dict]:
-    head = [{"role": "system", "content": conv.system}] if conv.system else []
-    return head + [{"role": t.role, "content": t.content} for t in conv.turns]
-
-
 def render_reference(ref: dict, msgs: list[dict], generation_prompt: bool) -> str:
     from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -69,13 +64,13 @@ def test_named_templates_render_the_official_text(references, reference, shape):
     conv = CONVERSATIONS[shape]
     tok = Specials(ref["bos_token"], ref["eos_token"])
     ours, spans = template.render(conv, tok)
-    theirs = render_reference(ref, messages(conv), generation_prompt=False)
+    theirs = render_reference(ref, conv.messages(), generation_prompt=False)
     # ChatGLM3's own fine-tuning code closes the conversation with EOS, which its jinja
     # chat template (an inference format) leaves out
     final = template.final_suffix.format(eos=ref["eos_token"], bos="")
     assert ours == theirs + final
     prompt = template.render_prompt(conv, tok)
-    assert prompt == render_reference(ref, messages(conv)[:-1], generation_prompt=True)
+    assert prompt == render_reference(ref, conv.messages()[:-1], generation_prompt=True)
     # the trained spans are the replies (stripped where the reference strips) + end of turn
     for (start, end), turn in zip(spans, [t for t in conv.turns if t.role == "assistant"],
                                   strict=True):
@@ -104,7 +99,7 @@ def test_llama2_chat_token_ids_equal_the_official_templates(llama2, shape):
     """Token for token, with the real Llama-2 tokenizer: the named template, and the
     tokenizer's own template, give exactly what apply_chat_template gives; one BOS."""
     conv = CONVERSATIONS[shape]
-    official = llama2.apply_chat_template(messages(conv), tokenize=True, return_dict=True)[
+    official = llama2.apply_chat_template(conv.messages(), tokenize=True, return_dict=True)[
         "input_ids"]
     for name in ("llama-2-chat", "tokenizer"):
         (row,), report = encode_conversations([conv], llama2, get_template(name), 1024)
@@ -197,7 +192,7 @@ def test_every_templates_chat_template_renders_what_it_trains(family_tokenizer, 
     convs = [*CONVERSATIONS.values(),
              Conversation.single("Sort the numbers.", "1 2 3", input="3 1 2")]
     for conv in convs:
-        msgs = messages(conv)
+        msgs = conv.messages()
         if conv.turns[0].input:
             msgs[0]["content"], msgs[0]["input"] = conv.turns[0].content, conv.turns[0].input
         assert saved.apply_chat_template(msgs, tokenize=False) == bos + template.render(
@@ -285,12 +280,6 @@ TOOL_USE = Conversation(
     tools=json.dumps([WEATHER]))
 
 
-def tool_messages(conv: Conversation) -> list[dict]:
-    from unitune.data.templates import _messages
-
-    return _messages(conv)
-
-
 def test_qwen_tool_use_renders_the_official_text(references):
     """Tool definitions, calls and (grouped) results exactly as Qwen2.5's own template."""
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -298,7 +287,7 @@ def test_qwen_tool_use_renders_the_official_text(references):
     ref = references["qwen2.5"]
     tok = Specials(None, ref["eos_token"])
     ours, spans = get_template("qwen").render(TOOL_USE, tok)
-    theirs, _ = render_jinja_template(conversations=[tool_messages(TOOL_USE)],
+    theirs, _ = render_jinja_template(conversations=[TOOL_USE.messages()],
                                       tools=[WEATHER], chat_template=ref["chat_template"],
                                       eos_token=ref["eos_token"])
     assert ours == theirs[0]
@@ -333,7 +322,7 @@ def test_tool_use_in_every_templates_saved_chat_template(family_tokenizer, name)
     saved = template.with_chat_template(tok)
     bos = tok.bos_token if template.add_special_tokens and \
         tok("x")["input_ids"][0] == tok.bos_token_id else ""
-    assert saved.apply_chat_template(tool_messages(TOOL_USE), tools=[WEATHER],
+    assert saved.apply_chat_template(TOOL_USE.messages(), tools=[WEATHER],
                                      tokenize=False) == bos + text
 
 
@@ -465,7 +454,7 @@ def test_saved_chat_template_takes_openai_string_arguments(family_tokenizer):
     """Clients send earlier calls' arguments as JSON text: rendered as the object training
     saw, not as a quoted string."""
     saved = get_template("qwen").with_chat_template(family_tokenizer)
-    as_text = tool_messages(TOOL_USE)
+    as_text = TOOL_USE.messages()
     for call in as_text[1]["tool_calls"]:
         call["function"] = {**call["function"],
                             "arguments": json.dumps(call["function"]["arguments"],

@@ -115,9 +115,7 @@ class _SlowTokens:
         """(how many of the text's tokens lie wholly before character ``pos``, whether the
         next one starts exactly there)."""
         head = self._ids(self.text[:pos])
-        common = 0
-        while common < min(len(head), len(self.bare)) and head[common] == self.bare[common]:
-            common += 1
+        common = _common_prefix(head, self.bare)
         return common, common == len(head)
 
     def token_range(self, start: int, end: int) -> tuple[int, int] | None:
@@ -127,24 +125,32 @@ class _SlowTokens:
         return (first + self.shift, last + self.shift) if last > first else None
 
 
-def _labels(tokens, spans: list[tuple[int, int]], masking: str) -> tuple[list[int], int]:
-    """(labels, how many spans could not be located in the tokens)."""
+def _common_prefix(a, b) -> int:
+    """How many leading items two sequences share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _labels(tokens, spans: list[tuple[int, int]], masking: str) -> tuple[list[int], bool]:
+    """(labels, whether every span was located in the tokens)."""
     ids = tokens.ids
     if masking == "all":
         labels = list(ids)
         if ids:
             labels[0] = IGNORE  # the first token is never predicted
-        return labels, 0
+        return labels, True
     if masking == "last":
         spans = spans[-1:]
-    labels, missing = [IGNORE] * len(ids), 0
+    labels, located = [IGNORE] * len(ids), True
     for s, e in spans:
         found = tokens.token_range(s, e)
         if found is None:
-            missing += 1
+            located = False
         else:
             labels[found[0]:found[1]] = ids[found[0]:found[1]]
-    return labels, missing
+    return labels, located
 
 
 @dataclass(frozen=True)
@@ -153,13 +159,32 @@ class _Specials:
     bos_token: str
 
 
-def _tokenize(texts: list[str], tokenizer, add_special_tokens: bool) -> list:
-    """The tokens of every text: a fast tokenizer's one parallel Rust call (no truncation or
-    padding), a slow one's text by text. Where the template leaves special tokens to the
-    tokenizer, the ones it opens a text with are added (BOS, ChatGLM's ``[gMASK]sop``), never
-    one it would append (an EOS: the template ends each reply itself), exactly as at
+@dataclass(frozen=True)
+class _Setup:
+    """What encoding needs of a tokenizer and template, worked out once per batch: the special
+    tokens the tokenizer opens a text with where the template leaves them to it (BOS,
+    ChatGLM's ``[gMASK]sop``; never one it would append, such as an EOS: the template ends
+    each reply itself), how many tokens open every row before any text (those, and the
+    template's own prefix), which truncation keeps, and the special token ids."""
+
+    prefix: list[int]
+    opening: int
+    special: frozenset
+
+    @classmethod
+    def of(cls, tokenizer, template: Template) -> _Setup:
+        prefix = added_prefix(tokenizer) if template.add_special_tokens else []
+        own = template.prefix.format(eos=tokenizer.eos_token or "",
+                                     bos=tokenizer.bos_token or "")
+        opening = len(prefix) + (len(tokenizer(own, add_special_tokens=False)["input_ids"])
+                                 if own else 0)
+        return cls(prefix, opening, frozenset(tokenizer.all_special_ids))
+
+
+def _tokenize(texts: list[str], tokenizer, prefix: list[int]) -> list:
+    """The tokens of every text, after ``prefix`` (``_Setup.prefix``): a fast tokenizer's one
+    parallel Rust call (no truncation or padding), a slow one's text by text; exactly as at
     inference."""
-    prefix = added_prefix(tokenizer) if add_special_tokens else []
     if not getattr(tokenizer, "is_fast", False):
         return [_SlowTokens(t, tokenizer, prefix) for t in texts]
     backend = tokenizer.backend_tokenizer
@@ -174,7 +199,8 @@ def _tokenize(texts: list[str], tokenizer, add_special_tokens: bool) -> list:
 def tokenize_ids(texts: list[str], tokenizer, add_special_tokens: bool) -> list[list[int]]:
     """The token ids of texts exactly as training tokenises a decoder's text (see
     ``_tokenize``): what generation feeds a decoder-only model."""
-    return [tokens.ids for tokens in _tokenize(texts, tokenizer, add_special_tokens)]
+    prefix = added_prefix(tokenizer) if add_special_tokens else []
+    return [tokens.ids for tokens in _tokenize(texts, tokenizer, prefix)]
 
 
 def encoder_ids(prompts: list[str], tokenizer, add_special_tokens: bool) -> list[list[int]]:
@@ -192,16 +218,11 @@ def _render(template: Template, conv: Conversation, tokenizer):
     return text, spans, ""
 
 
-def _leading_specials(ids: list[int], tokenizer, template: Template) -> int:
-    """How many tokens open the row before any text: the special tokens the tokenizer adds,
-    the template's prefix (BOS, ``[gMASK]sop``) and special tokens written first; truncating
-    the prompt keeps them."""
-    prefix = template.prefix.format(eos=tokenizer.eos_token or "", bos=tokenizer.bos_token or "")
-    opening = (len(added_prefix(tokenizer)) if template.add_special_tokens else 0) + (
-        len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0)
-    special = set(tokenizer.all_special_ids)
+def _leading_specials(ids: list[int], setup: _Setup) -> int:
+    """How many tokens open the row before any text (``setup.opening``, and special tokens
+    written first); truncating the prompt keeps them."""
     n = 0
-    while n < len(ids) and (n < opening or ids[n] in special):
+    while n < len(ids) and (n < setup.opening or ids[n] in setup.special):
         n += 1
     return n
 
@@ -217,7 +238,8 @@ def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_le
     specials = tokenizer if template.tokenizer_template else _Specials(
         tokenizer.eos_token or "", tokenizer.bos_token or "")
     rendered = [_render(template, c, specials) for c in convs]
-    all_tokens = _tokenize([r[0] for r in rendered], tokenizer, template.add_special_tokens)
+    setup = _Setup.of(tokenizer, template)
+    all_tokens = _tokenize([r[0] for r in rendered], tokenizer, setup.prefix)
     rows: list[dict] = []
     for conv, (_, spans, why), tokens in zip(convs, rendered, all_tokens, strict=True):
         row = {"input_ids": [], "labels": [], "dropped": why, "prompt_truncated": False,
@@ -228,18 +250,18 @@ def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_le
         if not spans and masking != "all":
             row["dropped"] = "no assistant reply to train on"
             continue
-        labels, missing = _labels(tokens, spans, masking)
-        if missing or all(label == IGNORE for label in labels):
+        labels, located = _labels(tokens, spans, masking)
+        if not located or all(label == IGNORE for label in labels):
             row["dropped"] = "a reply trains no token (its span holds none)"
             continue
         if len(tokens.ids) > max_length:
-            _fit(conv, tokens.ids, labels, tokenizer, template, max_length, masking, row)
+            _fit(conv, tokens.ids, labels, tokenizer, template, setup, max_length, masking, row)
         else:
             row["input_ids"], row["labels"] = tokens.ids, labels
     return rows
 
 
-def _fit(conv, ids, labels, tokenizer, template, max_length, masking, row) -> None:
+def _fit(conv, ids, labels, tokenizer, template, setup, max_length, masking, row) -> None:
     """Shorten one over-long example into ``row``, or say in ``row`` why it was dropped."""
     turns = conv.turns
     # 1. drop the oldest exchanges (user ... up to the next user turn), keep the system prompt
@@ -253,7 +275,7 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, row) -> No
         if why:
             row.update(dropped=why, turns_dropped=False)
             return
-        (tokens,) = _tokenize([text], tokenizer, template.add_special_tokens)
+        (tokens,) = _tokenize([text], tokenizer, setup.prefix)
         ids, (labels, _) = tokens.ids, _labels(tokens, spans, masking)
         row["turns_dropped"] = True
     if len(ids) > max_length:
@@ -266,7 +288,7 @@ def _fit(conv, ids, labels, tokenizer, template, max_length, masking, row) -> No
                               "prompt tokens")
             row["turns_dropped"] = False
             return
-        head = _leading_specials(ids, tokenizer, template)
+        head = _leading_specials(ids, setup)
         keep = max_length - head
         ids = ids[:head] + ids[len(ids) - keep:]
         labels = labels[:head] + labels[len(labels) - keep:]
@@ -281,24 +303,22 @@ def prompt_mismatches(conv: Conversation, tokenizer, template: Template) -> list
     full, _, why = _render(template, conv, tokenizer)
     if why:
         return [why]
-    (whole,) = _tokenize([full], tokenizer, template.add_special_tokens)
+    (whole,) = tokenize_ids([full], tokenizer, template.add_special_tokens)
     problems = []
     for k, turn in enumerate(conv.turns):
         if turn.role != "assistant":
             continue
         prompt = template.render(replace(conv, turns=conv.turns[:k]), tokenizer)[0]
         if not full.startswith(prompt):
-            at = next((i for i, (a, b) in enumerate(zip(prompt, full, strict=False)) if a != b),
-                      min(len(prompt), len(full)))
+            at = _common_prefix(prompt, full)
             problems.append(f"reply {k}: the prompt's text differs from the training text at "
                             f"character {at}: {prompt[at:at + 20]!r} vs {full[at:at + 20]!r}")
             continue
-        (asked,) = _tokenize([prompt], tokenizer, template.add_special_tokens)
-        if whole.ids[: len(asked.ids)] != asked.ids:
-            at = next((i for i, (a, b) in enumerate(zip(asked.ids, whole.ids, strict=False))
-                       if a != b), len(asked.ids) - 1)
+        (asked,) = tokenize_ids([prompt], tokenizer, template.add_special_tokens)
+        if whole[: len(asked)] != asked:
+            at = _common_prefix(asked, whole)
             problems.append(f"reply {k}: the prompt's tokens differ from the training text's "
-                            f"at token {at}: {asked.ids[at:at + 3]} vs {whole.ids[at:at + 3]}")
+                            f"at token {at}: {asked[at:at + 3]} vs {whole[at:at + 3]}")
     return problems
 
 
@@ -366,6 +386,19 @@ def _encode_table(batch: dict, tokenizer, template: Template, max_length: int, m
     return {key: [r[key] for r in rows] for key in _ENCODED}
 
 
+BAR_FROM = 50_000  # records from which tokenising shows a progress bar
+
+
+def map_workers(n: int, requested: int | None) -> int:
+    """The processes a batched ``datasets.map`` over ``n`` records uses: ``requested``, else
+    one per 50,000 records, up to one per CPU. Forked workers run the Rust tokenizer
+    single-threaded, quietly."""
+    workers = requested or min(os.cpu_count() or 1, max(1, n // 50_000))
+    if workers > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return workers
+
+
 @contextmanager
 def progress_bars(enabled: bool) -> Iterator[None]:
     """``datasets``' progress bars on or off for the block (restored afterwards)."""
@@ -387,11 +420,8 @@ def encode_records(records: Records, tokenizer, template: Template, max_length: 
     per CPU) into the Arrow file ``out``, read back memory-mapped. Returns the rows that fit
     (columns ``input_ids``, ``labels``) and the report."""
     check_masking(masking)
-    if workers is None:
-        workers = min(os.cpu_count() or 1, max(1, len(records) // 50_000))
-    if workers > 1:  # forked workers run the Rust tokenizer single-threaded, quietly
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with progress_bars(progress and len(records) >= 50_000):  # a bar only where it helps
+    workers = map_workers(len(records), workers)
+    with progress_bars(progress and len(records) >= BAR_FROM):  # a bar only where it helps
         table = records.table.map(
             _encode_table, batched=True, batch_size=1_000, features=_ENCODED,
             remove_columns=records.table.column_names, num_proc=workers if workers > 1 else None,

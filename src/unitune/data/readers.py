@@ -552,12 +552,6 @@ def to_json(record: Record, fmt: str) -> dict:
                     calls[0] if len(calls) == 1 else calls, ensure_ascii=False)})
         return {"conversations": msgs, **tools}
     if fmt == "openai":
-        msgs = [{"role": "system", "content": conv.system}] if conv.system else []
-        for t in conv.turns:
-            msg = {"role": t.role, "content": t.user_text()}
-            if t.tool_calls:
-                msg["tool_calls"] = [{"type": "function", "function": c} for c in t.calls()]
-            msgs.append(msg)
-        return {"messages": msgs, **tools}
+        return {"messages": conv.messages(), **tools}
     raise UserError(f"cannot convert to '{fmt}'{did_you_mean(fmt, FORMATS)}; formats: "
                     f"{', '.join(FORMATS)}")

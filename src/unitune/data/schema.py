@@ -47,6 +47,17 @@ class Conversation:
     def tool_list(self) -> list[dict]:
         return json.loads(self.tools) if self.tools else []
 
+    def messages(self) -> list[dict]:
+        """The conversation as chat messages, as OpenAI's API and ``apply_chat_template``
+        take them: a user turn's input appended to its words, calls as ``tool_calls``."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for t in self.turns:
+            message = {"role": t.role, "content": t.user_text()}
+            if t.tool_calls:
+                message["tool_calls"] = [{"type": "function", "function": c} for c in t.calls()]
+            messages.append(message)
+        return messages
+
     @property
     def where(self) -> str:
         return f"{self.source}:{self.line}"

@@ -89,18 +89,24 @@ class Records(Sequence):
         return Records(self.table.select(indices))
 
 
-def write(convs: Iterable[Conversation], path: Path) -> Records:
-    """Stream ``convs`` into the Arrow file ``path`` and return them memory-mapped from it."""
+def write_rows(rows: Iterable[dict], path: Path, schema: pa.Schema) -> datasets.Dataset:
+    """Stream ``rows`` into the Arrow file ``path`` (in batches of ``BATCH``: memory holds one)
+    and return them memory-mapped from it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as out:
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
         batch: list[dict] = []
-        for conv in convs:
-            batch.append(to_row(conv))
+        for row in rows:
+            batch.append(row)
             if len(batch) == BATCH:
-                out.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
+                out.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
                 batch.clear()
         if batch:
-            out.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
+            out.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
     tmp.replace(path)
-    return Records(datasets.Dataset.from_file(str(path)))
+    return datasets.Dataset.from_file(str(path))
+
+
+def write(convs: Iterable[Conversation], path: Path) -> Records:
+    """Stream ``convs`` into the Arrow file ``path`` and return them memory-mapped from it."""
+    return Records(write_rows(map(to_row, convs), path, SCHEMA))

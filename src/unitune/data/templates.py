@@ -103,11 +103,11 @@ class Template:
                                  and self.system_default_with_input else self.system_default)
         if self.strip and not self.system_in_first_user:  # (llama-2 strips the whole turn)
             system = system.strip()
-        if conv.tool_list():
+        if tool_list := conv.tool_list():
             if not self.system:
                 raise SpanError(f"template {self.name} has no system prompt to carry the "
                                 "tool definitions")
-            tools = "\n".join(json.dumps(t, ensure_ascii=False) for t in conv.tool_list())
+            tools = "\n".join(json.dumps(t, ensure_ascii=False) for t in tool_list)
             block = self.tools_system.format(tools=tools)
             system = system + block if system else block.lstrip("\n")
         return self.system.format(system=system) if system and self.system else ""
@@ -238,17 +238,6 @@ def added_prefix(tokenizer) -> list[int]:
 # --- the tokenizer's own chat template ----------------------------------------------------------
 
 
-def _messages(conv: Conversation) -> list[dict]:
-    """The conversation as chat messages (OpenAI's shape: calls as ``tool_calls``)."""
-    messages = [{"role": "system", "content": conv.system}] if conv.system else []
-    for t in conv.turns:
-        message = {"role": t.role, "content": t.user_text() if t.role == "user" else t.content}
-        if t.tool_calls:
-            message["tool_calls"] = [{"type": "function", "function": c} for c in t.calls()]
-        messages.append(message)
-    return messages
-
-
 def _special_strings(tokenizer) -> list[str]:
     return sorted({*tokenizer.all_special_tokens,
                    *(str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
@@ -279,7 +268,7 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
                         "named template (see `unitune data templates`)")
     from jinja2.exceptions import TemplateError
 
-    messages, tools = _messages(conv), conv.tool_list() or None
+    messages, tools = conv.messages(), conv.tool_list() or None
 
     def render(msgs, prompt: bool = False) -> str:
         try:
@@ -291,7 +280,7 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
     if not conv.turns or conv.turns[-1].role != "assistant":
         return render(messages, prompt=True), []
     text = render(messages)
-    _check_tools_rendered(conv, text)
+    _check_tools_rendered(conv, tools or [], text)
     if _GENERATION_BLOCK.search(tokenizer.chat_template):
         marked = _generation_spans(tokenizer, messages, tools)
         if marked is not None:
@@ -302,7 +291,8 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
         if turn.role != "assistant":
             continue
         upto = messages[: offset + i + 1]
-        before, after = render(upto[:-1], prompt=True), render(upto)
+        before = render(upto[:-1], prompt=True)
+        after = text if i == len(conv.turns) - 1 else render(upto)
         if not after.startswith(before) or not text.startswith(after):
             raise SpanError("the chat template renders this reply differently when more "
                             "follows (not prefix-stable)")
@@ -318,10 +308,10 @@ def _render_with_tokenizer(conv: Conversation, tokenizer) -> tuple[str, list[tup
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
-def _check_tools_rendered(conv: Conversation, text: str) -> None:
+def _check_tools_rendered(conv: Conversation, tools: list[dict], text: str) -> None:
     """A chat template that ignores tools or tool calls would train a model to answer without
     them: refuse the example instead."""
-    names = {t.get("function", t).get("name") for t in conv.tool_list()}
+    names = {t.get("function", t).get("name") for t in tools}
     names |= {c["name"] for turn in conv.turns for c in turn.calls()}
     missing = sorted(n for n in names if n and n not in text)
     if missing:

@@ -12,7 +12,6 @@ block, so no text is lost.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +19,23 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from unitune.data.encode import progress_bars, row_lengths
+from unitune.data.encode import (
+    BAR_FROM,
+    map_workers,
+    progress_bars,
+    row_lengths,
+    tokenize_ids,
+)
 from unitune.data.readers import iter_records
 from unitune.data.schema import Conversation, PlainText
 from unitune.data.sources import Invalid, resolve_files
+from unitune.data.store import BATCH, write_rows
 from unitune.data.templates import Template
 from unitune.errors import UserError
 
 _TEXT = pa.schema([("text", pa.string()), ("specials", pa.bool_())])
 _BLOCKS = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                              "labels": datasets.Sequence(datasets.Value("int32"))})
-_BATCH = 1_000
 
 
 def check(cfg) -> None:
@@ -68,34 +73,15 @@ def _documents(specs, cfg, template: Template, tokenizer,
                                     "plain text or conversations")
 
 
-def _write(docs: Iterator[tuple[str, bool]], path: Path) -> datasets.Dataset:
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def flush(batch: list[tuple[str, bool]]) -> None:
-        texts, specials = zip(*batch, strict=True)
-        out.write_batch(pa.RecordBatch.from_pydict(
-            {"text": list(texts), "specials": list(specials)}, schema=_TEXT))
-
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, _TEXT) as out:
-        batch: list[tuple[str, bool]] = []
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) == _BATCH:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
-    return datasets.Dataset.from_file(str(path))
-
-
 def _tokenize(batch: dict, tokenizer) -> dict:
+    """Each document's ids as fine-tuning tokenises its text (with the special tokens the
+    tokenizer opens a text with where it gets them), closed by EOS."""
     eos = tokenizer.eos_token_id
     docs: list = [None] * len(batch["text"])
     for specials in (True, False):  # (one batched call per kind)
         where = [i for i, s in enumerate(batch["specials"]) if s is specials]
         if where:
-            encoded = tokenizer([batch["text"][i] for i in where],
-                                add_special_tokens=specials)["input_ids"]
+            encoded = tokenize_ids([batch["text"][i] for i in where], tokenizer, specials)
             for i, ids in zip(where, encoded, strict=True):
                 docs[i] = ids
     return {"ids": [doc if doc and doc[-1] == eos else [*doc, eos] for doc in docs]}
@@ -111,22 +97,22 @@ def _blocks(batch: dict, block: int) -> dict:
 def text_blocks(specs, cfg, tokenizer, template: Template, out: Path, invalid: Invalid,
                 progress: bool = False) -> tuple[datasets.Dataset, dict]:
     """The blocks of the documents ``specs`` name, and a report (documents, tokens, blocks)."""
-    docs = _write(_documents(specs, cfg, template, tokenizer, invalid), out / "texts.arrow")
+    docs = write_rows(({"text": text, "specials": specials} for text, specials in
+                       _documents(specs, cfg, template, tokenizer, invalid)),
+                      out / "texts.arrow", _TEXT)
     if not len(docs):
         raise UserError(f"data {', '.join(s.path for s in specs)}: no text to train on")
-    workers = cfg.data_workers or min(os.cpu_count() or 1, max(1, len(docs) // 50_000))
-    if workers > 1:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with progress_bars(progress and len(docs) >= 50_000):
+    workers = map_workers(len(docs), cfg.data_workers)
+    with progress_bars(progress and len(docs) >= BAR_FROM):
         # tokenising runs in parallel; cutting into blocks is one pass, so the blocks do not
         # depend on how many processes tokenised
-        ids = docs.map(_tokenize, batched=True, batch_size=_BATCH,
+        ids = docs.map(_tokenize, batched=True, batch_size=BATCH,
                        remove_columns=["text", "specials"],
                        num_proc=workers if workers > 1 else None,
                        fn_kwargs={"tokenizer": tokenizer}, cache_file_name=str(out / "ids.arrow"),
                        load_from_cache_file=False, new_fingerprint=uuid.uuid4().hex,
                        desc="tokenizing text")
-        blocks = ids.map(_blocks, batched=True, batch_size=_BATCH, features=_BLOCKS,
+        blocks = ids.map(_blocks, batched=True, batch_size=BATCH, features=_BLOCKS,
                          remove_columns=["ids"], fn_kwargs={"block": cfg.max_length},
                          cache_file_name=str(out / "blocks.arrow"), load_from_cache_file=False,
                          new_fingerprint=uuid.uuid4().hex, desc="grouping into blocks")

@@ -119,12 +119,6 @@ def _convert(args) -> int:
     return 0
 
 
-def _tokenizer_and_template(args):
-    from unitune.run import open_tokenizer
-
-    return open_tokenizer(args.base_model, args.template)
-
-
 def _boundaries(row: dict, tokenizer, width: int = 3) -> list[str]:
     """The token ids (and pieces) around every place where training switches on or off."""
     from unitune.data.encode import IGNORE
@@ -144,11 +138,12 @@ def _boundaries(row: dict, tokenizer, width: int = 3) -> list[str]:
 def _preview(args) -> int:
     from unitune.data.encode import IGNORE, encode_conversations, prompt_mismatches
     from unitune.data.readers import iter_conversations
+    from unitune.run import open_tokenizer
 
     if args.n <= 0:
         raise UserError(f"-n must be > 0, got {args.n}")
     convs = list(itertools.islice(iter_conversations(args.files, args.format), args.n))
-    tokenizer, template = _tokenizer_and_template(args)
+    tokenizer, template = open_tokenizer(args.base_model, args.template)
     rows, report = encode_conversations(convs, tokenizer, template, args.max_length,
                                         args.masking)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
@@ -183,9 +178,10 @@ def _stats(args) -> int:
     from unitune.data.encode import encode_records
     from unitune.data.readers import iter_conversations
     from unitune.data.sources import Invalid
+    from unitune.run import open_tokenizer
 
     invalid = Invalid()
-    tokenizer, template = _tokenizer_and_template(args)
+    tokenizer, template = open_tokenizer(args.base_model, args.template)
     with tempfile.TemporaryDirectory(prefix="unitune-stats-") as tmp:  # streamed: any size
         convs = store.write(iter_conversations(args.files, args.format, skip_invalid=True,
                                                problems=invalid), Path(tmp) / "records.arrow")
