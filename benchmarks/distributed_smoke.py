@@ -79,9 +79,10 @@ def train(name: str, args, base: Path, data: Path, out: Path, extra: list[str]) 
         with safe_open(str(f), "pt") as st:
             tensors += len(list(st.keys()))
         bytes_ += f.stat().st_size
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text()
-            .splitlines()]
-    losses = [r["loss"] for r in rows if "loss" in r]
+    from unitune.train.callbacks import read_metrics
+
+    (logged,) = read_metrics(out / name / "metrics.jsonl", "loss")
+    losses = [loss for _, loss in logged]
     m = record.metrics
     return {"run": name, "world_size": record.world_size, "steps": m["steps"],
             "tokens_per_s": round(m["tokens_seen"] / m["train_runtime_s"]),

@@ -141,6 +141,14 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
                         "--overwrite to replace it")
 
 
+PARTIAL = ".partial"  # the suffix of a run folder being written
+
+
+def out_of(partial: Path) -> Path:
+    """The run folder a ``<out>.partial`` folder becomes."""
+    return partial.with_name(partial.name.removesuffix(PARTIAL))
+
+
 class Staging:
     """A run folder written in ``<out>.partial`` and moved to ``out`` once finished.
 
@@ -151,7 +159,7 @@ class Staging:
 
     def __init__(self, out: Path, overwrite: bool = False):
         self.out = Path(out)
-        self.path = self.out.with_name(self.out.name + ".partial")
+        self.path = self.out.with_name(self.out.name + PARTIAL)
         self.overwrite = overwrite
 
         self.created = False  # whether open() made the folder (and discard() may remove it)
@@ -262,7 +270,7 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
     ``trust_remote_code=True``, for a run too: a run folder from elsewhere cannot run code on
     its own say-so."""
     from unitune import methods
-    from unitune.data.templates import get_template, load_template
+    from unitune.data.templates import get_template
     from unitune.models.loading import (
         load_base,
         load_tokenizer,
@@ -302,28 +310,27 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
         grow_vocabulary(base, record.model_patches.get("vocab_size", 0))
         model = method.load(base, folder)
     tokenizer = load_tokenizer(str(folder), trust)
-    run_template = load_template(folder)
-    if template and template != run_template.name:
-        log(f"warning: {folder} was trained with template '{run_template.name}'; using "
-            f"'{template}' instead may give worse answers")
-        run_template = get_template(template)
-    return model.eval(), tokenizer, run_template
+    return model.eval(), tokenizer, _run_template(folder, template, log)
+
+
+def _run_template(folder: Path, template: str | None, log):
+    """The template a run trained with, or (warned about) the one the caller names instead."""
+    from unitune.data.templates import get_template, load_template
+
+    trained = load_template(folder)
+    if not template or template in ("auto", trained.name):
+        return trained
+    log(f"warning: {folder} was trained with template '{trained.name}'; using '{template}' "
+        "instead may give worse answers")
+    return get_template(template)
 
 
 def open_tokenizer(target: str, template: str = "auto", log=print):
     """(tokenizer, template) of a run or a base model without loading any weights; a preset
     builds only its tokenizer."""
-    from unitune.data.templates import load_template
     from unitune.models.loading import describe_base, load_tokenizer, resolve_template
 
     if is_run(Path(target)):
-        tok = load_tokenizer(str(target))
-        run_template = load_template(Path(target))
-        if template in ("auto", run_template.name):
-            return tok, run_template
-        log(f"warning: {target} was trained with template '{run_template.name}'; showing "
-            f"'{template}' instead")
-        return tok, resolve_template(template, None, tok)
-    folder, config = describe_base(target, log=log)
-    tok = load_tokenizer(folder)
+        return load_tokenizer(str(target)), _run_template(Path(target), template, log)
+    _, tok, config = describe_base(target, log=log)
     return tok, resolve_template(template, config.model_type, tok)

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ from unitune import distributed
 from unitune.data.encode import progress_bars
 from unitune.data.sources import resolve_files
 from unitune.data.templates import Template
-from unitune.errors import UserError
 from unitune.paths import unitune_home
 
 CACHE_VERSION = 2  # raise when the same key would encode to different rows
@@ -45,6 +43,22 @@ class Prepared:
 
 def cache_root() -> Path:
     return unitune_home() / "cache" / "data"
+
+
+def file_sha256(path: Path, whole_up_to: int | None = None) -> str:
+    """sha256 of a file's content; a file larger than ``whole_up_to`` bytes by its first and
+    last 16 MiB (with its size known elsewhere: cheap enough for checkpoints of any size)."""
+    sha = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if whole_up_to is not None and size > whole_up_to:
+            sha.update(f.read(16 << 20))
+            f.seek(size - (16 << 20))
+            sha.update(f.read())
+        else:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+    return sha.hexdigest()
 
 
 class Digests:
@@ -65,13 +79,10 @@ class Digests:
         seen = self.memo.get(str(path))
         if seen and seen[:2] == [stat.st_size, stat.st_mtime_ns]:
             return seen[2]
-        sha = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-        self.memo[str(path)] = [stat.st_size, stat.st_mtime_ns, sha.hexdigest()]
+        digest = file_sha256(path)
+        self.memo[str(path)] = [stat.st_size, stat.st_mtime_ns, digest]
         self.changed = True
-        return sha.hexdigest()
+        return digest
 
     def save(self) -> None:
         if not self.changed:
@@ -118,15 +129,11 @@ def prepared(key: str, build: Build, log=print) -> Prepared:
     """The entry ``key``: reused when it exists; else made by ``build(workdir)`` (which returns
     train rows, validation rows or None, the report and its log lines) on the local main
     process while the other processes wait for it."""
-    root = cache_root()
-    entry, failed = root / key, root / f"{key}.error"
+    entry = cache_root() / key
     done = entry / "report.json"
     reused = done.exists()
-    if not reused:
-        if distributed.is_local_main():
-            _make(entry, failed, build)
-        else:  # (an error file older than this wait is a past attempt's)
-            distributed.wait_for(done, failed, "preparing the data", since=time.time() - 60)
+    distributed.build_once(entry, done.name, "preparing the data",
+                           lambda tmp: _make(tmp, build))
     saved = json.loads(done.read_text(encoding="utf-8"))
     train = datasets.load_from_disk(str(entry / "train"))
     validation = datasets.load_from_disk(str(entry / "validation")) \
@@ -138,28 +145,13 @@ def prepared(key: str, build: Build, log=print) -> Prepared:
     return Prepared(train, validation, saved["report"])
 
 
-def _make(entry: Path, failed: Path, build: Build) -> None:
-    failed.unlink(missing_ok=True)
-    tmp = entry.with_name(f".{entry.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        train, validation, report, lines = build(tmp / "work")
-        with progress_bars(False):
-            train.save_to_disk(str(tmp / "train"))
-            if validation is not None:
-                validation.save_to_disk(str(tmp / "validation"))
-        del train, validation  # (their files in work/ may now go)
-        shutil.rmtree(tmp / "work", ignore_errors=True)
-        (tmp / "report.json").write_text(json.dumps({"report": report, "log": lines}),
-                                         encoding="utf-8")
-        try:
-            tmp.rename(entry)
-        except OSError:  # another machine's process of a shared cache finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException as exc:  # the processes waiting for it stop with the same message
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        failed.write_text(str(exc) if isinstance(exc, UserError) else
-                          f"preparing the data failed in another process: "
-                          f"{type(exc).__name__}: {exc}", encoding="utf-8")
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _make(tmp: Path, build: Build) -> None:
+    train, validation, report, lines = build(tmp / "work")
+    with progress_bars(False):
+        train.save_to_disk(str(tmp / "train"))
+        if validation is not None:
+            validation.save_to_disk(str(tmp / "validation"))
+    del train, validation  # (their files in work/ may now go)
+    shutil.rmtree(tmp / "work", ignore_errors=True)
+    (tmp / "report.json").write_text(json.dumps({"report": report, "log": lines}),
+                                     encoding="utf-8")

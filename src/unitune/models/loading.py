@@ -36,15 +36,17 @@ def resolve_model_path(name: str, log=print, progress: bool = True) -> str:
 
 
 def describe_base(name: str, trust_remote_code: bool = False, log=print):
-    """(where the tokenizer of model ``name`` is, the model's config), without loading any
-    weights; a preset builds only its tokenizer (its weights come with ``resolve_model_path``)."""
+    """(where the tokenizer of model ``name`` is, the tokenizer, the model's config), without
+    loading any weights; a preset builds only its tokenizer (its weights come with
+    ``resolve_model_path``)."""
     from unitune.models.tiny import PRESETS, get_preset, preset_config, preset_tokenizer
 
     if name in PRESETS:
         folder = str(preset_tokenizer(name, log=log))
-        return folder, preset_config(get_preset(name), load_tokenizer(folder))
+        tokenizer = load_tokenizer(folder)
+        return folder, tokenizer, preset_config(get_preset(name), tokenizer)
     path = resolve_model_path(name, log=log)
-    return path, model_config(path, trust_remote_code)
+    return path, load_tokenizer(path, trust_remote_code), model_config(path, trust_remote_code)
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,31 +124,6 @@ def _corpus(preset: TinyPreset, folder: Path) -> Path:
                        seed=preset.seed)["pretrain"]
 
 
-def _build_once(target: Path, done: str, what: str, build, log) -> Path:
-    """``build(tmp)`` into a temporary folder renamed to ``target`` when complete (an
-    interrupted build leaves nothing behind); other processes of a multi-process run wait for
-    the local main process to build it."""
-    from unitune import distributed
-
-    if (target / done).exists():
-        return target
-    if not distributed.is_local_main():
-        distributed.wait_for(target / done, None, what)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # a concurrent build (another machine sharing the cache) was first
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def preset_tokenizer(name: str, log=print) -> Path:
     """A folder holding the preset's tokenizer: the built preset's, or the tokenizer alone,
     trained (in seconds) and cached the first time."""
@@ -166,8 +140,12 @@ def preset_tokenizer(name: str, log=print) -> Path:
         train_tokenizer(texts + _template_texts(), preset.vocab_size, tmp)
         shutil.rmtree(tmp / "corpus")
 
-    return _build_once(unitune_home() / "tokenizers" / name, "tokenizer.json",
-                       f"building the tokenizer of '{name}'", build, log)
+    from unitune import distributed
+
+    target = unitune_home() / "tokenizers" / name
+    distributed.build_once(target, "tokenizer.json", f"building the tokenizer of '{name}'",
+                           build)
+    return target
 
 
 def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
@@ -194,7 +172,8 @@ def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
         log(f"building model preset '{name}' (first use; cached in {preset_dir(name)})")
         _pretrain(name, preset, tmp, log, progress)
 
-    return _build_once(preset_dir(name), "preset.json", f"building preset '{name}'", build, log)
+    distributed.build_once(preset_dir(name), "preset.json", f"building preset '{name}'", build)
+    return preset_dir(name)
 
 
 def _pretrain(name: str, preset: TinyPreset, tmp: Path, log, progress: bool) -> None:

@@ -34,18 +34,21 @@ from unitune.data.templates import get_template
 from unitune.errors import UserError
 from unitune.run import (
     CONFIG_YAML,
+    PARTIAL,
     RunRecord,
     Staging,
     check_replaceable,
     grow_vocabulary,
     is_run,
+    out_of,
     read_run,
     write_run,
 )
 from unitune.train import checkpointing, resume, speed, stages
 
 DEEPSPEED = {"zero2": "zero2.json", "zero3": "zero3.json"}  # shipped in train/deepspeed/
-PARTIAL = ".partial"
+LOSS_ON = {"assistant": "every assistant reply", "last": "the last assistant reply",
+           "all": "every token"}
 
 
 class Interrupted(Exception):
@@ -105,20 +108,23 @@ def resume_config(target: str, output_dir: str | None) -> tuple[str, str]:
     """For ``--resume PARTIAL_RUN`` without a config: (the run's config file, its output
     folder), so the run resumes where it is, whatever the current directory."""
     folder, _ = resume_folder(target, output_dir or "")
-    out = str(folder.with_name(folder.name.removesuffix(PARTIAL)))
+    out = str(out_of(folder))
     if output_dir and Path(output_dir).resolve() != Path(out).resolve():
         raise UserError(f"--resume {target}: that run's output folder is {out}, not "
                         f"{output_dir}")
-    stored_config(folder)  # (refuses a folder without one)
-    return str(folder / CONFIG_YAML), out
+    return str(_config_file(folder)), out
+
+
+def _config_file(folder: Path) -> Path:
+    path = folder / CONFIG_YAML
+    if not path.is_file():
+        raise UserError(f"{folder}: no {CONFIG_YAML}; it cannot be resumed")
+    return path
 
 
 def stored_config(folder: Path) -> dict:
     """The config a partial run was started with (``config.yaml``)."""
-    path = folder / CONFIG_YAML
-    if not path.is_file():
-        raise UserError(f"{folder}: no {CONFIG_YAML}; it cannot be resumed")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return yaml.safe_load(_config_file(folder).read_text(encoding="utf-8"))
 
 
 class Recipe:
@@ -143,7 +149,7 @@ class Recipe:
             folder, named = resume_folder(resume_from, cfg.output_dir)
             if folder.resolve() != self.staging.path.resolve():
                 raise UserError(f"--resume {folder}: that run belongs to output_dir "
-                                f"{folder.with_name(folder.name.removesuffix(PARTIAL))}, "
+                                f"{out_of(folder)}, "
                                 f"not {cfg.output_dir}")
             self.record = read_run(folder)
             self.staging.open(resume=True)
@@ -223,25 +229,17 @@ class Recipe:
 
     def _setup_data(self) -> None:
         from unitune.data import cache
-        from unitune.models.loading import (
-            describe_base,
-            load_tokenizer,
-            model_fingerprint,
-            pick_device,
-            pick_dtype,
-            resolve_model_path,
-            resolve_template,
-        )
+        from unitune.models.loading import describe_base, pick_device, pick_dtype, resolve_template
 
         cfg, log, record = self.cfg, self.log, self.record
-        tokenizer_path, base_config = describe_base(cfg.base_model, cfg.trust_remote_code, log)
+        tokenizer_path, self.tokenizer, base_config = describe_base(
+            cfg.base_model, cfg.trust_remote_code, log)
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
         self.model_type = base_config.model_type
         self.seq2seq = bool(getattr(base_config, "is_encoder_decoder", False))
         self.method.check(cfg, self.model_type, self.device)
         self.stage.check(cfg, self.seq2seq)
-        self.tokenizer = load_tokenizer(tokenizer_path, cfg.trust_remote_code)
         template = cfg.template
         if template == "auto" and is_run(Path(tokenizer_path)):  # a fine-tuned run as base:
             base_run = read_run(tokenizer_path)                    # the chat format it learned
@@ -264,15 +262,13 @@ class Recipe:
             if record.world_size != world:
                 self._refuse("number of processes", [f"{record.world_size} -> {world} (the "
                              "data order and each process's random state differ)"])
-            model_id = model_fingerprint(resolve_model_path(cfg.base_model, log=log))
-            if record.base_fingerprint != model_id:
+            if record.base_fingerprint != self._base()[1]:
                 self._refuse("base model", [f"{cfg.base_model} holds other weights"])
         record.template, record.data_fingerprint = self.template.name, key
         record.trust_remote_code, record.world_size = cfg.trust_remote_code, \
             distributed.world_size()
         log(f"stage: {cfg.stage}; template: {self.template.name}; loss on "
-            f"{({'assistant': 'every assistant reply', 'last': 'the last assistant reply', 'all': 'every token'})[record.masking]}"  # noqa: E501
-            f"{'; packing' if record.packing else ''}")
+            f"{LOSS_ON[record.masking]}{'; packing' if record.packing else ''}")
         # before any process group exists: tokenising may take longer than a collective waits
         prepared = cache.prepared(key, self.stage.build(cfg, self.tokenizer, self.template,
                                                         self.seq2seq, self.progress), log)
@@ -311,13 +307,21 @@ class Recipe:
         args._n_gpu = 1  # one process, one GPU: the Trainer's nn.DataParallel would multiply
         return args      # the batch by the GPUs it sees (more GPUs: torchrun)
 
+    def _base(self) -> tuple[str, str]:
+        """(the base model's folder (a preset is built now), its fingerprint), found once."""
+        from unitune.models.loading import model_fingerprint, resolve_model_path
+
+        if not hasattr(self, "_base_found"):
+            path = resolve_model_path(self.cfg.base_model, log=self.log, progress=self.progress)
+            self._base_found = path, model_fingerprint(path)
+        return self._base_found
+
     def _setup_model(self) -> None:
-        from unitune.models.loading import load_base, model_fingerprint, resolve_model_path
+        from unitune.models.loading import load_base
 
         cfg, log, record = self.cfg, self.log, self.record
-        model_path = resolve_model_path(cfg.base_model, log=log, progress=self.progress)
+        model_path, record.base_fingerprint = self._base()
         record.base_model_path = model_path
-        record.base_fingerprint = model_fingerprint(model_path)
         record.quantization = self.method.base_quantization(cfg)
         torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
         # FSDP2 shards a model from the host: no process holds all of it on its GPU

@@ -19,7 +19,6 @@ of every process, its own state with the position in the data) into
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from unitune import distributed
+from unitune.data.cache import file_sha256
 
 MANIFEST = "unitune_checkpoint.json"
 CHECKPOINTS = "checkpoints"
@@ -39,22 +39,8 @@ RESUMABLE_KEYS = {"output_dir", "overwrite", "logging_steps", "save_steps", "kee
                   "data_workers", "gradient_checkpointing", "offload_activations"}
 
 
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if size <= _WHOLE_DIGEST:
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-        else:
-            sha.update(f.read(16 << 20))
-            f.seek(size - (16 << 20))
-            sha.update(f.read())
-    return sha.hexdigest()
-
-
 def _files(folder: Path) -> dict[str, list]:
-    return {str(p.relative_to(folder)): [p.stat().st_size, _digest(p)]
+    return {str(p.relative_to(folder)): [p.stat().st_size, file_sha256(p, _WHOLE_DIGEST)]
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
@@ -73,7 +59,7 @@ def checkpoint_problem(folder: Path) -> str | None:
             return f"{name} is missing"
         if f.stat().st_size != size:
             return f"{name} has {f.stat().st_size} bytes, {size} were written"
-        if _digest(f) != digest:
+        if file_sha256(f, _WHOLE_DIGEST) != digest:
             return f"{name} is corrupt (its content changed)"
     return None
 
