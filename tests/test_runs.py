@@ -20,8 +20,10 @@ from transformers import TrainerCallback
 from unitune.cli import main
 from unitune.config import TrainConfig
 from unitune.errors import UserError
+from unitune.methods import WEIGHTS_FILE
 from unitune.run import read_run
 from unitune.train import resume
+from unitune.train.callbacks import read_metrics
 from unitune.train.recipe import train
 
 pytestmark = pytest.mark.slow
@@ -59,7 +61,7 @@ def wait_for_checkpoint(proc: subprocess.Popen, partial: Path, step: int) -> Non
 
 
 def adapter(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "adapter_model.safetensors"))
+    return load_file(str(folder / WEIGHTS_FILE))
 
 
 def assert_same_adapter(a: Path, b: Path) -> None:
@@ -70,8 +72,8 @@ def assert_same_adapter(a: Path, b: Path) -> None:
 
 
 def logged_steps(folder: Path) -> list[int]:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return [r["step"] for r in rows if "loss" in r]
+    (losses,) = read_metrics(folder / "metrics.jsonl", "loss")
+    return [step for step, _ in losses]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +141,7 @@ def test_a_signal_leaves_a_clean_checkpoint_and_a_clean_exit(tmp_path, data, ref
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, data, reference):
     partial, _ = interrupted_run(tmp_path, data)
     newest, previous = resume.checkpoints(partial)[:2]
-    weights = newest / "adapter_model.safetensors"
+    weights = newest / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-7])  # a torn write
     done = run("train", "--resume", str(partial), "--no-progress")
     assert done.returncode == 0, done.stderr
@@ -363,9 +365,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path, test_preset, data):
     assert proc.stdout.count("trainable parameters") == 1  # ...only the main one reports
 
     def losses(folder):
-        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text()
-                .splitlines()]
-        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+        return read_metrics(folder / "metrics.jsonl", "loss")[0]
 
     one, two = losses(single), losses(double)
     assert [s for s, _ in two] == [1, 2, 3, 4, 5, 6]  # each step logged once
