@@ -140,44 +140,82 @@ def cmd_compare(args) -> int:
 
 
 def _add_compose(sub) -> None:
+    from unitune.compose import COMBINES
+
     p = sub.add_parser("compose", help="module arithmetic: add, negate, transfer adapters",
-                       description="Combine trained adapters with an expression such as "
-                       "'0.5*math + 0.5*code', 'chat - 0.6*toxic' or 'cls_a + lm_b - lm_a'. "
-                       "Names are run folders (or folders under --root). λ in the expression "
-                       "is set with --lambda or chosen by --sweep.")
+                       description="Combine trained runs with an expression such as "
+                       "'0.5*math + 0.5*code', 'chat - 0.6*toxic' or "
+                       "'λ*cls + (1-λ)*(lm_b - lm_a)'. Names are run folders (or folders under "
+                       "--root). λ (or any parameter) is set with --lambda or chosen by --sweep. "
+                       "An expression that starts with '-' may be given as is.")
     p.add_argument("expression")
-    p.add_argument("-o", "--out", required=True, help="folder for the composed adapter")
+    p.add_argument("-o", "--out", required=True, help="folder for the composed run")
     p.add_argument("--root", default=".", help="where names are looked up (default .)")
-    p.add_argument("--lambda", dest="lam", type=float, help="value of λ")
-    p.add_argument("--semantics", choices=["params", "delta"], default="params",
-                   help="params: the paper's per-parameter operators (A and B separately); "
-                   "delta: exact ΔW = Σ c·BA (LoRA only), ranks concatenated")
-    p.add_argument("--rank", type=int, help="delta: SVD-truncate the result to this rank")
-    p.add_argument("--sweep", help="λ values to score, e.g. 'λ=0:1:0.1'")
-    p.add_argument("--eval-data", help="sweep: pick the λ with the best exact match here")
+    p.add_argument("--lambda", dest="lam", action="append", default=[], metavar="[NAME=]VALUE",
+                   help="a parameter's value: '0.3' sets λ, 'mu=0.3' another (repeatable)")
+    p.add_argument("--combine", choices=COMBINES, default="paper",
+                   help="paper: the paper's per-parameter operators, rank kept (default); "
+                   "exact: the summed update itself (LoRA ranks concatenated or --rank by SVD; "
+                   "DoRA/AdaLoRA; bottlenecks concatenated); ties, dare_linear, dare_ties, "
+                   "magnitude_prune: PEFT's, with --density")
+    p.add_argument("--rank", type=int, help="LoRA, exact or pruning rules: SVD to this rank")
+    p.add_argument("--density", type=float, help="pruning rules: share of each task vector kept")
+    p.add_argument("--majority-sign", choices=["total", "frequency"], default="total",
+                   help="ties, dare_ties: how the sign of each weight is elected")
+    p.add_argument("--seed", type=int, default=0, help="dare_*: the random drop's seed")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME=START:STOP:STEP",
+                   help="values to score, e.g. 'λ=0:1:0.02' (repeat for a grid over several)")
+    p.add_argument("--eval-data", help="sweep: pick the point with the best exact match here")
     p.add_argument("--ppl-text", help="sweep: reference text (.txt) or conversations (scored "
                    "on the replies); pick the largest λ whose perplexity rise over λ=0 stays "
                    "within --ppl-bound")
     p.add_argument("--ppl-bound", type=float, default=0.5)
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="sweep: answer length for exact match")
     p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     p.add_argument("--trust-remote-code", action="store_true",
-                   help="the runs' model may run its own code (sweeps load it)")
+                   help="the runs' model may run its own code (sweeps and some rules load it)")
 
 
 def cmd_compose(args) -> int:
     from unitune.compose.compose import compose, sweep
-    from unitune.compose.expr import parse_sweep
+    from unitune.compose.expr import parse_lambda, parse_sweep
 
     out = Path(args.out)
+    values = dict(parse_lambda(v) for v in args.lam)
+    rule = dict(combine=args.combine, rank=args.rank, density=args.density,
+                majority_sign=args.majority_sign, seed=args.seed, overwrite=args.overwrite,
+                trust_remote_code=args.trust_remote_code)
     if args.sweep:
-        sweep(args.expression, out, parse_sweep(args.sweep), Path(args.root), args.eval_data,
-              args.ppl_text, args.ppl_bound, args.semantics, args.rank, args.overwrite,
-              args.trust_remote_code)
+        sweep(args.expression, out, dict(parse_sweep(v) for v in args.sweep), Path(args.root),
+              args.eval_data, args.ppl_text, args.ppl_bound, values,
+              max_new_tokens=args.max_new_tokens, **rule)
     else:
-        compose(args.expression, out, Path(args.root), args.lam, args.semantics, args.rank,
-                args.overwrite)
-        print(f"composed adapter: {out}")
+        for flag in ("eval_data", "ppl_text"):
+            if getattr(args, flag):
+                raise UserError(f"--{flag.replace('_', '-')} scores a --sweep; add --sweep "
+                                "'λ=0:1:0.1' or drop it")
+        compose(args.expression, out, Path(args.root), values, **rule)
+        print(f"composed run: {out}")
     return 0
+
+
+def _expression_first(parser: Parser, argv: list[str]) -> list[str]:
+    """``unitune compose -0.5*x ...``: an expression that starts with '-' is not an option
+    (argparse would take it for one); a leading space makes argparse read it as positional."""
+    if "compose" not in argv:
+        return argv
+    compose = parser._subparsers._group_actions[0].choices["compose"]
+    flags = {s for a in compose._actions for s in a.option_strings}
+    takes_value = {s for a in compose._actions if a.nargs != 0 for s in a.option_strings}
+    out = list(argv)
+    for i in range(argv.index("compose") + 1, len(argv)):
+        arg = argv[i]
+        if arg.startswith("-") and not arg.startswith("--") and arg[:2] not in flags \
+                and out[i - 1] not in takes_value:
+            out[i] = " " + arg
+            break
+    return out
 
 
 def _add_merge(sub) -> None:
@@ -407,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(_expression_first(
+            parser, sys.argv[1:] if argv is None else list(argv)))
         if hasattr(args, "items"):  # key=value overrides may also come after the flags
             args.items += [e for e in extra if not e.startswith("-")]
             extra = [e for e in extra if e.startswith("-")]

@@ -256,6 +256,27 @@ def grow_vocabulary(model, rows: int) -> None:
             table[old:] = table[:old].mean(dim=0, keepdim=True)
 
 
+def _trusted(folder: Path, record: RunRecord, trust_remote_code: bool) -> bool:
+    """Whether the run's model may run its own code: only when it needs to and the caller
+    (the user) says so; a run folder from elsewhere cannot run code on its own say-so."""
+    if record.trust_remote_code and not trust_remote_code:
+        raise UserError(f"{folder} runs its model's own code (it trained with "
+                        "trust_remote_code); pass --trust-remote-code if you trust it")
+    return record.trust_remote_code
+
+
+def open_base(folder: Path, record: RunRecord, dtype, device, quantization: str | None = None,
+              trust_remote_code: bool = False, log=print, progress: bool = True):
+    """The base model the run in ``folder`` trained on, with its model patches (a grown
+    vocabulary) applied and no adapter: what the adapter's weights are relative to."""
+    from unitune.models.loading import load_base
+
+    base = load_base(_base_path(record, log, progress), dtype, device,
+                     _trusted(folder, record, trust_remote_code), quantization)
+    grow_vocabulary(base, record.model_patches.get("vocab_size", 0))
+    return base
+
+
 def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
                template: str | None = None, quantization: Literal["as-trained", "none"] =
                "as-trained", trust_remote_code: bool = False, log=print,
@@ -294,10 +315,7 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
                                                   tokenizer)
     record = read_finished(folder)
     method = methods.get(record.method)
-    if record.trust_remote_code and not trust_remote_code:
-        raise UserError(f"{folder} runs its model's own code (it trained with "
-                        "trust_remote_code); pass --trust-remote-code if you trust it")
-    trust = record.trust_remote_code
+    trust = _trusted(folder, record, trust_remote_code)
     if method.whole_model:
         model = load_base(str(folder), torch_dtype, dev, trust)
     else:
@@ -306,9 +324,8 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
             raise UserError(f"{folder} trained on a {quant} base ({record.method}); reopening it "
                             "as trained needs a CUDA GPU with bitsandbytes (merging it uses "
                             "the 16-bit base and works anywhere)")
-        base = load_base(_base_path(record, log, progress), torch_dtype, dev, trust, quant)
-        grow_vocabulary(base, record.model_patches.get("vocab_size", 0))
-        model = method.load(base, folder)
+        model = method.load(open_base(folder, record, torch_dtype, dev, quant, trust, log,
+                                      progress), folder)
     tokenizer = load_tokenizer(str(folder), trust)
     return model.eval(), tokenizer, _run_template(folder, template, log)
 

@@ -34,7 +34,7 @@ class Method:
     quantized_base: str | None = None  # the base this method always trains on ('4bit')
     takes_quantized_base: bool = False  # may train on a load_in=8bit/4bit base
     packing_ok: bool = True
-    composable: str | None = None  # module-arithmetic family: 'lora', 'ia3', 'bottleneck'
+    composable: str | None = None  # module-arithmetic family: lora, ia3, bottleneck, full
     mergeable: bool = False  # its update folds into the base weights (unitune merge)
     whole_model: bool = False  # trains and saves every weight: the run folder is a HF model
     shares_init: bool = False  # has adapter weights a later run can start from (init_adapter)

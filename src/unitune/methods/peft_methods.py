@@ -131,7 +131,8 @@ class Lora(PeftMethod):
         self.name, self.summary = name, summary
         self.rslora, self.dora = rslora, dora
         self.quantized_base = "4bit" if quantized else None
-        self.composable = None if dora else "lora"  # DoRA's magnitude vector is not linear
+        # DoRA's magnitude vector is not linear: it composes by the exact (dense) rule only
+        self.composable = "lora"
 
     def lora_kwargs(self, cfg, model_type, task_type) -> dict:
         lo = cfg.lora
@@ -151,7 +152,6 @@ class AdaLora(Lora):
 
     def __init__(self):
         super().__init__("adalora", "LoRA with ranks reallocated by importance (AdaLoRA)")
-        self.composable = None  # ranks differ per module after pruning
         self.shardable = False  # its allocator reads whole gradients
 
     def check(self, cfg, model_type, device):

@@ -23,6 +23,7 @@ class Full(Method):
     name = "full"
     summary = "every weight"
     whole_model = True
+    composable = "full"  # task arithmetic on the weights' differences from the base
 
     def build(self, model, cfg, model_type):
         for p in model.parameters():
@@ -35,6 +36,7 @@ class Freeze(Method):
     summary = "the last N decoder blocks (+ named modules)"
     sections = (("freeze", FreezeSection),)
     whole_model = True
+    composable = "full"
 
     def build(self, model, cfg, model_type):
         for p in model.parameters():
