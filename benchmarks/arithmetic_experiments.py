@@ -280,15 +280,19 @@ def render(results: dict, wall_s: float, seeds: list[int], sizes: dict) -> str:
         for m in methods:
             effects = [results[m][key][s]["effect"] for s in results[m][key]]
             ok = len(effects) >= 3 and all(e > 0 for e in effects)
-            held.append((m, ok))
+            half = T975.get(len(effects) - 1, 1.96) * statistics.stdev(effects) / \
+                len(effects) ** 0.5 if len(effects) > 1 else float("inf")
+            held.append((m, ok, statistics.fmean(effects) - half > 0))
             cells.append(f"{interval(effects)} ({sum(e > 0 for e in effects)}/{len(effects)} "
                          "seeds > 0)")
         lines += [f"| **effect** ({EFFECT[key]}) | " + " | ".join(cells) + " |", ""]
-        for m, ok in held:
+        for m, ok, clear in held:
             name = "LoRA" if m == "lora" else "(IA)3"
-            verdicts.append(f"- ({key}) {title}, {name}: "
-                            + ("**reproduced** (the effect is positive in every seed)" if ok
-                               else "not reproduced (the effect is not positive in every seed)"))
+            verdicts.append(f"- ({key}) {title}, {name}: " + (
+                "not reproduced (the effect is not positive in every seed)" if not ok else
+                "**reproduced** (positive in every seed" + (
+                    ", and the 95% interval of the mean excludes 0)" if clear else
+                    "; small: the 95% interval of the mean still includes 0)")))
     return "\n".join(lines + ["**Verdicts.**", ""] + verdicts) + "\n"
 
 

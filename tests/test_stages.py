@@ -96,8 +96,10 @@ def test_every_registered_method_brings_its_config_section():
         for key, schema in method.sections:
             assert fields[key].annotation is schema, (method.name, key)
     assert fields["method"].description.endswith(", ".join(methods.names()))
-    assert [m.name for m in methods.all_methods() if m.composable] == [
-        "lora", "rslora", "qlora", "ia3", "adapter_seq", "adapter_par"]
+    composable = {m.name: m.composable for m in methods.all_methods() if m.composable}
+    assert composable == {"lora": "lora", "rslora": "lora", "dora": "lora", "qlora": "lora",
+                          "adalora": "lora", "ia3": "ia3", "adapter_seq": "bottleneck",
+                          "adapter_par": "bottleneck", "full": "full", "freeze": "full"}
     assert {m.name for m in methods.all_methods() if m.whole_model} == {"full", "freeze"}
 
 
