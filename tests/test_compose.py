@@ -427,3 +427,19 @@ def test_sweep_over_two_parameters_from_the_cli(modules, tmp_path, synth_data):
     terms = json.loads((out / "run.json").read_text())["sources"]["terms"]
     a, b = result["chosen"]["a"], result["chosen"]["b"]
     assert [t["coef"] for t in terms] == [pytest.approx(a - b), pytest.approx(b)]
+
+
+def test_export_vllm_says_what_vllm_serves(modules, capsys):
+    for run, words in [("lora0", "--enable-lora --lora-modules lora0="),
+                       ("rslora0", "--max-lora-rank 8"),
+                       ("dora0", "DoRA"), ("mts0", "modules_to_save"),
+                       ("ia30", "not LoRA"), ("freeze0", "vllm serve")]:
+        assert main(["export", "vllm", str(modules / run)]) == 0
+        printed = capsys.readouterr().out
+        assert words in printed, (run, printed)
+        if run in ("dora0", "mts0", "ia30"):
+            assert f"unitune merge {modules / run} -o" in printed
+    assert main(["export", "vllm", str(modules / "adapter_seq0")]) == 0
+    assert "cannot be merged" in capsys.readouterr().out
+    assert main(["export", "vllm", str(modules / "lora0"), "--bogus"]) == 2
+    assert "unknown option '--bogus'" in capsys.readouterr().err

@@ -239,48 +239,260 @@ def cmd_merge(args) -> int:
     out = merge(Path(args.run_dir), Path(args.out), args.dtype, args.overwrite, args.quantize,
                 args.trust_remote_code)
     print(f"merged model: {out}")
+    print(f"serve it with vLLM: vllm serve {out}")
     return 0
 
 
-def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="answer an instruction with a run or a base model",
-                       description="Open a run (base + adapter, as trained) or a base model "
-                       "and answer one instruction, rendered with the run's own template.")
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="serve or run a run elsewhere (vLLM)")
+    esub = p.add_subparsers(dest="export_command", required=True, metavar="export-command",
+                            parser_class=Parser)
+    v = esub.add_parser("vllm", help="whether vLLM serves the run's adapter as it is, and the "
+                        "`vllm serve` command",
+                        description="vLLM (--enable-lora) serves plain LoRA / rsLoRA adapters "
+                        "without modules_to_save up to rank 512; anything else is merged first. "
+                        "Prints which applies and the command.")
+    v.add_argument("run_dir")
+
+
+def cmd_export(args) -> int:
+    from unitune.export.vllm import vllm_plan
+
+    as_adapter, reasons, command = vllm_plan(Path(args.run_dir))
+    if as_adapter:
+        print("vLLM serves this adapter as it is, beside its base:")
+    elif reasons:
+        print(f"vLLM cannot serve this adapter as it is ({'; '.join(reasons)}); merge it first:")
+    else:
+        print("a whole model; vLLM serves the folder:")
+    print(command)
+    return 0
+
+
+def _add_decoding(p, max_new_tokens: int = 128) -> None:
+    """The decoding controls, over a named preset (only the flags given change it)."""
+    g = p.add_argument_group("decoding")
+    g.add_argument("--preset", default="greedy", help="greedy (default) or alpaca_cot "
+                   "(Alpaca-CoT's defaults: sampling, top_p 0.9, no_repeat_ngram_size 6, "
+                   "repetition_penalty 1.8)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--do-sample", action="store_true", default=None,
+                   help="sample instead of greedy decoding")
+    for flag, kind in (("--temperature", float), ("--top-p", float), ("--top-k", int),
+                       ("--min-p", float), ("--repetition-penalty", float),
+                       ("--no-repeat-ngram-size", int), ("--num-beams", int), ("--seed", int)):
+        g.add_argument(flag, type=kind, default=None)
+
+
+def _decoding(args):
+    from dataclasses import replace
+
+    from unitune.infer.generate import preset
+
+    given = {k: getattr(args, k) for k in ("max_new_tokens", "do_sample", "temperature",
+                                           "top_p", "top_k", "min_p", "repetition_penalty",
+                                           "no_repeat_ngram_size", "num_beams", "seed")
+             if getattr(args, k) is not None}
+    return replace(preset(args.preset), **given)
+
+
+def _add_engine(p, several: bool = True) -> None:
     p.add_argument("target", help="a finished run folder, or a base model (preset, folder or "
                    "hub id)")
-    p.add_argument("instruction", help="the instruction (prompt)")
-    p.add_argument("--input", default="", help="optional input/context for the instruction")
-    p.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    if several:
+        p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN",
+                       help="serve another adapter of the same base under NAME; RUN may be a "
+                       "module-arithmetic expression (repeatable)")
     p.add_argument("--template", default=None,
                    help="a base model's template (default: its own); overriding a run's is "
                    "warned about (it was trained with its own)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let the model run its own code (a base model's, or a run's trained with "
                    "trust_remote_code)")
 
 
+def _engine(args, **kw):
+    from unitune.infer.engine import Engine
+
+    adapters = {}
+    for item in getattr(args, "adapter", []):
+        name, sep, source = item.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise UserError(f"--adapter {item!r}: expected NAME=RUN (a run folder or an "
+                            "expression over runs)")
+        adapters[name.strip()] = source.strip()
+    return Engine(args.target, adapters, device=args.device, template=args.template,
+                  trust_remote_code=args.trust_remote_code, log=_stderr, **kw)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="answer an instruction with a run or a base model",
+                       description="Open a run (base + adapter, as trained) or a base model "
+                       "and answer one instruction, rendered with the run's own template.")
+    _add_engine(p, several=False)
+    p.add_argument("instruction", help="the instruction (prompt)")
+    p.add_argument("--input", default="", help="optional input/context for the instruction")
+    p.add_argument("--system", default=None, help="system prompt (default: the template's)")
+    _add_decoding(p)
+
+
 def cmd_generate(args) -> int:
     from unitune.data.schema import Conversation, Turn
-    from unitune.infer.generate import Decoding, answer
+    from unitune.infer.generate import answer
     from unitune.run import open_model
 
-    decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                        repetition_penalty=args.repetition_penalty, seed=args.seed)
+    decoding = _decoding(args)
     model, tokenizer, template = open_model(args.target, device=args.device,
                                             template=args.template,
                                             trust_remote_code=args.trust_remote_code,
                                             log=_stderr)
     conv = Conversation((Turn("user", args.instruction, args.input),), system=args.system or "")
     print(answer(model, tokenizer, template, [conv], decoding)[0])
+    return 0
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="talk to a run or a base model in the terminal",
+                       description="A multi-turn chat, streamed, rendered with the model's "
+                       "template. /help inside lists the commands; Ctrl-C stops a reply.")
+    _add_engine(p)
+    p.add_argument("--model", help="the served model or adapter to start with (default: the "
+                   "run, else the base)")
+    p.add_argument("--system", default="", help="system prompt")
+    _add_decoding(p, max_new_tokens=256)
+
+
+def cmd_chat(args) -> int:
+    from unitune.infer.chat import ChatSession
+
+    engine = _engine(args)
+    try:
+        model = args.model or (engine.adapters[0] if engine.adapters else engine.base_id)
+        engine.template(model)
+        ChatSession(engine, model, _decoding(args), args.system).run()
+    finally:
+        engine.close()
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="batch prediction over a data file (resumable)",
+                       description="Answer every record of IN (any supported format) and write "
+                       "JSON lines to OUT in input order; run it again to continue after a "
+                       "crash or Ctrl-C.")
+    _add_engine(p)
+    p.add_argument("data", metavar="IN")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--model", help="the served model or adapter to use (default: the run)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-progress", action="store_true")
+    _add_decoding(p)
+
+
+def cmd_predict(args) -> int:
+    from unitune.infer.predict import predict
+
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
+    decoding = _decoding(args)
+    engine = _engine(args, max_batch=args.batch_size, max_queue=args.batch_size)
+    try:
+        model = args.model or (engine.adapters[0] if engine.adapters else engine.base_id)
+        predict(engine, model, args.data, Path(args.out), decoding, args.batch_size,
+                progress=not args.no_progress, log=_stderr)
+    finally:
+        engine.close()
+    return 0
+
+
+def _check_host(args) -> None:
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        raise UserError(f"--host {args.host} listens beyond this machine: give --api-key (or "
+                        "set UNITUNE_API_KEY)")
+
+
+def _add_web(sub) -> None:
+    p = sub.add_parser("web", help="a chat page in the browser over a run and its adapters",
+                       description="A Gradio chat page on 127.0.0.1 unless told otherwise: "
+                       "model/adapter choice, system prompt, decoding controls, streaming. "
+                       "`unitune serve --web` puts it beside the API in one process.")
+    _add_engine(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
+                   help="the page's password (user 'unitune'); needed beyond 127.0.0.1")
+    p.add_argument("--share", action="store_true",
+                   help="also open a public Gradio share link (off unless asked)")
+    p.add_argument("--model", help="the served model or adapter the page starts with")
+    _add_decoding(p, max_new_tokens=256)
+
+
+def cmd_web(args) -> int:
+    from unitune.serve.web import build_ui
+
+    _check_host(args)
+    engine = _engine(args)
+    try:
+        if args.model:
+            engine.template(args.model)  # an unknown name fails here
+        demo = build_ui(engine, _decoding(args), args.model)
+        _stderr(f"chat page on http://{args.host}:{args.port}")
+        demo.queue(default_concurrency_limit=None).launch(
+            server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+            auth=("unitune", args.api_key) if args.api_key else None)
+    finally:
+        engine.close()
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible API over a run and its adapters",
+                       description="Serve /v1/models, /v1/chat/completions and /v1/completions "
+                       "(streaming, n, stop, seed, logprobs, echo, tools) on 127.0.0.1 unless "
+                       "told otherwise. The base and every adapter are models, chosen by the "
+                       "request's 'model' field.")
+    _add_engine(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
+                   help="required as 'Authorization: Bearer KEY' (default: $UNITUNE_API_KEY); "
+                   "needed to listen beyond 127.0.0.1")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting; more are answered 429")
+    p.add_argument("--max-tokens-limit", type=int, default=4096,
+                   help="the largest max_tokens a request may ask for")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="prompt + max_tokens limit (default: the model's context length)")
+    p.add_argument("--web", action="store_true", help="also serve the chat page at /ui")
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from unitune.serve.openai_api import build_app
+
+    _check_host(args)
+    engine = _engine(args, max_batch=args.max_batch, max_queue=args.max_queue,
+                     max_prompt_tokens=args.max_prompt_tokens)
+    try:
+        app = build_app(engine, args.api_key, args.max_tokens_limit)
+        if args.web:
+            import gradio as gr
+
+            from unitune.infer.generate import preset
+            from unitune.serve.web import build_ui
+
+            app = gr.mount_gradio_app(app, build_ui(engine, preset("greedy")), path="/ui",
+                                      auth=("unitune", args.api_key) if args.api_key else None)
+        _stderr(f"serving {', '.join(m['id'] for m in engine.models())} on "
+                f"http://{args.host}:{args.port}/v1" + (f" and the chat page on "
+                                                        f"http://{args.host}:{args.port}/ui"
+                                                        if args.web else ""))
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.close()
     return 0
 
 
@@ -411,7 +623,8 @@ def cmd_quickstart(args) -> int:
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
             "quickstart": cmd_quickstart, "compare": cmd_compare, "compose": cmd_compose,
-            "merge": cmd_merge}
+            "merge": cmd_merge, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
+            "web": cmd_web, "export": cmd_export}
 
 
 def build_parser() -> Parser:
@@ -422,7 +635,8 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command",
                                 parser_class=Parser)
     for add in (_add_quickstart, _add_data, _add_train, _add_compare, _add_compose, _add_merge,
-                _add_generate, _add_eval):
+                _add_generate, _add_chat, _add_predict, _add_serve, _add_web, _add_export,
+                _add_eval):
         add(sub)
     return parser
 
@@ -452,8 +666,9 @@ def main(argv: list[str] | None = None) -> int:
             extra = [e for e in extra if e.startswith("-")]
         if extra:
             sub_parser = parser._subparsers._group_actions[0].choices[args.command]
-            if args.command == "data":
-                sub_parser = sub_parser._subparsers._group_actions[0].choices[args.data_command]
+            while sub_parser._subparsers is not None:  # data ..., export ...
+                action = sub_parser._subparsers._group_actions[0]
+                sub_parser = action.choices[getattr(args, action.dest)]
             raise UserError(f"unitune {args.command}: "
                             f"{unknown_flags_message(sub_parser, extra)}")
         if "transformers" in sys.modules:  # imported already: it has read the variable above

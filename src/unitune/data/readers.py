@@ -372,6 +372,18 @@ def _conversation(obj: dict, field: str, where: str, src: str, line: int) -> Con
     return Conversation(tuple(turns), system, src, line, meta, _tools(obj, where))
 
 
+def conversation_from_messages(messages, tools=None, where: str = "messages") -> Conversation:
+    """A prompt conversation from OpenAI chat ``messages`` (and ``tools``), as the chat
+    engine receives them: it must end with a user or tool turn."""
+    obj = {"messages": messages, **({"tools": tools} if tools else {})}
+    conv = check_conversation(_conversation(obj, "messages", where, where, 0),
+                              for_training=False)
+    if conv.turns[-1].role == "assistant":
+        raise UserError(f"{where}: the last message is the assistant's; end with a user (or "
+                        "tool) message to get a reply")
+    return conv
+
+
 def _preference(obj: dict, where: str, src: str, line: int) -> PreferencePair:
     if "conversations" in obj:
         prompt = _conversation({k: v for k, v in obj.items() if k not in ("chosen", "rejected")},

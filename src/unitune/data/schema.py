@@ -113,7 +113,8 @@ def check_conversation(conv: Conversation, for_training: bool = True) -> Convers
     Rules: at least one turn; roles are user/assistant/tool; the first turn is the user's;
     user and assistant alternate (tool turns, the results of an assistant turn's calls, follow
     it and are followed by an assistant turn); contents are non-empty strings (an assistant
-    turn that calls tools may have none); for training, the last turn is the assistant's.
+    turn that calls tools may have none; outside training an earlier reply may be empty, as a
+    model's reply in a chat can be); for training, the last turn is the assistant's.
     """
     where = conv.where
     if not conv.turns:
@@ -126,7 +127,8 @@ def check_conversation(conv: Conversation, for_training: bool = True) -> Convers
         if not isinstance(turn.content, str):
             raise UserError(f"{where}: turns[{i}].content: expected a string, got "
                             f"{type(turn.content).__name__}")
-        if not turn.content.strip() and not turn.tool_calls:
+        if not turn.content.strip() and not turn.tool_calls and \
+                (for_training or turn.role != "assistant"):
             what = "answer" if turn.role == "assistant" else "message"
             raise UserError(f"{where}: turns[{i}].content: empty {turn.role} {what}")
         if i == 0 and turn.role != "user":

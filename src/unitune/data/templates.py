@@ -121,6 +121,30 @@ class Template:
             content += self.tool_call_sep
         return content + self.tool_call_sep.join(rendered)
 
+    def parse_reply(self, text: str) -> tuple[str, list[dict]]:
+        """(words, tool calls) of a generated reply: the inverse of how a reply with calls is
+        rendered (``tool_call`` around each ``{"name", "arguments"}`` object)."""
+        prefix, _, suffix = self.tool_call.partition("{call}")
+        decoder, calls, first = json.JSONDecoder(), [], None
+        at = text.find(prefix) if prefix else text.find("{")
+        while at >= 0:
+            start = at + len(prefix)
+            try:
+                obj, end = decoder.raw_decode(text, start + len(text[start:]) -
+                                              len(text[start:].lstrip()))
+            except json.JSONDecodeError:
+                obj, end = None, start + 1
+            if isinstance(obj, dict) and isinstance(obj.get("name"), str) and \
+                    isinstance(obj.get("arguments"), dict):
+                calls.append({"name": obj["name"], "arguments": obj["arguments"]})
+                first = at if first is None else first
+                if suffix.strip() and text[end:].lstrip().startswith(suffix.strip()):
+                    end = text.index(suffix.strip(), end) + len(suffix.strip())
+            at = text.find(prefix, end) if prefix else text.find("{", end)
+        if not calls:
+            return text, []
+        return text[:first].rstrip(), calls
+
     def render(self, conv: Conversation, tokenizer=None) -> tuple[str, list[tuple[int, int]]]:
         """(text, spans): the rendered conversation and the [start, end) character spans of
         every assistant reply including its end-of-turn suffix. A conversation that ends with

@@ -1,0 +1,89 @@
+"""``unitune predict``: batch prediction over a data file, through the chat engine.
+
+Reads any supported conversation format; writes JSON lines in input order, one per record:
+``{"index", "id", "prediction", "reference"}`` (``id``: the record's own ``id`` field when it
+has one). Resumable: each batch is appended and flushed to disk once all of it is done, so
+after a crash or Ctrl-C the same command continues after the last complete line (a torn last
+line is dropped), never redoing or duplicating one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from unitune.errors import UserError
+from unitune.infer.engine import Engine, Request
+from unitune.infer.generate import Decoding
+
+
+def _done_lines(out: Path, total: int) -> int:
+    """How many complete lines ``out`` holds (a torn last line is cut off), checked to be the
+    first records of this input in order."""
+    if not out.exists():
+        return 0
+    data = out.read_bytes()
+    keep = data[:data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with out.open("r+b") as f:
+            f.truncate(len(keep))
+    lines = keep.decode("utf-8").splitlines()
+    for i, line in enumerate(lines):
+        try:
+            index = json.loads(line)["index"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{out}:{i + 1}: not a prediction line of unitune predict; give "
+                            "another output file") from None
+        if index != i:
+            raise UserError(f"{out}:{i + 1}: index {index}, expected {i}; the file belongs to "
+                            "another input; give another output file")
+    if len(lines) > total:
+        raise UserError(f"{out} has {len(lines)} predictions but the input has {total} "
+                        "records; give another output file")
+    return len(lines)
+
+
+def predict(engine: Engine, model: str, data: str, out: Path, decoding: Decoding,
+            batch_size: int = 32, progress: bool = True, log=print) -> dict:
+    """Predict every record of ``data`` (resuming ``out``); returns counts and throughput."""
+    from tqdm import tqdm
+
+    from unitune.data.readers import read_conversations
+
+    records = read_conversations(data)
+    template = engine.template(model)
+    start = _done_lines(out, len(records))
+    if start:
+        log(f"{out}: {start} of {len(records)} predictions already there; continuing")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0, tokens = time.time(), 0
+    bar = tqdm(total=len(records), initial=start, disable=not progress, unit="rec",
+               desc="predict")
+    with out.open("a", encoding="utf-8") as f:
+        for at in range(start, len(records), batch_size):
+            chunk = records[at:at + batch_size]
+            jobs = [engine.submit(Request(model, template.render_prompt(r, engine.tokenizer),
+                                          decoding)) for r in chunk]
+            lines = []
+            for i, (rec, job) in enumerate(zip(chunk, jobs, strict=True)):
+                seq = job.result().seqs[0]
+                tokens += len(seq.tokens)
+                lines.append(json.dumps({"index": at + i, "id": rec.meta.get("id", at + i),
+                                         "prediction": seq.text.strip(),
+                                         "reference": rec.answer}, ensure_ascii=False))
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(chunk))
+    bar.close()
+    seconds = time.time() - t0
+    done = len(records) - start
+    summary = {"records": len(records), "predicted": done, "resumed_after": start,
+               "generated_tokens": tokens, "seconds": round(seconds, 2),
+               "records_per_s": round(done / seconds, 2) if seconds else None,
+               "tokens_per_s": round(tokens / seconds, 1) if seconds else None}
+    log(f"{done} predictions in {seconds:.1f}s ({summary['records_per_s']} records/s, "
+        f"{summary['tokens_per_s']} generated tokens/s) -> {out}")
+    return summary

@@ -1,0 +1,90 @@
+"""``unitune web`` (and ``unitune serve --web``): a chat page (Gradio) over the chat engine.
+
+The page has the served models (base and adapters), a system prompt, the decoding controls
+and the conversation; every turn sends the whole history, rendered through the chosen
+model's template, and the reply streams into the page. A reply whose page goes away is
+cancelled. No public share link unless asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from unitune.infer.engine import Engine, Request
+from unitune.infer.generate import Decoding
+
+
+def reply(engine: Engine, message: str, history: list[dict], model: str, system: str,
+          decoding: Decoding) -> Iterator[list[dict]]:
+    """The conversation after ``message``, growing as the reply streams in."""
+    past = [{"role": m["role"], "content": _text(m["content"])} for m in history
+            if m.get("role") in ("user", "assistant")]
+    messages = ([{"role": "system", "content": system}] if system.strip() else []) + past + \
+        [{"role": "user", "content": message}]
+    job = engine.submit(Request(model, engine.render_chat(model, messages), decoding,
+                                 stream=True))
+    history = [*history, {"role": "user", "content": message},
+               {"role": "assistant", "content": ""}]
+    try:
+        for event in job.events():
+            if event[0] == "text":
+                history[-1] = {"role": "assistant", "content": history[-1]["content"] + event[2]}
+                yield history
+    finally:
+        job.cancel()  # a no-op once finished; stops the reply when the page goes away
+    history[-1] = {"role": "assistant", "content": history[-1]["content"].strip()}
+    yield history
+
+
+def _text(content) -> str:
+    """Gradio may hand back a message's content as a list of parts."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
+
+
+def build_ui(engine: Engine, decoding: Decoding, model: str | None = None):
+    import gradio as gr
+
+    ids = [m["id"] for m in engine.models()]
+    with gr.Blocks(title="unitune chat") as demo:
+        gr.Markdown("## unitune chat")
+        with gr.Row():
+            chosen = gr.Dropdown(ids, value=model or ids[-1], label="model", scale=1)
+            system = gr.Textbox(label="system prompt", scale=3)
+        chatbot = gr.Chatbot(label="conversation", elem_id="conversation", height=420)
+        message = gr.Textbox(label="message", placeholder="Type a message, then Enter",
+                             elem_id="message")
+        with gr.Accordion("decoding", open=False):
+            with gr.Row():
+                max_new = gr.Slider(1, 4096, value=decoding.max_new_tokens, step=1,
+                                    label="max new tokens")
+                sample = gr.Checkbox(value=decoding.do_sample, label="sample")
+                seed = gr.Number(value=decoding.seed or 0, precision=0, label="seed")
+            with gr.Row():
+                temperature = gr.Slider(0.05, 2.0, value=decoding.temperature, step=0.05,
+                                        label="temperature")
+                top_p = gr.Slider(0.05, 1.0, value=decoding.top_p, step=0.05, label="top p")
+                top_k = gr.Slider(0, 200, value=decoding.top_k, step=1, label="top k")
+                penalty = gr.Slider(0.5, 2.5, value=decoding.repetition_penalty, step=0.05,
+                                    label="repetition penalty")
+        clear = gr.Button("clear")
+
+        def respond(text, history, model_id, system_prompt, max_new_tokens, do_sample, seed_,
+                    temp, top_p_, top_k_, penalty_):
+            if not text.strip():
+                yield "", history
+                return
+            chosen_decoding = Decoding(
+                max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
+                temperature=float(temp), top_p=float(top_p_), top_k=int(top_k_),
+                repetition_penalty=float(penalty_), seed=int(seed_ or 0))
+            for grown in reply(engine, text, history or [], model_id, system_prompt or "",
+                               chosen_decoding):
+                yield "", grown
+
+        message.submit(respond, [message, chatbot, chosen, system, max_new, sample, seed,
+                                 temperature, top_p, top_k, penalty], [message, chatbot])
+        clear.click(lambda: [], None, chatbot)
+        chosen.change(lambda: [], None, chatbot)
+    return demo

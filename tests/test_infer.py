@@ -1,0 +1,169 @@
+"""The chat engine's other front ends as users meet them: `unitune chat` in a real terminal
+(pexpect), `unitune predict` crashed and resumed, and tool calls read back from replies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from unitune.data.schema import Conversation, Turn
+from unitune.data.templates import TEMPLATES
+
+CLI = [sys.executable, "-c", "from unitune.cli import main; raise SystemExit(main())"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, test_preset, synth_data):
+    from unitune.config import TrainConfig
+    from unitune.train.recipe import train
+
+    out = tmp_path_factory.mktemp("infer") / "run"
+    return train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
+                             output_dir=str(out), max_steps=20, batch_size=8, lr=1e-2,
+                             device="cpu", template="alpaca", lora={"r": 4}),
+                 log=lambda *a: None, progress=False)
+
+
+@pytest.mark.parametrize("name", [n for n in TEMPLATES if n != "tokenizer"])
+def test_tool_calls_are_read_back_from_a_rendered_reply(name):
+    template = TEMPLATES[name]
+    calls = [{"name": "get_weather", "arguments": {"city": "Paris", "days": 2}},
+             {"name": "add", "arguments": {"a": 1, "b": [2, 3]}}]
+    for words in ("Let me check.", ""):
+        reply = template._reply(words, calls)
+        assert template.parse_reply(reply) == (words, calls), reply
+    assert template.parse_reply("no call {here}") == ("no call {here}", [])
+
+
+@pytest.mark.slow
+def test_chat_in_a_real_terminal(run):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(CLI[0], [*CLI[1:], "chat", str(run), "--device", "cpu",
+                                   "--max-new-tokens", "8"], encoding="utf-8", timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    child.expect("chatting with run")
+    child.expect("> ")
+    child.sendline("Count the letters.")
+    child.expect("> ")  # a reply, then the prompt again
+    child.sendline("/models")
+    child.expect(r"\* run")
+    child.expect("tiny-llama-test")
+    child.sendline("/set temperature=0.7")
+    child.expect(r"\(temperature=0.7\)")
+    child.sendline("/set nonsense=1")
+    child.expect("error: .*did you mean|error: .*expected KEY=VALUE")
+    child.sendline("/model tiny-llama-test")
+    child.expect("now talking to tiny-llama-test")
+    # a long reply, stopped with Ctrl-C: the session goes on
+    child.sendline("/set max_new_tokens=100000")
+    child.expect("> ")
+    child.sendline("/set do_sample=true")
+    child.expect("> ")
+    child.sendline("Tell me everything.")
+    time.sleep(3)
+    child.sendintr()
+    child.expect(r"\(stopped\)|> ")
+    child.sendline("/reset")
+    child.expect(r"\(conversation cleared\)")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.slow
+def test_predict_resumes_after_a_crash_without_redoing_a_line(run, synth_data, tmp_path):
+    data = tmp_path / "in.jsonl"
+    rows = json.loads(synth_data["train"].read_text())[:24]
+    data.write_text("".join(json.dumps({**r, "id": f"r{i}"}) + "\n" for i, r in
+                            enumerate(rows)))
+    clean = tmp_path / "clean.jsonl"
+    args = ["--device", "cpu", "--max-new-tokens", "6", "--batch-size", "4", "--no-progress"]
+    subprocess.run([*CLI, "predict", str(run), str(data), str(clean), *args], check=True,
+                   capture_output=True)
+    expected = [json.loads(line) for line in clean.read_text().splitlines()]
+    assert [e["index"] for e in expected] == list(range(24))
+    assert [e["id"] for e in expected] == [f"r{i}" for i in range(24)]
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*CLI, "predict", str(run), str(data), str(out), *args],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines())
+                                      < 8):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(out.read_text().splitlines())
+    assert 8 <= done < 24
+    with out.open("a") as f:  # a torn line, as a crash mid-write leaves it
+        f.write('{"index": 99, "predic')
+    resumed = subprocess.run([*CLI, "predict", str(run), str(data), str(out), *args],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done} of 24 predictions already there" in resumed.stderr
+    assert "records/s" in resumed.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == expected
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"hello": 1}\n')
+    bad = subprocess.run([*CLI, "predict", str(run), str(data), str(other), *args],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a prediction line" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_conversation_from_openai_messages():
+    from unitune.data.readers import conversation_from_messages
+    from unitune.errors import UserError
+
+    conv = conversation_from_messages([{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "hi"}])
+    assert conv.system == "Be brief." and conv.turns == (Turn("user", "hi"),)
+    assert isinstance(conv, Conversation)
+    with pytest.raises(UserError, match="last message is the assistant"):
+        conversation_from_messages([{"role": "user", "content": "hi"},
+                                    {"role": "assistant", "content": "yo"}])
+
+
+def test_json_prefix_recognises_compact_json_objects():
+    from unitune.infer.json_mode import JsonPrefix
+
+    docs = ['{}', '{"a": 1}', '{"a": [1, 2.5, -3e+2, true, null], "b": {"c": "x\\"y\\u00e9"}}',
+            '{"k": -0.5E-3, "l": [], "m": [{}]}']
+    for doc in docs:
+        assert json.loads(doc) is not None
+        for cut in range(len(doc)):
+            state = JsonPrefix.feed(JsonPrefix.START, doc[:cut])
+            assert state is not None and not JsonPrefix.complete(state), doc[:cut]
+        assert JsonPrefix.complete(JsonPrefix.feed(JsonPrefix.START, doc)), doc
+    for bad in ['[1]', ' {}', '{"a" 1}', '{"a": 01}', '{"a": tru}', '{,}', '{"a": 1,}',
+                '{"a": "\n"}', '{}x', '{"a":  1}', '{"a": 1.}', '{"a": -}', '{"a": [1 2]}',
+                '{"a": "\\q"}']:
+        assert JsonPrefix.feed(JsonPrefix.START, bad) is None, bad
+
+
+@pytest.mark.slow
+def test_json_mode_replies_are_json_objects(test_preset):
+    from unitune.infer.engine import Engine, Request
+    from unitune.infer.generate import Decoding
+    from unitune.infer.json_mode import JsonPrefix
+
+    engine = Engine("tiny-llama-test", device="cpu")
+    try:
+        prompt = engine.render_chat("tiny-llama-test", [{"role": "user", "content": "JSON?"}])
+        finished = []
+        for seed in range(10):
+            seq = engine.generate(Request("tiny-llama-test", prompt, Decoding(
+                max_new_tokens=100, json_object=True, do_sample=True, seed=seed))).seqs[0]
+            assert JsonPrefix.feed(JsonPrefix.START, seq.text) is not None, seq.text
+            if seq.finish_reason == "stop":
+                assert isinstance(json.loads(seq.text), dict)
+                finished.append(seed)
+    finally:
+        engine.close()
+    assert finished, "no reply closed its object within 100 tokens"

@@ -1,0 +1,137 @@
+"""The web chat page, started as users start it (`unitune web`) and used in headless Chromium:
+send a message, see the reply, save a screenshot; and the history really reaches the model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, test_preset, synth_data):
+    from unitune.config import TrainConfig
+    from unitune.train.recipe import train
+
+    out = tmp_path_factory.mktemp("web") / "run"
+    return train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
+                             output_dir=str(out), max_steps=20, batch_size=8, lr=1e-2,
+                             device="cpu", template="alpaca", lora={"r": 4}),
+                 log=lambda *a: None, progress=False)
+
+
+def test_the_whole_history_reaches_the_model(run):
+    from unitune.infer.engine import Engine
+    from unitune.infer.generate import Decoding
+    from unitune.serve.web import reply
+
+    engine = Engine(str(run), device="cpu")
+    prompts = []
+    submit = engine.submit
+    engine.submit = lambda request, sink=None: (prompts.append(request.prompt),
+                                                submit(request, sink))[1]
+    try:
+        decoding = Decoding(max_new_tokens=4)
+        history = list(reply(engine, "first question", [], "run", "Be brief.", decoding))[-1]
+        assert [m["role"] for m in history] == ["user", "assistant"]
+        history = list(reply(engine, "second question", history, "run", "Be brief.",
+                             decoding))[-1]
+    finally:
+        engine.close()
+    assert len(history) == 4 and len(prompts) == 2
+    assert "Be brief." in prompts[1] and "first question" in prompts[1]
+    assert history[1]["content"] in prompts[1] and prompts[1].index("first question") < \
+        prompts[1].index("second question")
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("UNITUNE_REQUIRE_SHARED") == "1":
+        pytest.fail("Chromium is missing (CI installs Debian's chromium and chromium-driver)")
+    return found
+
+
+def test_the_page_answers_in_headless_chromium(run, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # a sampled reply of plain words (what the page shows as is), and the seed that gives it
+    from unitune.infer.engine import Engine, Request
+    from unitune.infer.generate import Decoding
+
+    engine = Engine(str(run), device="cpu")
+    question = [{"role": "user", "content": "Count the letters."}]
+    try:
+        prompt = engine.render_chat("tiny-llama-test", question)
+        for seed in range(50):
+            text = engine.generate(Request("tiny-llama-test", prompt, Decoding(
+                max_new_tokens=8, do_sample=True, seed=seed))).seqs[0].text.strip()
+            if text and all(c.isascii() and (c.isalnum() or c == " ") for c in text):
+                break
+        else:
+            pytest.fail("no seed gives a plain-words reply")
+    finally:
+        engine.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
+                             "SystemExit(main())", "web", str(run), "--port", str(port),
+                             "--device", "cpu", "--max-new-tokens", "8", "--model",
+                             "tiny-llama-test", "--do-sample", "--seed", str(seed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the page did not come up"
+            time.sleep(0.5)
+        driver = webdriver.Chrome(options=options, service=Service(
+            shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+        driver.get(url)
+        wait = WebDriverWait(driver, 60)
+        box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea"))
+        box.send_keys("Count the letters.")
+        box.send_keys(Keys.ENTER)
+
+        user = wait.until(lambda d: d.find_elements(
+            By.CSS_SELECTOR, '#conversation [data-testid="user"]'))
+        assert "Count the letters." in user[0].text
+        # the reply streams in: wait for all of it; it is the engine's own
+        wait.until(lambda d: [b.text.strip() for b in d.find_elements(
+            By.CSS_SELECTOR, '#conversation [data-testid="bot"]')] == [text])
+        shot = tmp_path / "web.png"
+        time.sleep(1)
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.terminate()
+        proc.wait(timeout=30)
