@@ -159,35 +159,35 @@ class Cell:
         return out, res
 
 
-def distribution(c: Cell) -> dict:
-    short, long = c.module("count_short"), c.module("count_long")
-    rows = {"base model": c.em(BASE, "count_test"), "short (2-5 letters) only":
-            c.em(short, "count_test"), "long (6-9 letters) only": c.em(long, "count_test")}
-    controls = [c.tuned(f"λ*{m}", f"control_{m}", "count_val") for m in (short.name, long.name)]
+def merged_pair(c: Cell, a: str, b: str, labels: tuple[str, str, str], val: str, test: str,
+                out: str) -> dict:
+    """Two modules, each alone, the better one scaled by its own tuned λ (the control), and
+    `λ*a + (1-λ)*b` with λ tuned on ``val``; all scored on ``test``. ``labels``: the rows'
+    names of a, b and the merge."""
+    first, second = c.module(a), c.module(b)
+    rows = {"base model": c.em(BASE, test), f"{labels[0]} only": c.em(first, test),
+            f"{labels[1]} only": c.em(second, test)}
+    controls = [c.tuned(f"λ*{m}", f"control_{m}", val) for m in (a, b)]
     best = max(controls, key=lambda x: x[1]["points"][FINE.index(x[1]["chosen"]["λ"])][
         "exact_match"])
-    rows["control: λ*(better module)"] = c.em(best[0], "count_test")
-    merged, res = c.tuned("λ*count_short + (1-λ)*count_long", "merged", "count_val")
-    rows["λ*short + (1-λ)*long"] = c.em(merged, "count_test")
+    rows["control: λ*(better module)"] = c.em(best[0], test)
+    merged, res = c.tuned(f"λ*{a} + (1-λ)*{b}", out, val)
+    name = labels[2]
+    rows[name] = c.em(merged, test)
     return {"rows": rows, "λ": res["chosen"]["λ"], "control λ": best[1]["chosen"]["λ"],
-            "effect": rows["λ*short + (1-λ)*long"] - max(
-                rows["short (2-5 letters) only"], rows["long (6-9 letters) only"],
-                rows["control: λ*(better module)"])}
+            "effect": rows[name] - max(v for k, v in rows.items()
+                                       if k not in ("base model", name))}
+
+
+def distribution(c: Cell) -> dict:
+    return merged_pair(c, "count_short", "count_long", ("short (2-5 letters)",
+                       "long (6-9 letters)", "λ*short + (1-λ)*long"), "count_val", "count_test",
+                       "merged")
 
 
 def multitask(c: Cell) -> dict:
-    m, z = c.module("max"), c.module("zh")
-    rows = {"base model": c.em(BASE, "multi_test"), "max only": c.em(m, "multi_test"),
-            "zh_numeral only": c.em(z, "multi_test")}
-    controls = [c.tuned(f"λ*{n}", f"control_{n}", "multi_val") for n in ("max", "zh")]
-    best = max(controls, key=lambda x: x[1]["points"][FINE.index(x[1]["chosen"]["λ"])][
-        "exact_match"])
-    rows["control: λ*(better module)"] = c.em(best[0], "multi_test")
-    merged, res = c.tuned("λ*max + (1-λ)*zh", "merged_multi", "multi_val")
-    rows["λ*max + (1-λ)*zh"] = c.em(merged, "multi_test")
-    return {"rows": rows, "λ": res["chosen"]["λ"], "control λ": best[1]["chosen"]["λ"],
-            "effect": rows["λ*max + (1-λ)*zh"] - max(
-                rows["max only"], rows["zh_numeral only"], rows["control: λ*(better module)"])}
+    return merged_pair(c, "max", "zh", ("max", "zh_numeral", "λ*max + (1-λ)*zh"), "multi_val",
+                       "multi_test", "merged_multi")
 
 
 def repetition(c: Cell, target: Path | str) -> tuple[float, float]:

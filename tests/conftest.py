@@ -68,3 +68,26 @@ def family_tokenizer(test_preset):
     tok = load_tokenizer(str(test_preset))
     tok.add_special_tokens({"additional_special_tokens": FAMILY_SPECIALS})
     return tok
+
+
+@pytest.fixture(scope="session")
+def small_lora(tmp_path_factory, test_preset, synth_data):
+    """Makes a small LoRA run of the test preset (20 steps on the synthetic suite) in a new
+    folder named ``name``: the model the inference tests talk to."""
+    from unitune.config import TrainConfig
+    from unitune.train.recipe import train
+
+    def make(name: str = "run", seed: int = 0) -> Path:
+        out = tmp_path_factory.mktemp("runs") / name
+        return train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
+                                 output_dir=str(out), max_steps=20, batch_size=8, lr=1e-2,
+                                 seed=seed, device="cpu", template="alpaca", lora={"r": 4}),
+                     log=lambda *a: None, progress=False)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def chat_run(small_lora) -> Path:
+    """One small LoRA run, folder name 'run', shared by the chat, predict and web tests."""
+    return small_lora()

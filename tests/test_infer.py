@@ -18,18 +18,6 @@ from unitune.data.templates import TEMPLATES
 CLI = [sys.executable, "-c", "from unitune.cli import main; raise SystemExit(main())"]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, test_preset, synth_data):
-    from unitune.config import TrainConfig
-    from unitune.train.recipe import train
-
-    out = tmp_path_factory.mktemp("infer") / "run"
-    return train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
-                             output_dir=str(out), max_steps=20, batch_size=8, lr=1e-2,
-                             device="cpu", template="alpaca", lora={"r": 4}),
-                 log=lambda *a: None, progress=False)
-
-
 @pytest.mark.parametrize("name", [n for n in TEMPLATES if n != "tokenizer"])
 def test_tool_calls_are_read_back_from_a_rendered_reply(name):
     template = TEMPLATES[name]
@@ -42,9 +30,9 @@ def test_tool_calls_are_read_back_from_a_rendered_reply(name):
 
 
 @pytest.mark.slow
-def test_chat_in_a_real_terminal(run):
+def test_chat_in_a_real_terminal(chat_run):
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(CLI[0], [*CLI[1:], "chat", str(run), "--device", "cpu",
+    child = pexpect.spawn(CLI[0], [*CLI[1:], "chat", str(chat_run), "--device", "cpu",
                                    "--max-new-tokens", "8"], encoding="utf-8", timeout=120,
                           env={**os.environ, "COLUMNS": "200"})
     child.expect("chatting with run")
@@ -78,20 +66,20 @@ def test_chat_in_a_real_terminal(run):
 
 
 @pytest.mark.slow
-def test_predict_resumes_after_a_crash_without_redoing_a_line(run, synth_data, tmp_path):
+def test_predict_resumes_after_a_crash_without_redoing_a_line(chat_run, synth_data, tmp_path):
     data = tmp_path / "in.jsonl"
     rows = json.loads(synth_data["train"].read_text())[:24]
     data.write_text("".join(json.dumps({**r, "id": f"r{i}"}) + "\n" for i, r in
                             enumerate(rows)))
     clean = tmp_path / "clean.jsonl"
     args = ["--device", "cpu", "--max-new-tokens", "6", "--batch-size", "4", "--no-progress"]
-    subprocess.run([*CLI, "predict", str(run), str(data), str(clean), *args], check=True,
+    subprocess.run([*CLI, "predict", str(chat_run), str(data), str(clean), *args], check=True,
                    capture_output=True)
     expected = [json.loads(line) for line in clean.read_text().splitlines()]
     assert [e["index"] for e in expected] == list(range(24))
     assert [e["id"] for e in expected] == [f"r{i}" for i in range(24)]
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([*CLI, "predict", str(run), str(data), str(out), *args],
+    proc = subprocess.Popen([*CLI, "predict", str(chat_run), str(data), str(out), *args],
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines())
@@ -103,7 +91,7 @@ def test_predict_resumes_after_a_crash_without_redoing_a_line(run, synth_data, t
     assert 8 <= done < 24
     with out.open("a") as f:  # a torn line, as a crash mid-write leaves it
         f.write('{"index": 99, "predic')
-    resumed = subprocess.run([*CLI, "predict", str(run), str(data), str(out), *args],
+    resumed = subprocess.run([*CLI, "predict", str(chat_run), str(data), str(out), *args],
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{done} of 24 predictions already there" in resumed.stderr
@@ -111,7 +99,7 @@ def test_predict_resumes_after_a_crash_without_redoing_a_line(run, synth_data, t
     assert [json.loads(line) for line in out.read_text().splitlines()] == expected
     other = tmp_path / "other.jsonl"
     other.write_text('{"hello": 1}\n')
-    bad = subprocess.run([*CLI, "predict", str(run), str(data), str(other), *args],
+    bad = subprocess.run([*CLI, "predict", str(chat_run), str(data), str(other), *args],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "not a prediction line" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -47,16 +47,11 @@ def start_server(args: list[str], port: int) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, test_preset, synth_data):
-    from unitune.config import TrainConfig
-    from unitune.train.recipe import train
-
-    root = tmp_path_factory.mktemp("serve_runs")
-    for name, seed in (("alpha", 0), ("beta", 1)):
-        train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
-                          output_dir=str(root / name), max_steps=20, batch_size=8, lr=1e-2,
-                          seed=seed, device="cpu", template="alpaca", lora={"r": 4}),
-              log=lambda *a: None, progress=False)
+def adapters(small_lora):
+    """Two LoRA runs of one base, 'alpha' and 'beta' (different seeds), in one folder."""
+    alpha, beta = small_lora("alpha", 0), small_lora("beta", 1)
+    root = alpha.parent
+    beta.rename(root / "beta")
     return root
 
 

@@ -16,24 +16,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, test_preset, synth_data):
-    from unitune.config import TrainConfig
-    from unitune.train.recipe import train
-
-    out = tmp_path_factory.mktemp("web") / "run"
-    return train(TrainConfig(base_model="tiny-llama-test", data=[str(synth_data["train"])],
-                             output_dir=str(out), max_steps=20, batch_size=8, lr=1e-2,
-                             device="cpu", template="alpaca", lora={"r": 4}),
-                 log=lambda *a: None, progress=False)
-
-
-def test_the_whole_history_reaches_the_model(run):
+def test_the_whole_history_reaches_the_model(chat_run):
     from unitune.infer.engine import Engine
     from unitune.infer.generate import Decoding
     from unitune.serve.web import reply
 
-    engine = Engine(str(run), device="cpu")
+    engine = Engine(str(chat_run), device="cpu")
     prompts = []
     submit = engine.submit
     engine.submit = lambda request, sink=None: (prompts.append(request.prompt),
@@ -59,7 +47,7 @@ def _chromium() -> str | None:
     return found
 
 
-def test_the_page_answers_in_headless_chromium(run, tmp_path):
+def test_the_page_answers_in_headless_chromium(chat_run, tmp_path):
     browser = _chromium()
     if browser is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium chromium-driver)")
@@ -73,7 +61,7 @@ def test_the_page_answers_in_headless_chromium(run, tmp_path):
     from unitune.infer.engine import Engine, Request
     from unitune.infer.generate import Decoding
 
-    engine = Engine(str(run), device="cpu")
+    engine = Engine(str(chat_run), device="cpu")
     question = [{"role": "user", "content": "Count the letters."}]
     try:
         prompt = engine.render_chat("tiny-llama-test", question)
@@ -90,7 +78,7 @@ def test_the_page_answers_in_headless_chromium(run, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
-                             "SystemExit(main())", "web", str(run), "--port", str(port),
+                             "SystemExit(main())", "web", str(chat_run), "--port", str(port),
                              "--device", "cpu", "--max-new-tokens", "8", "--model",
                              "tiny-llama-test", "--do-sample", "--seed", str(seed)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -326,6 +326,13 @@ def _engine(args, **kw):
                   trust_remote_code=args.trust_remote_code, log=_stderr, **kw)
 
 
+def _first_model(engine, args) -> str:
+    """``--model`` (checked), else the run (the first adapter), else the base."""
+    model = args.model or (engine.adapters[0] if engine.adapters else engine.base_id)
+    engine.template(model)  # an unknown name fails here
+    return model
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer an instruction with a run or a base model",
                        description="Open a run (base + adapter, as trained) or a base model "
@@ -368,9 +375,7 @@ def cmd_chat(args) -> int:
 
     engine = _engine(args)
     try:
-        model = args.model or (engine.adapters[0] if engine.adapters else engine.base_id)
-        engine.template(model)
-        ChatSession(engine, model, _decoding(args), args.system).run()
+        ChatSession(engine, _first_model(engine, args), _decoding(args), args.system).run()
     finally:
         engine.close()
     return 0
@@ -398,8 +403,8 @@ def cmd_predict(args) -> int:
     decoding = _decoding(args)
     engine = _engine(args, max_batch=args.batch_size, max_queue=args.batch_size)
     try:
-        model = args.model or (engine.adapters[0] if engine.adapters else engine.base_id)
-        predict(engine, model, args.data, Path(args.out), decoding, args.batch_size,
+        predict(engine, _first_model(engine, args), args.data, Path(args.out), decoding,
+                args.batch_size,
                 progress=not args.no_progress, log=_stderr)
     finally:
         engine.close()
@@ -434,9 +439,7 @@ def cmd_web(args) -> int:
     _check_host(args)
     engine = _engine(args)
     try:
-        if args.model:
-            engine.template(args.model)  # an unknown name fails here
-        demo = build_ui(engine, _decoding(args), args.model)
+        demo = build_ui(engine, _decoding(args), _first_model(engine, args))
         _stderr(f"chat page on http://{args.host}:{args.port}")
         demo.queue(default_concurrency_limit=None).launch(
             server_name=args.host, server_port=args.port, share=args.share, quiet=True,
