@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -68,8 +69,10 @@ def baseline(model_name: str, messages: list[list[dict]], max_tokens: int, devic
     return tokens / (time.perf_counter() - start)
 
 
-def load(url: str, model: str, messages: list[list[dict]], clients: int, seconds: float,
-         max_tokens: int) -> dict:
+def load(url: str, bodies: list[dict], clients: int, seconds: float,
+         endpoint: str = "/v1/chat/completions") -> dict:
+    """``clients`` threads sending ``bodies`` (round robin) for ``seconds``: throughput,
+    latency percentiles and errors."""
     import httpx
 
     stop_at = time.perf_counter() + seconds
@@ -79,10 +82,8 @@ def load(url: str, model: str, messages: list[list[dict]], clients: int, seconds
         with httpx.Client(timeout=600) as http:
             i = k
             while time.perf_counter() < stop_at:
-                body = {"model": model, "messages": messages[i % len(messages)],
-                        "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
                 t0 = time.perf_counter()
-                r = http.post(f"{url}/v1/chat/completions", json=body)
+                r = http.post(f"{url}{endpoint}", json=bodies[i % len(bodies)])
                 with lock:
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - t0)
@@ -102,6 +103,30 @@ def load(url: str, model: str, messages: list[list[dict]], clients: int, seconds
             "p50_s": round(statistics.median(latencies), 3), "p99_s": round(q[98], 3)}
 
 
+def start_server(args: list[str]) -> tuple[subprocess.Popen, str, list[dict]]:
+    """`unitune serve ARGS` on a free port: (process, base url, its models)."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # (works without an install, too)
+        [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    server = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
+                               "SystemExit(main())", "serve", *args, "--port", str(port)],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(3000):
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited: {server.stderr.read()}")
+        try:
+            return server, url, httpx.get(f"{url}/v1/models", timeout=1).json()["data"]
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the server did not start in 10 minutes")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-llama", help="a base model or a run")
@@ -113,29 +138,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     messages = prompts(256)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
-                               "SystemExit(main())", "serve", args.model, "--port", str(port),
-                               "--device", args.device, "--max-batch", str(args.max_batch)],
-                              stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    for _ in range(600):
-        try:
-            models = httpx.get(f"{url}/v1/models", timeout=1).json()["data"]
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        raise SystemExit(f"the server did not start: {server.stderr.read()}")
-    model = models[-1]["id"]
+    server, url, models = start_server([args.model, "--device", args.device, "--max-batch",
+                                        str(args.max_batch)])
+    bodies = [{"model": models[-1]["id"], "messages": m, "max_tokens": args.max_tokens,
+               "temperature": 0, "ignore_eos": True} for m in messages]
     try:
-        load(url, model, messages, 4, 3, args.max_tokens)  # warm-up
-        rows = [load(url, model, messages, int(c), args.seconds, args.max_tokens)
-                for c in args.clients.split(",")]
+        load(url, bodies, 4, 3)  # warm-up
+        rows = [load(url, bodies, int(c), args.seconds) for c in args.clients.split(",")]
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -155,3 +155,19 @@ def test_json_mode_replies_are_json_objects(test_preset):
     finally:
         engine.close()
     assert finished, "no reply closed its object within 100 tokens"
+
+
+@pytest.mark.slow
+def test_a_static_cache_decodes_the_same_tokens(chat_run):
+    from unitune.infer.engine import Engine, Request
+    from unitune.infer.generate import Decoding
+
+    replies = []
+    for static in (False, True):
+        with Engine(str(chat_run), device="cpu", static_cache=static) as engine:
+            prompt = engine.render_chat("tiny-llama-test", [{"role": "user", "content": "hi"}])
+            job = engine.generate(Request("tiny-llama-test", prompt, Decoding(
+                max_new_tokens=12), top_logprobs=0, ignore_eos=True))
+            replies.append((job.seqs[0].tokens, [e["logprob"] for e in job.seqs[0].logprobs]))
+    assert replies[0][0] == replies[1][0] and len(replies[0][0]) == 12
+    assert replies[0][1] == pytest.approx(replies[1][1], abs=1e-4)

@@ -307,6 +307,9 @@ def _add_engine(p, several: bool = True) -> None:
                    help="a base model's template (default: its own); overriding a run's is "
                    "warned about (it was trained with its own)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--static-cache", action="store_true",
+                   help="a static KV cache, with which transformers compiles decoding on a GPU "
+                   "(fastest at one steady batch size, e.g. a chat; each new shape compiles)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let the model run its own code (a base model's, or a run's trained with "
                    "trust_remote_code)")
@@ -323,12 +326,14 @@ def _engine(args, **kw):
                             "expression over runs)")
         adapters[name.strip()] = source.strip()
     return Engine(args.target, adapters, device=args.device, template=args.template,
-                  trust_remote_code=args.trust_remote_code, log=_stderr, **kw)
+                  trust_remote_code=args.trust_remote_code, static_cache=args.static_cache,
+                  log=_stderr, **kw)
 
 
 def _first_model(engine, args) -> str:
     """``--model`` (checked), else the run (the first adapter), else the base."""
-    model = args.model or (engine.adapters[0] if engine.adapters else engine.base_id)
+    model = getattr(args, "model", None) or (engine.adapters[0] if engine.adapters else
+                                             engine.base_id)
     engine.template(model)  # an unknown name fails here
     return model
 
@@ -346,16 +351,14 @@ def _add_generate(sub) -> None:
 
 def cmd_generate(args) -> int:
     from unitune.data.schema import Conversation, Turn
-    from unitune.infer.generate import answer
-    from unitune.run import open_model
+    from unitune.infer.engine import Request
 
     decoding = _decoding(args)
-    model, tokenizer, template = open_model(args.target, device=args.device,
-                                            template=args.template,
-                                            trust_remote_code=args.trust_remote_code,
-                                            log=_stderr)
     conv = Conversation((Turn("user", args.instruction, args.input),), system=args.system or "")
-    print(answer(model, tokenizer, template, [conv], decoding)[0])
+    with _engine(args) as engine:
+        model = _first_model(engine, args)
+        prompt = engine.template(model).render_prompt(conv, engine.tokenizer)
+        print(engine.generate(Request(model, prompt, decoding)).seqs[0].text.strip())
     return 0
 
 
@@ -373,11 +376,8 @@ def _add_chat(sub) -> None:
 def cmd_chat(args) -> int:
     from unitune.infer.chat import ChatSession
 
-    engine = _engine(args)
-    try:
+    with _engine(args) as engine:
         ChatSession(engine, _first_model(engine, args), _decoding(args), args.system).run()
-    finally:
-        engine.close()
     return 0
 
 
@@ -401,13 +401,9 @@ def cmd_predict(args) -> int:
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
     decoding = _decoding(args)
-    engine = _engine(args, max_batch=args.batch_size, max_queue=args.batch_size)
-    try:
+    with _engine(args, max_batch=args.batch_size, max_queue=args.batch_size) as engine:
         predict(engine, _first_model(engine, args), args.data, Path(args.out), decoding,
-                args.batch_size,
-                progress=not args.no_progress, log=_stderr)
-    finally:
-        engine.close()
+                args.batch_size, progress=not args.no_progress, log=_stderr)
     return 0
 
 
@@ -437,15 +433,12 @@ def cmd_web(args) -> int:
     from unitune.serve.web import build_ui
 
     _check_host(args)
-    engine = _engine(args)
-    try:
+    with _engine(args) as engine:
         demo = build_ui(engine, _decoding(args), _first_model(engine, args))
         _stderr(f"chat page on http://{args.host}:{args.port}")
         demo.queue(default_concurrency_limit=None).launch(
             server_name=args.host, server_port=args.port, share=args.share, quiet=True,
             auth=("unitune", args.api_key) if args.api_key else None)
-    finally:
-        engine.close()
     return 0
 
 
@@ -477,9 +470,8 @@ def cmd_serve(args) -> int:
     from unitune.serve.openai_api import build_app
 
     _check_host(args)
-    engine = _engine(args, max_batch=args.max_batch, max_queue=args.max_queue,
-                     max_prompt_tokens=args.max_prompt_tokens)
-    try:
+    with _engine(args, max_batch=args.max_batch, max_queue=args.max_queue,
+                 max_prompt_tokens=args.max_prompt_tokens) as engine:
         app = build_app(engine, args.api_key, args.max_tokens_limit)
         if args.web:
             import gradio as gr
@@ -494,8 +486,6 @@ def cmd_serve(args) -> int:
                                                         f"http://{args.host}:{args.port}/ui"
                                                         if args.web else ""))
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        engine.close()
     return 0
 
 

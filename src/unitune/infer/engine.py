@@ -116,10 +116,11 @@ class Engine:
                  device: str = "auto", dtype: str = "auto", template: str | None = None,
                  trust_remote_code: bool = False, max_batch: int = 32, max_queue: int = 256,
                  max_prompt_tokens: int | None = None, batch_window_s: float = 0.01,
-                 log=print):
+                 static_cache: bool = False, log=print):
         from unitune.run import is_run, open_model, read_finished
 
         self.max_batch, self.max_queue, self.log = max_batch, max_queue, log
+        self.static_cache = static_cache
         self._scratch: list[Path] = []
         self.model, self.tokenizer, self.default_template = open_model(
             target, device=device, dtype=dtype, template=template,
@@ -276,6 +277,12 @@ class Engine:
         """Submit and wait: the finished job (its ``seqs`` hold text, tokens, logprobs)."""
         return self.submit(request).result()
 
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         with self._cv:
             self._closed = True
@@ -363,4 +370,5 @@ class Engine:
                     job.prompt_logprobs = prompt_logprobs(
                         self.model, job.prompt_ids, job.request.top_logprobs or 0, **one)
             seqs = [s for j in jobs for s in j.seqs]
-            decode(self.model, self.tokenizer, seqs, decoding, jobs[0].stop_ids, **kwargs)
+            decode(self.model, self.tokenizer, seqs, decoding, jobs[0].stop_ids,
+                   self.static_cache, **kwargs)

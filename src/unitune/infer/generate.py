@@ -249,9 +249,11 @@ def _tokenize(model, tokenizer, prompts: list[str], add_special_tokens: bool) ->
 
 @torch.inference_mode()
 def decode(model, tokenizer, seqs: list[Sequence], decoding: Decoding, stop_ids: list[int],
-           **model_kwargs) -> list[Sequence]:
+           static_cache: bool = False, **model_kwargs) -> list[Sequence]:
     """Generate every sequence of one batch (left-padded); ``model_kwargs`` go to
-    ``generate`` (PEFT's ``adapter_names`` for a mixed-adapter batch)."""
+    ``generate`` (PEFT's ``adapter_names`` for a mixed-adapter batch). ``static_cache``:
+    transformers' static KV cache, with which it compiles the decoding step on a GPU (each
+    new batch size or length compiles again: for steady shapes such as one chat)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     budget = max(s.max_new_tokens for s in seqs)
@@ -263,6 +265,8 @@ def decode(model, tokenizer, seqs: list[Sequence], decoding: Decoding, stop_ids:
     # model's own generation_config fill it in
     config = decoding.generation_config(stop_ids or [-1], tokenizer.pad_token_id)
     config.max_new_tokens = budget
+    if static_cache:
+        config.cache_implementation = "static"
     device = next(model.parameters()).device
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
