@@ -171,3 +171,39 @@ def test_a_static_cache_decodes_the_same_tokens(chat_run):
             replies.append((job.seqs[0].tokens, [e["logprob"] for e in job.seqs[0].logprobs]))
     assert replies[0][0] == replies[1][0] and len(replies[0][0]) == 12
     assert replies[0][1] == pytest.approx(replies[1][1], abs=1e-4)
+
+
+
+def test_a_zero_budget_beside_others_takes_no_token(chat_run):
+    from unitune.infer.generate import Decoding, Sequence, decode
+    from unitune.run import open_model
+
+    model, tok, _ = open_model(chat_run, device="cpu", log=lambda *a: None)
+    ids = tok("count a b c =")["input_ids"]
+    scored, other = decode(model, tok, [Sequence(ids, 0, top_logprobs=0), Sequence(ids, 5)],
+                           Decoding(), [])
+    assert scored.tokens == [] and scored.logprobs == [] and scored.finish_reason == "length"
+    assert len(other.tokens) == 5
+
+
+@pytest.mark.slow
+def test_predict_writes_why_a_record_cannot_run_and_goes_on(chat_run, tmp_path):
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps([{"instruction": "Count the letters.", "input": "a b",
+                                 "output": "2"},
+                                {"instruction": "Count the letters. " * 200, "output": "x"},
+                                {"instruction": "Count the letters.", "input": "a",
+                                 "output": "1"}]))
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([*CLI, "predict", str(chat_run), str(data), str(out), "--device",
+                           "cpu", "--max-new-tokens", "4", "--no-progress"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2]
+    assert "limit" in lines[1]["error"] and lines[1]["prediction"] is None
+    assert "error" not in lines[0] and "error" not in lines[2]
+    assert "1 records could not run" in done.stderr
+    share = subprocess.run([*CLI, "web", str(chat_run), "--share"], capture_output=True,
+                           text=True)
+    assert share.returncode == 2 and "--share opens a public link" in share.stderr

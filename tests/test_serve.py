@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -22,30 +19,6 @@ KEY = "sk-unitune-test"
 USER = [{"role": "user", "content": "Count the letters."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; "
-                             "raise SystemExit(main())", "serve", *args, "--port", str(port),
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the server did not start")
-
-
 @pytest.fixture(scope="module")
 def adapters(small_lora):
     """Two LoRA runs of one base, 'alpha' and 'beta' (different seeds), in one folder."""
@@ -56,12 +29,12 @@ def adapters(small_lora):
 
 
 @pytest.fixture(scope="module")
-def server(adapters):
-    port = free_port()
-    proc = start_server([str(adapters / "alpha"), "--adapter", f"beta={adapters / 'beta'}",
-                         "--adapter", f"mix=0.5*{adapters / 'alpha'} + 0.5*{adapters / 'beta'}",
-                         "--api-key", KEY, "--max-tokens-limit", "512"], port)
-    yield f"http://127.0.0.1:{port}"
+def server(adapters, start_server):
+    proc, url = start_server([str(adapters / "alpha"), "--adapter", f"beta={adapters / 'beta'}",
+                              "--adapter",
+                              f"mix=0.5*{adapters / 'alpha'} + 0.5*{adapters / 'beta'}",
+                              "--api-key", KEY, "--max-tokens-limit", "512"])
+    yield url
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -195,7 +168,7 @@ def test_stop_strings_end_the_reply(client):
 def test_bad_input_gets_the_right_status(server, client):
     import openai
 
-    url = f"{server}/v1/chat/completions"
+    url, completions = f"{server}/v1/chat/completions", f"{server}/v1/completions"
     auth = {"Authorization": f"Bearer {KEY}"}
     body = {"model": "alpha", "messages": USER, "max_tokens": 2}
     cases = [
@@ -216,6 +189,15 @@ def test_bad_input_gets_the_right_status(server, client):
          "repetition_penalty"),
         (httpx.post(url, json={**body, "response_format": {"type": "json_schema"}},
                     headers=auth), 400, "response_format"),
+        (httpx.post(url, json={**body, "preset": "fastest"}, headers=auth), 400, "preset"),
+        (httpx.post(url, json={**body, "seed": 2**64}, headers=auth), 400, "seed"),
+        (httpx.post(url, json={**body, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}, headers=auth), 400,
+         "only text parts"),
+        (httpx.post(completions, json={"model": "alpha", "prompt": [5, 999999]},
+                    headers=auth), 400, "outside the vocabulary"),
+        (httpx.post(completions, json={"model": "alpha", "prompt": []}, headers=auth), 400,
+         "empty"),
     ]
     for response, status, words in cases:
         assert response.status_code == status, (status, response.text)
@@ -224,14 +206,21 @@ def test_bad_input_gets_the_right_status(server, client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gamma", messages=USER)
     assert client.chat.completions.create(model="alpha", messages=USER, max_tokens=2).choices
+    # text parts, and beam search beside mixed-adapter batches, work
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Count the letters."}]}]
+    assert client.chat.completions.create(model="alpha", messages=parts, max_tokens=2,
+                                          temperature=0).choices[0].message.content == \
+        client.chat.completions.create(model="alpha", messages=USER, max_tokens=2,
+                                       temperature=0).choices[0].message.content
+    beams = client.chat.completions.create(model="beta", messages=USER, max_tokens=4,
+                                           extra_body={"num_beams": 2})
+    assert beams.choices[0].finish_reason in ("stop", "length")
 
 
-def test_a_full_queue_answers_429_and_the_server_keeps_serving(adapters):
-    port = free_port()
-    proc = start_server([str(adapters / "alpha"), "--max-queue", "1", "--max-batch", "1"],
-                        port)
+def test_a_full_queue_answers_429_and_the_server_keeps_serving(adapters, start_server):
+    proc, base = start_server([str(adapters / "alpha"), "--max-queue", "1", "--max-batch", "1"])
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        url = f"{base}/v1/chat/completions"
         body = {"model": "alpha", "messages": USER, "max_tokens": 64, "temperature": 0}
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             codes = list(pool.map(lambda _: httpx.post(url, json=body, timeout=120).status_code,

@@ -123,3 +123,15 @@ def test_the_page_answers_in_headless_chromium(chat_run, tmp_path):
             driver.quit()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_page_sits_beside_the_api_in_one_process(chat_run, start_server):
+    server, url = start_server([str(chat_run), "--web"])
+    try:
+        models = httpx.get(f"{url}/v1/models").json()["data"]
+        assert [m["id"] for m in models] == ["tiny-llama-test", "run"]
+        page = httpx.get(f"{url}/ui/", timeout=30, follow_redirects=True)
+        assert page.status_code == 200 and "gradio" in page.text.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

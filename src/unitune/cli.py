@@ -411,6 +411,9 @@ def _check_host(args) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         raise UserError(f"--host {args.host} listens beyond this machine: give --api-key (or "
                         "set UNITUNE_API_KEY)")
+    if getattr(args, "share", False) and not args.api_key:
+        raise UserError("--share opens a public link: give --api-key (the page's password) "
+                        "too")
 
 
 def _add_web(sub) -> None:

@@ -125,11 +125,13 @@ def set_control(decoding: Decoding, assignment: str) -> Decoding:
     current = getattr(decoding, key)
     try:
         if isinstance(current, bool):
-            parsed = value.strip().lower() in ("1", "true", "yes", "on")
+            words = {"1": True, "true": True, "yes": True, "on": True, "0": False,
+                     "false": False, "no": False, "off": False}
+            parsed = words[value.strip().lower()]
         elif isinstance(current, int) or key == "seed":
             parsed = int(value)
         else:
             parsed = float(value)
-    except ValueError:
-        raise UserError(f"/set {key}: {value!r} is not a number") from None
+    except (ValueError, KeyError):
+        raise UserError(f"/set {key}: {value!r} is not a {type(current).__name__}") from None
     return dataclasses.replace(decoding, **{key: parsed})

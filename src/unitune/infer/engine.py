@@ -143,8 +143,13 @@ class Engine:
                 raise UserError(f"{target} is a {read_finished(folder).method} run, not a base "
                                 "with an adapter; serve further adapters beside their base "
                                 "model or an adapter run")
-        for name, source in (adapters or {}).items():
-            self._load_adapter(name, source, trust_remote_code)
+        try:
+            for name, source in (adapters or {}).items():
+                self._load_adapter(name, source, trust_remote_code)
+        except BaseException:
+            for folder in self._scratch:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         self.mixed = bool(self.adapters) and all(
             getattr(c, "peft_type", None) == "LORA" and not getattr(c, "use_dora", False)
             for c in self.model.peft_config.values())
@@ -247,9 +252,19 @@ class Engine:
             raise UserError(f"n must be >= 1, got {request.n}")
         if request.decoding.num_beams > 1 and request.n > 1:
             raise UserError("n > 1 needs sampling, not beam search (num_beams > 1)")
-        ids = request.prompt_ids or self.tokenize(request.model, request.prompt)
+        if request.prompt_ids is not None:
+            ids = request.prompt_ids
+            vocab = self.model.get_input_embeddings().weight.shape[0]
+            bad = next((t for t in ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+            if bad is not None:
+                raise UserError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+        else:
+            ids = self.tokenize(request.model, request.prompt)
         if not ids:
             raise UserError("the prompt is empty")
+        if request.decoding.json_object and request.ignore_eos:
+            raise UserError("JSON mode ends the reply when the object closes; it cannot take "
+                            "ignore_eos")
         if self.context and len(ids) + request.decoding.max_new_tokens > self.context:
             raise PromptTooLong(f"the prompt has {len(ids)} tokens and asks for "
                                 f"{request.decoding.max_new_tokens} more; the limit is "
@@ -286,15 +301,24 @@ class Engine:
     def close(self) -> None:
         with self._cv:
             self._closed = True
+            pending, self._pending = self._pending, []
             self._cv.notify_all()
+        for job in pending:  # nobody waits forever on a request that will not run
+            _deliver(job, ("error", UserError("the engine closed before this request ran")))
+            _deliver(job, ("end",))
         self._worker.join(timeout=30)
         for folder in self._scratch:
             shutil.rmtree(folder, ignore_errors=True)
 
     # --- the worker -----------------------------------------------------------------------------
 
+    def _mixed(self, decoding: Decoding) -> bool:
+        """Whether a batch may mix adapters (PEFT's ``adapter_names``: LoRA only, and not with
+        beam search, whose rows PEFT cannot match to names)."""
+        return self.mixed and decoding.num_beams == 1
+
     def _key(self, job: Job) -> tuple:
-        adapter = None if self.mixed else job.request.model
+        adapter = None if self._mixed(job.request.decoding) else job.request.model
         return (job.request.decoding.batch_key, tuple(job.stop_ids), adapter)
 
     def _take(self) -> list[Job] | None:
@@ -327,23 +351,24 @@ class Engine:
             for job in batch:
                 if job.cancelled:
                     self.stats["cancelled"] += 1
-                    job.sink(("end",))
+                    _deliver(job, ("end",))
             if not live:
                 continue
             try:
                 self._run(live)
             except Exception as exc:  # the engine keeps serving; the requests learn why
                 for job in live:
-                    job.sink(("error", exc if isinstance(exc, UserError) else UserError(
+                    _deliver(job, ("error", exc if isinstance(exc, UserError) else UserError(
                         f"generation failed: {type(exc).__name__}: {exc}")))
+                    _deliver(job, ("end",))
                 continue
             self.stats["batches"] += 1
             for job in live:
                 for i, seq in enumerate(job.seqs):
                     self.stats["generated_tokens"] += len(seq.tokens)
-                    job.sink(("done", i, seq.finish_reason))
+                    _deliver(job, ("done", i, seq.finish_reason))
                 self.stats["cancelled"] += any(s.finish_reason == "cancelled" for s in job.seqs)
-                job.sink(("end",))
+                _deliver(job, ("end",))
 
     def _adapter_kwargs(self, jobs: list[Job]) -> tuple[dict, object]:
         """(kwargs for generate, a context manager) selecting the batch's adapters."""
@@ -352,7 +377,7 @@ class Engine:
         if not hasattr(self.model, "peft_config"):
             return {}, contextlib.nullcontext()
         names = [self.adapter_of[j.request.model] for j in jobs for _ in j.seqs]
-        if self.mixed:
+        if self._mixed(jobs[0].request.decoding):
             return {"adapter_names": [n or "__base__" for n in names]}, contextlib.nullcontext()
         if names[0] is None:
             return {}, self.model.disable_adapter()
@@ -366,9 +391,18 @@ class Engine:
             for job in jobs:
                 if job.request.echo_logprobs:
                     one = {"adapter_names": [self.adapter_of[job.request.model] or "__base__"]} \
-                        if self.mixed else {}
+                        if self._mixed(decoding) else {}
                     job.prompt_logprobs = prompt_logprobs(
                         self.model, job.prompt_ids, job.request.top_logprobs or 0, **one)
             seqs = [s for j in jobs for s in j.seqs]
             decode(self.model, self.tokenizer, seqs, decoding, jobs[0].stop_ids,
                    self.static_cache, **kwargs)
+
+
+def _deliver(job: Job, event: tuple) -> None:
+    """Hand an event to a job's consumer; a consumer that is gone (its event loop closed)
+    must not take the worker thread down with it."""
+    try:
+        job.sink(event)
+    except Exception:  # noqa: BLE001 - the worker serves everyone else
+        job.cancel()

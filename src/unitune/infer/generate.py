@@ -54,7 +54,8 @@ class Decoding:
                   (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
                   (self.num_beams >= 1, "num_beams must be >= 1"),
                   (not (self.json_object and self.num_beams > 1),
-                   "JSON mode works with greedy decoding or sampling, not beam search")]
+                   "JSON mode works with greedy decoding or sampling, not beam search"),
+                  (self.seed is None or 0 <= self.seed < 2**63, "seed must be in [0, 2**63)")]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"{message} (decoding: {self})")
@@ -256,10 +257,11 @@ def decode(model, tokenizer, seqs: list[Sequence], decoding: Decoding, stop_ids:
     new batch size or length compiles again: for steady shapes such as one chat)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
+    for s in seqs:  # a zero budget (scoring a prompt) takes no token, even beside others
+        if s.max_new_tokens == 0:
+            s._finish("length")
     budget = max(s.max_new_tokens for s in seqs)
     if budget == 0:
-        for s in seqs:
-            s._finish("length")
         return seqs
     # no end ids at all (ignore_eos) is an impossible id, not None: None would let the
     # model's own generation_config fill it in
@@ -282,9 +284,13 @@ def decode(model, tokenizer, seqs: list[Sequence], decoding: Decoding, stop_ids:
         seq2seq = getattr(model.config, "is_encoder_decoder", False)
         new = out if seq2seq else out[:, enc["input_ids"].shape[1]:]
         for seq, ids in zip(seqs, new.tolist(), strict=True):
-            ids = [t for t in ids if t != tokenizer.pad_token_id]
+            if seq.finish_reason is not None:
+                continue
             stop_at = next((i for i, t in enumerate(ids) if t in stop_ids), None)
-            seq.tokens = ids[:stop_at][:seq.max_new_tokens]
+            ids = ids[:stop_at]
+            while ids and ids[-1] == tokenizer.pad_token_id:  # (padding after an early end)
+                ids.pop()
+            seq.tokens = ids[:seq.max_new_tokens]
             if stop_at is not None and stop_at <= seq.max_new_tokens:
                 seq._finish("stop")
             seq._complete(tokenizer)
@@ -296,7 +302,10 @@ def decode(model, tokenizer, seqs: list[Sequence], decoding: Decoding, stop_ids:
     if decoding.json_object:
         from unitune.infer.json_mode import JsonObjectProcessor
 
-        processors.append(JsonObjectProcessor(tokenizer, enc["input_ids"].shape[1], stop_ids))
+        seq2seq = getattr(model.config, "is_encoder_decoder", False)
+        # (an encoder-decoder's decoder ids begin with its start token alone)
+        processors.append(JsonObjectProcessor(tokenizer, 1 if seq2seq else
+                                              enc["input_ids"].shape[1], stop_ids))
     model.generate(**enc, generation_config=config, streamer=tracker,
                    stopping_criteria=StoppingCriteriaList([tracker]),
                    logits_processor=LogitsProcessorList(processors), **model_kwargs)

@@ -138,39 +138,38 @@ class JsonObjectProcessor:
     ``start``: where the replies begin in ``input_ids`` (the padded prompt length)."""
 
     def __init__(self, tokenizer, start: int, end_ids: list[int], search: int = 64):
+        if not end_ids:
+            raise ValueError("JSON mode needs end-of-sequence ids to end a finished object")
         self.tokenizer, self.start, self.end_ids, self.search = tokenizer, start, end_ids, search
-        self.pieces: dict[int, str] = {}
 
-    def _piece(self, token: int) -> str:
-        if token not in self.pieces:
-            self.pieces[token] = self.tokenizer.decode([token], skip_special_tokens=True)
-        return self.pieces[token]
+    def _piece(self, context: list[int], context_text: str, token: int) -> str | None:
+        """What ``token`` adds after ``context`` (decoded in context: SentencePiece tokens
+        carry their leading space only there)."""
+        new = self.tokenizer.decode(context + [token], skip_special_tokens=True)
+        return new[len(context_text):] if new.startswith(context_text) else None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         out = torch.full_like(scores, float("-inf"))
         for row in range(scores.shape[0]):
-            text = self.tokenizer.decode(input_ids[row, self.start:], skip_special_tokens=True)
+            ids = input_ids[row, self.start:].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
             state = JsonPrefix.feed(JsonPrefix.START, text)
-            if state is None:  # cannot happen for our own rows; let them end
+            if state is None or JsonPrefix.complete(state):  # done (or lost): end the reply
                 allowed = list(self.end_ids)
-            elif JsonPrefix.complete(state):
-                allowed = list(self.end_ids) or [self._whitespace()]
             else:
-                allowed = self._extensions(state, scores[row])
-            index = torch.tensor(allowed, device=scores.device)
+                allowed = self._extensions(state, ids[-4:], scores[row]) or list(self.end_ids)
+            index = torch.tensor(allowed, dtype=torch.long, device=scores.device)
             out[row, index] = scores[row, index]
         return out
 
-    def _extensions(self, state, row_scores: torch.Tensor) -> list[int]:
-        order = torch.argsort(row_scores, descending=True).tolist()
+    def _extensions(self, state, context: list[int], row_scores: torch.Tensor) -> list[int]:
+        context_text = self.tokenizer.decode(context, skip_special_tokens=True)
         allowed = []
-        for k, token in enumerate(order):
-            piece = self._piece(token)
-            if piece and token not in self.end_ids and JsonPrefix.feed(state, piece) is not None:
-                allowed.append(token)
+        for k, token in enumerate(torch.argsort(row_scores, descending=True).tolist()):
+            if token not in self.end_ids:
+                piece = self._piece(context, context_text, token)
+                if piece and JsonPrefix.feed(state, piece) is not None:
+                    allowed.append(token)
             if allowed and k + 1 >= self.search:
                 break
         return allowed
-
-    def _whitespace(self) -> int:
-        return self.tokenizer(" ", add_special_tokens=False)["input_ids"][0]

@@ -2,9 +2,10 @@
 
 Reads any supported conversation format; writes JSON lines in input order, one per record:
 ``{"index", "id", "prediction", "reference"}`` (``id``: the record's own ``id`` field when it
-has one). Resumable: each batch is appended and flushed to disk once all of it is done, so
-after a crash or Ctrl-C the same command continues after the last complete line (a torn last
-line is dropped), never redoing or duplicating one.
+has one; a record that cannot run, such as a prompt over the context, gets ``"error"`` and no
+prediction, and the rest go on). Resumable: each batch is appended and flushed to disk once
+all of it is done, so after a crash or Ctrl-C the same command continues after the last
+complete line (a torn last line is dropped), never redoing or duplicating one.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def _done_lines(out: Path, total: int) -> int:
     return len(lines)
 
 
+def _submit(engine: Engine, model: str, prompt: str, decoding: Decoding):
+    """The record's job, or the error that keeps it from running (a prompt too long)."""
+    try:
+        return engine.submit(Request(model, prompt, decoding))
+    except UserError as exc:
+        return exc
+
+
 def predict(engine: Engine, model: str, data: str, out: Path, decoding: Decoding,
             batch_size: int = 32, progress: bool = True, log=print) -> dict:
     """Predict every record of ``data`` (resuming ``out``); returns counts and throughput."""
@@ -58,21 +67,25 @@ def predict(engine: Engine, model: str, data: str, out: Path, decoding: Decoding
     if start:
         log(f"{out}: {start} of {len(records)} predictions already there; continuing")
     out.parent.mkdir(parents=True, exist_ok=True)
-    t0, tokens = time.time(), 0
+    t0, tokens, failed = time.time(), 0, 0
     bar = tqdm(total=len(records), initial=start, disable=not progress, unit="rec",
                desc="predict")
     with out.open("a", encoding="utf-8") as f:
         for at in range(start, len(records), batch_size):
             chunk = records[at:at + batch_size]
-            jobs = [engine.submit(Request(model, template.render_prompt(r, engine.tokenizer),
-                                          decoding)) for r in chunk]
+            jobs = [_submit(engine, model, template.render_prompt(r, engine.tokenizer),
+                            decoding) for r in chunk]
             lines = []
             for i, (rec, job) in enumerate(zip(chunk, jobs, strict=True)):
-                seq = job.result().seqs[0]
-                tokens += len(seq.tokens)
-                lines.append(json.dumps({"index": at + i, "id": rec.meta.get("id", at + i),
-                                         "prediction": seq.text.strip(),
-                                         "reference": rec.answer}, ensure_ascii=False))
+                line = {"index": at + i, "id": rec.meta.get("id", at + i)}
+                if isinstance(job, UserError):  # (a record that cannot run: said, not fatal)
+                    line.update(prediction=None, error=str(job), reference=rec.answer)
+                    failed += 1
+                else:
+                    seq = job.result().seqs[0]
+                    tokens += len(seq.tokens)
+                    line.update(prediction=seq.text.strip(), reference=rec.answer)
+                lines.append(json.dumps(line, ensure_ascii=False))
             f.write("\n".join(lines) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -80,10 +93,12 @@ def predict(engine: Engine, model: str, data: str, out: Path, decoding: Decoding
     bar.close()
     seconds = time.time() - t0
     done = len(records) - start
-    summary = {"records": len(records), "predicted": done, "resumed_after": start,
+    summary = {"records": len(records), "predicted": done, "failed": failed,
+               "resumed_after": start,
                "generated_tokens": tokens, "seconds": round(seconds, 2),
                "records_per_s": round(done / seconds, 2) if seconds else None,
                "tokens_per_s": round(tokens / seconds, 1) if seconds else None}
     log(f"{done} predictions in {seconds:.1f}s ({summary['records_per_s']} records/s, "
-        f"{summary['tokens_per_s']} generated tokens/s) -> {out}")
+        f"{summary['tokens_per_s']} generated tokens/s) -> {out}"
+        + (f"; {failed} records could not run (their lines say why)" if failed else ""))
     return summary

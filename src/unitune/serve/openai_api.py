@@ -122,6 +122,23 @@ def _stops(body: _Body) -> list[str]:
     return stops
 
 
+def _text_parts(messages: list[dict]) -> list[dict]:
+    """Messages whose content is a list of parts (OpenAI's ``[{"type": "text", ...}]``) as
+    plain text; other kinds of part (images, audio) are refused."""
+    out = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            kinds = {part.get("type") if isinstance(part, dict) else type(part).__name__
+                     for part in content}
+            if kinds - {"text"}:
+                raise ApiError(400, f"messages[{i}].content: only text parts are supported, "
+                               f"got {sorted(map(str, kinds - {'text'}))}", "messages")
+            message = {**message, "content": "".join(part.get("text", "") for part in content)}
+        out.append(message)
+    return out
+
+
 def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int = 4096,
               default_max_tokens: int = 256):
     app = FastAPI(title="unitune", version="1")
@@ -131,6 +148,10 @@ def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int 
     async def _api_error(_, exc: ApiError):
         return JSONResponse(_error_body(exc.status, exc.message, exc.param, exc.kind),
                             status_code=exc.status)
+
+    @app.exception_handler(UserError)
+    async def _user_error(_, exc: UserError):
+        return JSONResponse(_error_body(400, str(exc)), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
@@ -236,13 +257,14 @@ def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int 
                            "'json_object')", "response_format")
         if body.top_logprobs is not None and not 0 <= body.top_logprobs <= 20:
             raise ApiError(400, "top_logprobs must be between 0 and 20", "top_logprobs")
-        max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
+        max_tokens = next((t for t in (body.max_completion_tokens, body.max_tokens)
+                           if t is not None), default_max_tokens)
         decoding = _decoding(body, max_tokens, max_tokens_limit, kind == "json_object")
         if body.stream and decoding.num_beams > 1:
             raise ApiError(400, "stream does not work with beam search (num_beams > 1)",
                            "num_beams")
         try:
-            prompt = engine.render_chat(body.model, body.messages,
+            prompt = engine.render_chat(body.model, _text_parts(body.messages),
                                         body.tools if body.tool_choice != "none" else None)
         except UnknownModel as exc:
             raise ApiError(404, str(exc), "model", "not_found_error") from None
@@ -276,17 +298,26 @@ def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int 
                         "role": "assistant", "content": ""}, "finish_reason": None}]})
                 while True:
                     event = await events.get()
-                    if event[0] == "text":
+                    if event[0] == "text" and not with_tools:
                         _, i, delta, lps = event
                         yield _sse({**chunk, "choices": [{
                             "index": i, "delta": {"content": delta}, "finish_reason": None,
                             "logprobs": _chat_logprobs(lps) if body.logprobs else None}]})
                     elif event[0] == "done":
                         _, i, reason = event
-                        _, called = _message(body.model, job.seqs[i].text, with_tools)
+                        if with_tools:  # a reply that may call tools is sent once parsed
+                            message, called = _message(body.model, job.seqs[i].text, True)
+                            delta = {"content": message["content"]}
+                            if called:
+                                delta["tool_calls"] = [{**c, "index": k} for k, c in
+                                                       enumerate(message["tool_calls"])]
+                                reason = "tool_calls"
+                            yield _sse({**chunk, "choices": [{
+                                "index": i, "delta": delta, "finish_reason": None,
+                                "logprobs": _chat_logprobs(job.seqs[i].logprobs)
+                                if body.logprobs else None}]})
                         yield _sse({**chunk, "choices": [{
-                            "index": i, "delta": {}, "finish_reason": "tool_calls" if called
-                            else reason}]})
+                            "index": i, "delta": {}, "finish_reason": reason}]})
                     elif event[0] == "error":
                         yield _sse(_error_body(500, str(event[1]), kind="server_error"))
                         break
@@ -322,60 +353,88 @@ def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int 
                            "not_found_error")
         if body.stream and (len(_prompts(body)) > 1 or decoding.num_beams > 1):
             raise ApiError(400, "stream takes one prompt and no beam search", "prompt")
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        jobs = []
-        for prompt in _prompts(body):
-            request = Request(body.model, prompt if isinstance(prompt, str) else "", decoding,
-                              body.n, _stops(body), body.logprobs,
-                              echo_logprobs=body.echo and body.logprobs is not None,
-                              prompt_ids=None if isinstance(prompt, str) else list(prompt),
-                              ignore_eos=body.ignore_eos, stream=body.stream)
-            jobs.append((prompt, _submit(request, loop, events)))
+        prompts = _prompts(body)
+        if not prompts or any(not p for p in prompts):
+            raise ApiError(400, "the prompt is empty", "prompt")
+        loop, jobs = asyncio.get_running_loop(), []
+        try:  # one queue per prompt; a failure cancels the prompts already running
+            for prompt in prompts:
+                request = Request(body.model, prompt if isinstance(prompt, str) else "",
+                                  decoding, body.n, _stops(body), body.logprobs,
+                                  echo_logprobs=body.echo and body.logprobs is not None,
+                                  prompt_ids=None if isinstance(prompt, str) else list(prompt),
+                                  ignore_eos=body.ignore_eos, stream=body.stream)
+                events = asyncio.Queue()
+                jobs.append((_submit(request, loop, events), events))
+            if not body.stream:
+                for job, events in jobs:
+                    await _collect(http, job, events)
+        except BaseException:
+            for job, _ in jobs:
+                job.cancel()
+            raise
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         head = {"id": rid, "created": created, "model": body.model}
 
-        def logprobs_of(job, seq) -> dict | None:
+        def logprobs_of(ids: list[int], entries: list[dict | None], offset: int
+                        ) -> dict | None:
+            """OpenAI's completion log-probabilities (a prompt's first token has none)."""
             if body.logprobs is None:
                 return None
-            entries = ((job.prompt_logprobs or []) if body.echo else []) + seq.logprobs
-            ids = (job.prompt_ids if body.echo else []) + [e["token"] for e in seq.logprobs]
             tokens = [_token(t) for t in ids]
-            offsets, at = [], 0
+            offsets = []
             for t in tokens:
-                offsets.append(at)
-                at += len(t)
+                offsets.append(offset)
+                offset += len(t)
             return {"tokens": tokens,
                     "token_logprobs": [e["logprob"] if e else None for e in entries],
                     "top_logprobs": [{_token(t): v for t, v in e.get("top", {}).items()}
                                      if e else None for e in entries],
                     "text_offset": offsets}
 
+        def scored(job, seq) -> tuple[list[int], list[dict | None]]:
+            """(token ids, their entries): the prompt's when echoed, then the reply's."""
+            ids = [e["token"] for e in seq.logprobs]
+            if not body.echo:
+                return ids, list(seq.logprobs)
+            prompt = job.prompt_logprobs or [None] * len(job.prompt_ids)
+            return job.prompt_ids + ids, prompt + seq.logprobs
+
+        def prompt_text(job) -> str:
+            return job.request.prompt or tokenizer.decode(job.prompt_ids)
+
         if not body.stream:
-            for _, job in jobs:
-                await _collect(http, job, events)
             choices = []
-            for _, job in jobs:
+            for job, _ in jobs:
                 for seq in job.seqs:
-                    prefix = "" if not body.echo else job.request.prompt or \
-                        tokenizer.decode(job.prompt_ids)
+                    prefix = prompt_text(job) if body.echo else ""
+                    first = 0 if body.echo else len(prompt_text(job))
                     choices.append({"index": len(choices), "text": prefix + seq.text,
-                                    "logprobs": logprobs_of(job, seq),
+                                    "logprobs": logprobs_of(*scored(job, seq), first),
                                     "finish_reason": seq.finish_reason})
-            usage = [_usage(j) for _, j in jobs]
+            usage = [_usage(j) for j, _ in jobs]
             return {**head, "object": "text_completion", "choices": choices, "usage": {
                 k: sum(u[k] for u in usage) for k in usage[0]}}
 
-        job = jobs[0][1]
+        job, events = jobs[0]
 
         async def stream():
             chunk = {**head, "object": "text_completion"}
+            offsets = [len(prompt_text(job))] * body.n  # (the reply follows the prompt)
             try:
+                if body.echo:
+                    for i in range(body.n):
+                        yield _sse({**chunk, "choices": [{"index": i, "text": prompt_text(job),
+                                                          "finish_reason": None}]})
                 while True:
                     event = await events.get()
                     if event[0] == "text":
                         _, i, delta, lps = event
-                        yield _sse({**chunk, "choices": [{"index": i, "text": delta,
-                                                          "finish_reason": None}]})
+                        yield _sse({**chunk, "choices": [{
+                            "index": i, "text": delta, "finish_reason": None,
+                            "logprobs": logprobs_of([e["token"] for e in lps], lps,
+                                                    offsets[i])}]})
+                        offsets[i] += len(delta)
                     elif event[0] == "done":
                         yield _sse({**chunk, "choices": [{"index": event[1], "text": "",
                                                           "finish_reason": event[2]}]})

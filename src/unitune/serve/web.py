@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from unitune.errors import UserError
 from unitune.infer.engine import Engine, Request
 from unitune.infer.generate import Decoding
 
@@ -75,13 +76,16 @@ def build_ui(engine: Engine, decoding: Decoding, model: str | None = None):
             if not text.strip():
                 yield "", history
                 return
-            chosen_decoding = Decoding(
-                max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
-                temperature=float(temp), top_p=float(top_p_), top_k=int(top_k_),
-                repetition_penalty=float(penalty_), seed=int(seed_ or 0))
-            for grown in reply(engine, text, history or [], model_id, system_prompt or "",
-                               chosen_decoding):
-                yield "", grown
+            try:  # (a prompt too long, a full queue): said on the page
+                chosen_decoding = Decoding(
+                    max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
+                    temperature=float(temp), top_p=float(top_p_), top_k=int(top_k_),
+                    repetition_penalty=float(penalty_), seed=int(seed_ or 0))
+                for grown in reply(engine, text, history or [], model_id, system_prompt or "",
+                                   chosen_decoding):
+                    yield "", grown
+            except UserError as exc:
+                raise gr.Error(str(exc)) from None
 
         message.submit(respond, [message, chatbot, chosen, system, max_new, sample, seed,
                                  temperature, top_p, top_k, penalty], [message, chatbot])
