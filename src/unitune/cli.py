@@ -492,26 +492,42 @@ def cmd_serve(args) -> int:
     return 0
 
 
+EVAL_TASKS = ("humaneval",)
+
+
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="exact-match accuracy of a run (or a base model) on a file",
-                       description="Generate greedily for every record of an Alpaca file and "
-                       "report exact match, overall and per task family.")
-    p.add_argument("target", help="a finished run folder, or a base model (preset, folder or "
-                   "hub id)")
-    p.add_argument("--data", required=True, help="Alpaca json/jsonl file with reference outputs")
-    p.add_argument("--template", default=None,
-                   help="a base model's template (default: its own); overriding a run's is "
-                   "warned about")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p = sub.add_parser("eval", help="evaluate a run or a base model: exact match on a file, or "
+                       "benchmark tasks (humaneval)",
+                       description="--data FILE: generate greedily for every record of an "
+                       "Alpaca file and report exact match, overall and per task family. "
+                       "--tasks humaneval --data-dir DIR: HumanEval pass@k, the generated code "
+                       "run in a sandbox (limits, no network, its own directory).")
+    _add_engine(p, several=False)
+    p.add_argument("--data", help="Alpaca json/jsonl file with reference outputs (exact match)")
+    p.add_argument("--tasks", help=f"benchmark tasks: {', '.join(EVAL_TASKS)}")
+    p.add_argument("--data-dir", help="--tasks: the directory holding the benchmark's files")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length (default: 64 for --data, 384 for humaneval)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n", type=int, default=1, help="humaneval: samples per problem (greedy "
+                   "when 1, else sampled at --temperature)")
+    p.add_argument("--k", default="1", help="humaneval: pass@k to report, e.g. 1,10")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0, help="humaneval: the sampling seed")
+    p.add_argument("--limit", type=int, help="humaneval: only the first N problems")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="humaneval: seconds each program may run")
+    p.add_argument("--samples", help="humaneval: JSON lines of every sample (a rerun "
+                   "continues from it; default: next to --report, else humaneval_samples.jsonl)")
     p.add_argument("--report", help="write the full result as JSON here")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let the model run its own code (a base model's, or a run's trained with "
-                   "trust_remote_code)")
 
 
 def cmd_eval(args) -> int:
+    if bool(args.data) == bool(args.tasks):
+        raise UserError("unitune eval: give --data FILE (exact match) or --tasks NAMES "
+                        "(benchmarks), one of the two")
+    if args.tasks:
+        return _eval_tasks(args)
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match, write_report
     from unitune.run import open_model
@@ -521,11 +537,41 @@ def cmd_eval(args) -> int:
                                             template=args.template,
                                             trust_remote_code=args.trust_remote_code,
                                             log=_stderr)
-    result = evaluate_exact_match(model, tokenizer, template, records, args.max_new_tokens,
-                                  args.batch_size)
+    result = evaluate_exact_match(model, tokenizer, template, records,
+                                  args.max_new_tokens or 64, args.batch_size)
     print(result.table())
     if args.report:
         write_report(result, Path(args.report))
+    return 0
+
+
+def _eval_tasks(args) -> int:
+    import json
+
+    from unitune.eval.humaneval import evaluate
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for task in tasks:
+        if task not in EVAL_TASKS:
+            raise UserError(f"unknown task '{task}'{did_you_mean(task, EVAL_TASKS)}; tasks: "
+                            f"{', '.join(EVAL_TASKS)}")
+    if not args.data_dir:
+        raise UserError("--tasks needs --data-dir, the directory with the benchmark's files")
+    try:
+        ks = tuple(int(k) for k in args.k.split(","))
+    except ValueError:
+        raise UserError(f"--k {args.k!r}: expected numbers, e.g. 1,10") from None
+    samples = Path(args.samples) if args.samples else \
+        Path(args.report).with_suffix(".samples.jsonl") if args.report else \
+        Path("humaneval_samples.jsonl")
+    with _engine(args) as engine:
+        report = evaluate(engine, _first_model(engine, args), args.data_dir, samples, args.n, ks,
+                          args.temperature, args.max_new_tokens or 384, args.limit, args.seed,
+                          args.timeout, log=_stderr)
+    report["model"] = args.target
+    print(json.dumps(report, indent=1))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1), encoding="utf-8")
     return 0
 
 

@@ -1,0 +1,81 @@
+"""HumanEval: the sandbox stops what a model's code must not do, scoring is exact on known
+completions, pass@k is the unbiased estimator, and `unitune eval --tasks humaneval` runs end
+to end (and continues) on the real file in ../shared/data/eval/humaneval."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from unitune.cli import main
+from unitune.eval.humaneval import pass_at_k, read_problems, score
+from unitune.eval.sandbox import run_program
+
+
+def test_the_sandbox_stops_loops_memory_bombs_writes_and_the_network(tmp_path):
+    outside = tmp_path / "outside.txt"
+    assert run_program("x = [i * i for i in range(1000)]\nassert x[3] == 9").passed
+    assert run_program("open('mine.txt', 'w').write('x')\nassert open('mine.txt').read()"
+                       ).passed
+    start = time.time()
+    loop = run_program("while True:\n    pass", timeout_s=2)
+    assert loop.status == "timeout" and time.time() - start < 10
+    bomb = run_program("x = bytearray(50 * 1024**3)", memory_mb=512)
+    assert bomb.status == "failed" and "MemoryError" in bomb.detail
+    for code, words in [(f"open({str(outside)!r}, 'w').write('x')", "outside the sandbox"),
+                        ("import os\nos.remove('/etc/hostname')", "outside the sandbox"),
+                        ("import socket\nsocket.create_connection(('1.1.1.1', 80), 2)",
+                         "not allowed"),
+                        ("import subprocess\nsubprocess.run(['true'])", "not allowed"),
+                        ("import ctypes", "ctypes is not allowed")]:
+        outcome = run_program(code)
+        assert outcome.status == "failed" and words in outcome.detail, (code, outcome)
+    assert not outside.exists() and os.path.exists("/etc/hostname")
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(10, 0, 5) == 0.0 and pass_at_k(10, 6, 5) == 1.0
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - (3 * 2) / (5 * 4))
+
+
+def test_known_completions_score_100_and_0_percent(shared_data):
+    problems = read_problems(shared_data / "eval" / "humaneval")[:12]
+    right = score(problems, {p["task_id"]: [p["canonical_solution"]] for p in problems})
+    assert all(ok == [True] for ok in right.values()), right
+    wrong = score(problems, {p["task_id"]: ["    return None\n", "    while True: pass\n"]
+                             for p in problems}, timeout_s=2)
+    assert all(ok == [False, False] for ok in wrong.values()), wrong
+
+
+@pytest.mark.slow
+def test_eval_humaneval_end_to_end_and_resumed(shared_data, test_preset, tmp_path, capsys):
+    data_dir = str(shared_data / "eval" / "humaneval")
+    report = tmp_path / "he.json"
+    args = ["eval", "tiny-llama-test", "--tasks", "humaneval", "--data-dir", data_dir,
+            "--limit", "3", "--n", "2", "--k", "1,2", "--max-new-tokens", "8", "--device",
+            "cpu", "--report", str(report)]
+    assert main(args) == 0
+    result = json.loads(report.read_text())
+    assert result["problems"] == 3 and result["samples_per_problem"] == 2
+    assert 0.0 <= result["pass@1"] <= result["pass@2"] <= 1.0
+    samples = report.with_suffix(".samples.jsonl").read_text().splitlines()
+    assert len(samples) == 6
+    assert main(args) == 0  # a rerun continues: nothing generated again
+    assert "3 of 3 problems already done" in capsys.readouterr().err
+    assert len(report.with_suffix(".samples.jsonl").read_text().splitlines()) == 6
+    assert main(["eval", "tiny-llama-test", "--tasks", "humanevl", "--data-dir", data_dir]) == 2
+    assert "did you mean 'humaneval'" in capsys.readouterr().err
+    assert main(["eval", "tiny-llama-test", "--tasks", "humaneval", "--data-dir",
+                 str(tmp_path)]) == 2
+    assert "download HumanEval.jsonl.gz" in capsys.readouterr().err
+    (tmp_path / "HumanEval.jsonl").write_text('{"task_id": "x", "prompt": "p"}\n{oops\n')
+    assert main(["eval", "tiny-llama-test", "--tasks", "humaneval", "--data-dir",
+                 str(tmp_path)]) == 2
+    assert "HumanEval.jsonl:1: test: missing" in capsys.readouterr().err
+    assert main(["eval", "tiny-llama-test", "--tasks", "humaneval", "--data", "x.json",
+                 "--data-dir", data_dir]) == 2
+    assert "one of the two" in capsys.readouterr().err
