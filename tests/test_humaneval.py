@@ -78,4 +78,28 @@ def test_eval_humaneval_end_to_end_and_resumed(shared_data, test_preset, tmp_pat
     assert "HumanEval.jsonl:1: test: missing" in capsys.readouterr().err
     assert main(["eval", "tiny-llama-test", "--tasks", "humaneval", "--data", "x.json",
                  "--data-dir", data_dir]) == 2
-    assert "one of the two" in capsys.readouterr().err
+    assert "give one of --data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_perplexity_slides_its_window(test_preset, tmp_path, capsys):
+    from unitune.eval.perplexity import perplexity, read_reference, reference_windows
+    from unitune.run import open_model
+
+    text = tmp_path / "ref.txt"
+    text.write_text("count a b c = 3 max 1 7 2 = 7 sort 3 1 2 = 1 2 3 " * 12 + "\n")
+    model, tok, template = open_model("tiny-llama-test", device="cpu")
+    values = {}
+    for window, stride in ((64, 64), (64, 16)):
+        report = tmp_path / f"ppl{stride}.json"
+        assert main(["eval", "tiny-llama-test", "--perplexity", str(text), "--window",
+                     str(window), "--stride", str(stride), "--device", "cpu", "--report",
+                     str(report)]) == 0
+        got = json.loads(report.read_text())
+        expected = perplexity(model, reference_windows(read_reference(str(text)), tok,
+                                                       template, window, stride))
+        assert got["perplexity"] == pytest.approx(expected, rel=1e-6) and got["windows"] > 1
+        values[stride] = got["perplexity"]
+    assert values[16] != values[64]  # overlapping windows give each token more context
+    assert main(["eval", "tiny-llama-test", "--perplexity", str(text), "--stride", "600"]) == 2
+    assert "--stride must be" in capsys.readouterr().err

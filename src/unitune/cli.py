@@ -504,6 +504,13 @@ def _add_eval(sub) -> None:
                        "run in a sandbox (limits, no network, its own directory).")
     _add_engine(p, several=False)
     p.add_argument("--data", help="Alpaca json/jsonl file with reference outputs (exact match)")
+    p.add_argument("--perplexity", metavar="FILE", help="perplexity on a text file (.txt, "
+                   "{\"text\"} records; conversations are scored on their replies)")
+    p.add_argument("--window", type=int, default=512,
+                   help="--perplexity: tokens per window (sliding over long texts)")
+    p.add_argument("--stride", type=int, default=512,
+                   help="--perplexity: new tokens per window (< --window: overlapping "
+                   "context, as in the module-arithmetic paper's protocol)")
     p.add_argument("--tasks", help=f"benchmark tasks: {', '.join(EVAL_TASKS)}")
     p.add_argument("--data-dir", help="--tasks: the directory holding the benchmark's files")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -523,11 +530,13 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    if bool(args.data) == bool(args.tasks):
-        raise UserError("unitune eval: give --data FILE (exact match) or --tasks NAMES "
-                        "(benchmarks), one of the two")
+    if sum(map(bool, (args.data, args.tasks, args.perplexity))) != 1:
+        raise UserError("unitune eval: give one of --data FILE (exact match), --tasks NAMES "
+                        "(benchmarks) and --perplexity FILE")
     if args.tasks:
         return _eval_tasks(args)
+    if args.perplexity:
+        return _eval_perplexity(args)
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match, write_report
     from unitune.run import open_model
@@ -542,6 +551,29 @@ def cmd_eval(args) -> int:
     print(result.table())
     if args.report:
         write_report(result, Path(args.report))
+    return 0
+
+
+def _eval_perplexity(args) -> int:
+    import json
+
+    from unitune.eval.perplexity import perplexity, read_reference, reference_windows
+    from unitune.run import open_model
+
+    if not 0 < args.stride <= args.window:
+        raise UserError(f"--stride must be in 1..--window ({args.window}), got {args.stride}")
+    records = read_reference(args.perplexity)
+    model, tokenizer, template = open_model(args.target, device=args.device,
+                                            template=args.template,
+                                            trust_remote_code=args.trust_remote_code,
+                                            log=_stderr)
+    windows = reference_windows(records, tokenizer, template, args.window, args.stride)
+    result = {"model": args.target, "file": args.perplexity, "window": args.window,
+              "stride": args.stride, "windows": len(windows),
+              "perplexity": perplexity(model, windows)}
+    print(json.dumps(result, indent=1))
+    if args.report:
+        Path(args.report).write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
 
 
