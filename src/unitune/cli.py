@@ -607,6 +607,58 @@ def _eval_tasks(args) -> int:
     return 0
 
 
+def _add_arena(sub) -> None:
+    p = sub.add_parser("arena", help="models answer the same prompts, a judge compares them "
+                       "pairwise; Elo and Bradley-Terry leaderboard",
+                       description="Each --model answers every prompt of --prompts (any "
+                       "conversation format: the first user turn is asked); an OpenAI-"
+                       "compatible judge (unitune serve included) compares every pair with "
+                       "positions randomised; the leaderboard (Elo and Bradley-Terry with "
+                       "bootstrap intervals) is written to -o as Markdown, JSON and PNG. "
+                       "Answers and judgments are cached there: a rerun continues.")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=RUN",
+                   help="a contestant: a run or a base model (repeat, at least twice)")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--judge-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", required=True)
+    p.add_argument("--judge-key", default=os.environ.get("UNITUNE_JUDGE_KEY"),
+                   help="the judge's API key (default: $UNITUNE_JUDGE_KEY)")
+    p.add_argument("-o", "--out", required=True, help="folder for answers, judgments, results")
+    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--rounds", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_decoding(p, max_new_tokens=256)
+
+
+def cmd_arena(args) -> int:
+    from unitune.data.readers import read_conversations
+    from unitune.eval.arena import Judge, run_arena
+
+    models = {}
+    for item in args.model:
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise UserError(f"--model {item!r}: expected NAME=RUN")
+        models[name.strip()] = target.strip()
+    if Path(args.prompts).suffix == ".txt":  # one prompt per line
+        if not Path(args.prompts).exists():
+            raise UserError(f"{args.prompts}: no such file")
+        questions = [line.strip() for line in Path(args.prompts).read_text(
+            encoding="utf-8").splitlines() if line.strip()]
+    else:
+        questions = [c.turns[0].user_text() for c in read_conversations(args.prompts)]
+    questions = questions[:args.limit]
+    if not questions:
+        raise UserError(f"{args.prompts}: no prompts")
+    report = run_arena(models, questions, Judge(args.judge_url, args.judge_model,
+                                                args.judge_key), Path(args.out),
+                       _decoding(args), args.seed or 0, args.rounds, args.device, _stderr)
+    from unitune.eval.ratings import markdown
+
+    print(markdown(report["leaderboard"]), end="")
+    return 0
+
+
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="data tools: catalog, synthetic suite, check, convert, "
                        "preview, stats")
@@ -698,7 +750,7 @@ def cmd_quickstart(args) -> int:
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
             "quickstart": cmd_quickstart, "compare": cmd_compare, "compose": cmd_compose,
             "merge": cmd_merge, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
-            "web": cmd_web, "export": cmd_export}
+            "web": cmd_web, "export": cmd_export, "arena": cmd_arena}
 
 
 def build_parser() -> Parser:
@@ -710,7 +762,7 @@ def build_parser() -> Parser:
                                 parser_class=Parser)
     for add in (_add_quickstart, _add_data, _add_train, _add_compare, _add_compose, _add_merge,
                 _add_generate, _add_chat, _add_predict, _add_serve, _add_web, _add_export,
-                _add_eval):
+                _add_eval, _add_arena):
         add(sub)
     return parser
 

@@ -1,0 +1,178 @@
+"""``unitune arena``: models answer the same prompts, a judge compares them pairwise, and the
+comparisons become a leaderboard (``eval/ratings.py``).
+
+Answers come from the chat engine, one model at a time, cached in ``answers.jsonl``. For every
+prompt and pair of models the two answers are shown to the judge in a seeded random order
+(position bias cancels out over prompts); the judge is any OpenAI-compatible chat endpoint
+(``unitune serve`` included), asked with MT-bench's pairwise prompt and its verdict format
+(``[[A]]``, ``[[B]]``, ``[[C]]`` for a tie). Judge calls are retried with backoff, cached in
+``judgments.jsonl`` (a rerun asks nothing twice), and their token usage is counted; a reply
+with no verdict is recorded as unparsed and left out of the ratings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from unitune.errors import UserError
+
+JUDGE_SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses "
+                "provided by two AI assistants to the user question displayed below. Avoid "
+                "any position bias and do not let the length of the responses influence "
+                "your evaluation. Output your final verdict by strictly following this "
+                'format: "[[A]]" if assistant A is better, "[[B]]" if assistant B is better, '
+                'and "[[C]]" for a tie.')
+
+
+def judge_messages(question: str, answer_a: str, answer_b: str, max_chars: int = 2000
+                   ) -> list[dict]:
+    """MT-bench's pairwise judge prompt (answers cut at ``max_chars``)."""
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": (
+                f"[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n"
+                f"{answer_a[:max_chars]}\n[The End of Assistant A's Answer]\n\n"
+                f"[The Start of Assistant B's Answer]\n{answer_b[:max_chars]}\n"
+                "[The End of Assistant B's Answer]")}]
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'C' (tie) from a judge's reply: its last [[X]] verdict, or a reply that
+    is nothing but the verdict; None when there is none."""
+    found = re.findall(r"\[\[\s*([ABC])\s*\]\]", text)
+    if found:
+        return found[-1]
+    bare = text.strip().strip(".").strip().upper()
+    return {"A": "A", "B": "B", "C": "C", "TIE": "C"}.get(bare)
+
+
+class Judge:
+    """An OpenAI-compatible chat endpoint: one call per comparison, retried with backoff."""
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 4,
+                 timeout_s: float = 120.0, max_tokens: int = 256):
+        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions")
+                                      else "/chat/completions")
+        self.model, self.api_key, self.retries = model, api_key, retries
+        self.timeout_s, self.max_tokens = timeout_s, max_tokens
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
+
+    def ask(self, messages: list[dict]) -> str:
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
+                           "max_tokens": self.max_tokens}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url, data=body, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    reply = json.loads(response.read())
+                self.usage["calls"] += 1
+                for key in ("prompt_tokens", "completion_tokens"):
+                    self.usage[key] += (reply.get("usage") or {}).get(key, 0)
+                return reply["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}: {exc.read()[:200].decode('utf-8', 'replace')}"
+                if exc.code not in (408, 409, 429) and exc.code < 500:
+                    raise UserError(f"judge {self.url}: {last}") from None
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                last = str(getattr(exc, "reason", exc))
+            except (KeyError, IndexError, json.JSONDecodeError):
+                last = "a reply that is not an OpenAI chat completion"
+            if attempt < self.retries:
+                time.sleep(min(30.0, 0.5 * 2 ** attempt))
+        raise UserError(f"judge {self.url}: no answer after {self.retries + 1} tries ({last})")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+def collect_answers(models: dict[str, str], questions: list[str], out: Path, decoding,
+                    device: str = "auto", log=print) -> dict[str, list[str]]:
+    """Every model's answer to every question (cached in ``answers.jsonl``)."""
+    from unitune.infer.engine import Engine, Request
+
+    path = out / "answers.jsonl"
+    cached: dict[str, dict[int, str]] = {}
+    for row in _read_jsonl(path):
+        cached.setdefault(row["model"], {})[row["index"]] = row["answer"]
+    with path.open("a", encoding="utf-8") as f:
+        for name, target in models.items():
+            missing = [i for i in range(len(questions)) if i not in cached.get(name, {})]
+            if not missing:
+                continue
+            log(f"arena: {name} answers {len(missing)} prompts")
+            with Engine(target, device=device, log=log) as engine:
+                model = engine.adapters[0] if engine.adapters else engine.base_id
+                jobs = {i: engine.submit(Request(model, engine.render_chat(
+                    model, [{"role": "user", "content": questions[i]}]), decoding))
+                    for i in missing}
+                for i, job in jobs.items():
+                    answer = job.result().seqs[0].text.strip()
+                    cached.setdefault(name, {})[i] = answer
+                    f.write(json.dumps({"model": name, "index": i, "answer": answer},
+                                       ensure_ascii=False) + "\n")
+    return {name: [cached[name][i] for i in range(len(questions))] for name in models}
+
+
+def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: Path,
+              decoding, seed: int = 0, rounds: int = 200, device: str = "auto",
+              log=print) -> dict:
+    """Answers, judgments and the leaderboard (``leaderboard.md/.json/.png``) in ``out``."""
+    from unitune.eval.ratings import leaderboard, markdown, plot
+
+    if len(models) < 2:
+        raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
+    out.mkdir(parents=True, exist_ok=True)
+    answers = collect_answers(models, questions, out, decoding, device, log)
+    path = out / "judgments.jsonl"
+    judged = {(r["index"], r["first"], r["second"]): r for r in _read_jsonl(path)}
+    rng = random.Random(seed)
+    comparisons, unparsed = [], 0
+    with path.open("a", encoding="utf-8") as f:
+        for i, question in enumerate(questions):
+            for first, second in itertools.combinations(models, 2):
+                swap = rng.random() < 0.5  # drawn for every pair, cached or not: same order
+                row = judged.get((i, first, second))
+                if row is None:
+                    shown_a, shown_b = (second, first) if swap else (first, second)
+                    reply = judge.ask(judge_messages(question, answers[shown_a][i],
+                                                     answers[shown_b][i]))
+                    row = {"index": i, "first": first, "second": second, "a": shown_a,
+                           "b": shown_b, "reply": reply, "verdict": parse_verdict(reply)}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()
+                verdict = row["verdict"]
+                if verdict is None:
+                    unparsed += 1
+                    continue
+                winner = {"A": row["a"], "B": row["b"], "C": None}[verdict]
+                comparisons.append((first, second, 0.5 if winner is None else
+                                    float(winner == first)))
+    rows = leaderboard(comparisons, rounds, seed)
+    report = {"models": list(models), "prompts": len(questions),
+              "comparisons": len(comparisons), "unparsed_verdicts": unparsed,
+              "judge": {"url": judge.url, "model": judge.model, **judge.usage},
+              "answer_lengths": {m: sum(len(a) for a in answers[m]) / len(questions)
+                                 for m in models},
+              "leaderboard": rows}
+    (out / "leaderboard.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    (out / "leaderboard.md").write_text(markdown(rows), encoding="utf-8")
+    if rows:
+        plot(rows, out / "leaderboard.png")
+    log(f"arena: {len(comparisons)} comparisons ({unparsed} replies without a verdict), "
+        f"judge tokens {judge.usage['prompt_tokens']} in / {judge.usage['completion_tokens']} "
+        f"out -> {out / 'leaderboard.md'}")
+    return report

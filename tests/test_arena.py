@@ -1,0 +1,137 @@
+"""The arena: ratings recover a known ordering from a synthetic tournament, verdicts are
+parsed robustly, positions are randomised and mapped back, and `unitune arena` runs end to
+end against `unitune serve` as the judge, continuing from its caches."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from unitune.cli import main
+from unitune.eval.arena import Judge, parse_verdict, run_arena
+from unitune.eval.ratings import bradley_terry, elo, leaderboard, markdown
+from unitune.infer.generate import Decoding
+
+
+def tournament(strengths: dict[str, float], games: int, seed: int = 0) -> list:
+    rng = random.Random(seed)
+    names = list(strengths)
+    out = []
+    for _ in range(games):
+        a, b = rng.sample(names, 2)
+        p = strengths[a] / (strengths[a] + strengths[b])
+        r = rng.random()
+        out.append((a, b, 0.5 if abs(r - p) < 0.05 else float(r < p)))
+    return out
+
+
+def test_ratings_recover_a_known_ordering():
+    truth = {"weak": 1.0, "fair": 2.0, "good": 4.0, "best": 8.0}
+    games = tournament(truth, 3000)
+    order = sorted(truth, key=truth.get, reverse=True)
+    bt = bradley_terry(games)
+    assert sorted(bt, key=bt.get, reverse=True) == order
+    # BT on the Elo scale: a strength ratio of 2 is 400*log10(2) ≈ 120 points
+    assert bt["best"] - bt["good"] == pytest.approx(120.4, abs=30)
+    assert sorted(elo(games), key=elo(games).get, reverse=True) == order
+    rows = leaderboard(games, rounds=50)
+    assert [r["model"] for r in rows] == order
+    assert rows[0]["bt_low"] > rows[-1]["bt_high"]  # the intervals separate best from weak
+    assert all(r["bt_low"] <= r["bt"] <= r["bt_high"] for r in rows)
+    assert sum(r["wins"] + r["losses"] + r["ties"] for r in rows) == 2 * len(games)
+    assert markdown(rows).count("\n") == 6
+
+
+def test_verdicts_are_parsed_robustly():
+    assert parse_verdict("Both are fine, but [[B]].") == "B"
+    assert parse_verdict("[[A]] at first... final verdict: [[ C ]]") == "C"
+    assert parse_verdict(" A. ") == "A" and parse_verdict("tie") == "C"
+    assert parse_verdict("I cannot decide") is None and parse_verdict("[[D]]") is None
+
+
+class AlwaysFirst(Judge):
+    """A judge that always prefers the answer shown first (to check the position mapping)."""
+
+    def ask(self, messages):
+        self.usage["calls"] += 1
+        return "[[A]]"
+
+
+def test_positions_are_randomised_and_mapped_back(tmp_path):
+    out = tmp_path / "arena"
+    out.mkdir()
+    questions = [f"q{i}" for i in range(40)]
+    (out / "answers.jsonl").write_text("".join(
+        json.dumps({"model": m, "index": i, "answer": f"{m} {i}"}) + "\n"
+        for m in ("x", "y") for i in range(40)))
+    judge = AlwaysFirst("http://unused/v1", "judge")
+    report = run_arena({"x": "unused", "y": "unused"}, questions, judge, out, Decoding())
+    rows = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    shown_first = sum(r["a"] == "x" for r in rows)
+    assert 10 < shown_first < 30  # randomised positions
+    x = next(r for r in report["leaderboard"] if r["model"] == "x")
+    assert x["wins"] == shown_first and x["losses"] == 40 - shown_first
+    again = run_arena({"x": "unused", "y": "unused"}, questions, judge, out, Decoding())
+    assert judge.usage["calls"] == 40 and again["comparisons"] == 40  # all from the cache
+
+
+def test_a_judge_that_is_down_is_a_clear_error():
+    from unitune.errors import UserError
+
+    with pytest.raises(UserError, match="no answer after 2 tries"):
+        Judge("http://127.0.0.1:9/v1", "judge", retries=1, timeout_s=2).ask(
+            [{"role": "user", "content": "x"}])
+
+
+def long_context_judge(folder):
+    """A small random Llama with room for a judge prompt (the test preset has 256 tokens)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from unitune.models.tiny import ensure_preset
+
+    tok = AutoTokenizer.from_pretrained(str(ensure_preset("tiny-llama-test",
+                                                          log=lambda *a: None)))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, max_position_embeddings=4096)
+                     ).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.slow
+def test_arena_end_to_end_with_unitune_serve_as_the_judge(small_lora, chat_run, start_server,
+                                                          synth_data, tmp_path, capsys):
+    other = small_lora("other", seed=1)
+    proc, url = start_server([str(long_context_judge(tmp_path / "judge"))])
+    try:
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("Count the letters. a b\nSort 3 1 2.\n")
+        args = ["arena", "--model", f"one={chat_run}", "--model", f"two={other}",
+                "--prompts", str(prompts), "--judge-url", f"{url}/v1", "--judge-model",
+                str(tmp_path / "judge"), "-o", str(tmp_path / "out"), "--device", "cpu",
+                "--max-new-tokens", "4", "--rounds", "20"]
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 0, err
+        report = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+        assert report["judge"]["calls"] == 2 and report["judge"]["prompt_tokens"] > 0
+        assert report["comparisons"] + report["unparsed_verdicts"] == 2
+        assert set(report["answer_lengths"]) == {"one", "two"}
+        assert len((tmp_path / "out" / "judgments.jsonl").read_text().splitlines()) == 2
+        import httpx
+
+        before = httpx.get(f"{url}/health").json()["requests"]
+        assert main(args) == 0  # answers and judgments come from the caches
+        assert httpx.get(f"{url}/health").json()["requests"] == before
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert main(["arena", "--model", f"one={chat_run}", "--prompts", str(prompts),
+                 "--judge-url", "http://x/v1", "--judge-model", "j", "-o",
+                 str(tmp_path / "o2")]) == 2
+    assert "at least two models" in capsys.readouterr().err
