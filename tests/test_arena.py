@@ -135,3 +135,45 @@ def test_arena_end_to_end_with_unitune_serve_as_the_judge(small_lora, chat_run, 
                  "--judge-url", "http://x/v1", "--judge-model", "j", "-o",
                  str(tmp_path / "o2")]) == 2
     assert "at least two models" in capsys.readouterr().err
+
+
+def test_belle_eval_scores_are_parsed():
+    from unitune.eval.belle import parse_score
+
+    assert parse_score("分析……得分: 0.8") == 0.8 and parse_score("得分：1") == 1.0
+    assert parse_score("得分: 0.2\n复核后得分: .5") == 0.5
+    assert parse_score("我认为不错") is None
+
+
+@pytest.mark.slow
+def test_belle_eval_end_to_end_with_unitune_serve_as_the_judge(chat_run, start_server,
+                                                               shared_data, tmp_path, capsys):
+    from unitune.eval.belle import read_belle
+
+    data_dir = shared_data / "eval" / "belle_eval"
+    items, prompts = read_belle(data_dir)
+    assert len(items) == 300 and len(prompts) == 11
+    proc, url = start_server([str(long_context_judge(tmp_path / "judge"))])
+    try:
+        report = tmp_path / "belle.json"
+        args = ["eval", str(chat_run), "--tasks", "belle_eval", "--data-dir", str(data_dir),
+                "--judge-url", f"{url}/v1", "--judge-model", str(tmp_path / "judge"),
+                "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--report",
+                str(report)]
+        assert main(args) == 0, capsys.readouterr().err
+        result = json.loads(report.read_text())
+        assert result["questions"] == 3 and result["graded"] + result["unparsed"] == 3
+        assert result["judge"]["calls"] == 3
+        grades = (tmp_path / "belle.belle_eval" / "grades.jsonl").read_text().splitlines()
+        assert len(grades) == 3
+        assert main(args) == 0  # a rerun continues from the cached answers and grades
+        assert json.loads(report.read_text())["judge"]["calls"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert main(["eval", str(chat_run), "--tasks", "belle_eval", "--data-dir",
+                 str(data_dir)]) == 2
+    assert "--judge-url and --judge-model" in capsys.readouterr().err
+    assert main(["eval", str(chat_run), "--tasks", "belle_eval", "--data-dir", str(tmp_path),
+                 "--judge-url", "http://x/v1", "--judge-model", "j"]) == 2
+    assert "eval_prompt.json" in capsys.readouterr().err

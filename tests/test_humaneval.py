@@ -62,11 +62,11 @@ def test_eval_humaneval_end_to_end_and_resumed(shared_data, test_preset, tmp_pat
     result = json.loads(report.read_text())
     assert result["problems"] == 3 and result["samples_per_problem"] == 2
     assert 0.0 <= result["pass@1"] <= result["pass@2"] <= 1.0
-    samples = report.with_suffix(".samples.jsonl").read_text().splitlines()
+    samples = (tmp_path / "he.humaneval.jsonl").read_text().splitlines()
     assert len(samples) == 6
     assert main(args) == 0  # a rerun continues: nothing generated again
     assert "3 of 3 problems already done" in capsys.readouterr().err
-    assert len(report.with_suffix(".samples.jsonl").read_text().splitlines()) == 6
+    assert len((tmp_path / "he.humaneval.jsonl").read_text().splitlines()) == 6
     assert main(["eval", "tiny-llama-test", "--tasks", "humanevl", "--data-dir", data_dir]) == 2
     assert "did you mean 'humaneval'" in capsys.readouterr().err
     assert main(["eval", "tiny-llama-test", "--tasks", "humaneval", "--data-dir",

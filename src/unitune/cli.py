@@ -492,16 +492,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
-EVAL_TASKS = ("humaneval",)
+EVAL_TASKS = ("humaneval", "belle_eval")
 
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a run or a base model: exact match on a file, or "
-                       "benchmark tasks (humaneval)",
+                       "benchmarks (humaneval, belle_eval), perplexity",
                        description="--data FILE: generate greedily for every record of an "
                        "Alpaca file and report exact match, overall and per task family. "
                        "--tasks humaneval --data-dir DIR: HumanEval pass@k, the generated code "
-                       "run in a sandbox (limits, no network, its own directory).")
+                       "run in a sandbox (limits, no network, its own directory). --tasks "
+                       "belle_eval --data-dir DIR --judge-url URL --judge-model M: Belle-Eval, "
+                       "graded 0-1 by an LLM against the references (answers and grades are "
+                       "cached next to --report: a rerun continues).")
     _add_engine(p, several=False)
     p.add_argument("--data", help="Alpaca json/jsonl file with reference outputs (exact match)")
     p.add_argument("--perplexity", metavar="FILE", help="perplexity on a text file (.txt, "
@@ -514,7 +517,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--tasks", help=f"benchmark tasks: {', '.join(EVAL_TASKS)}")
     p.add_argument("--data-dir", help="--tasks: the directory holding the benchmark's files")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="answer length (default: 64 for --data, 384 for humaneval)")
+                   help="answer length (default: 64 for --data, 384 humaneval, 512 belle_eval)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--n", type=int, default=1, help="humaneval: samples per problem (greedy "
                    "when 1, else sampled at --temperature)")
@@ -525,7 +528,13 @@ def _add_eval(sub) -> None:
     p.add_argument("--timeout", type=float, default=10.0,
                    help="humaneval: seconds each program may run")
     p.add_argument("--samples", help="humaneval: JSON lines of every sample (a rerun "
-                   "continues from it; default: next to --report, else humaneval_samples.jsonl)")
+                   "continues from it; default: REPORT.humaneval.jsonl, else "
+                   "eval.humaneval.jsonl)")
+    p.add_argument("--judge-url", help="belle_eval: the grading LLM, an OpenAI-compatible "
+                   "endpoint (e.g. http://127.0.0.1:8000/v1)")
+    p.add_argument("--judge-model", help="belle_eval: the judge's model name")
+    p.add_argument("--judge-key", default=os.environ.get("UNITUNE_JUDGE_KEY"),
+                   help="belle_eval: the judge's API key (default: $UNITUNE_JUDGE_KEY)")
     p.add_argument("--report", help="write the full result as JSON here")
 
 
@@ -580,8 +589,6 @@ def _eval_perplexity(args) -> int:
 def _eval_tasks(args) -> int:
     import json
 
-    from unitune.eval.humaneval import evaluate
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for task in tasks:
         if task not in EVAL_TASKS:
@@ -589,21 +596,41 @@ def _eval_tasks(args) -> int:
                             f"{', '.join(EVAL_TASKS)}")
     if not args.data_dir:
         raise UserError("--tasks needs --data-dir, the directory with the benchmark's files")
+    if "belle_eval" in tasks and not (args.judge_url and args.judge_model):
+        raise UserError("belle_eval is graded by an LLM: give --judge-url and --judge-model")
     try:
         ks = tuple(int(k) for k in args.k.split(","))
     except ValueError:
         raise UserError(f"--k {args.k!r}: expected numbers, e.g. 1,10") from None
-    samples = Path(args.samples) if args.samples else \
-        Path(args.report).with_suffix(".samples.jsonl") if args.report else \
-        Path("humaneval_samples.jsonl")
-    with _engine(args) as engine:
-        report = evaluate(engine, _first_model(engine, args), args.data_dir, samples, args.n, ks,
-                          args.temperature, args.max_new_tokens or 384, args.limit, args.seed,
-                          args.timeout, log=_stderr)
-    report["model"] = args.target
-    print(json.dumps(report, indent=1))
+    stem = Path(args.report).with_suffix("") if args.report else Path("eval")
+    reports = []
+    for task in tasks:
+        if task == "humaneval":
+            from unitune.eval.humaneval import evaluate
+
+            samples = Path(args.samples) if args.samples else \
+                stem.with_name(stem.name + ".humaneval.jsonl")
+            with _engine(args) as engine:
+                report = evaluate(engine, _first_model(engine, args), args.data_dir, samples,
+                                  args.n, ks, args.temperature, args.max_new_tokens or 384,
+                                  args.limit, args.seed, args.timeout, log=_stderr)
+        else:
+            from unitune.eval.belle import evaluate_belle
+            from unitune.eval.judge import Judge
+            from unitune.infer.generate import Decoding
+
+            report = evaluate_belle(
+                args.target, Path(args.target).name, args.data_dir,
+                Judge(args.judge_url, args.judge_model, args.judge_key),
+                stem.with_name(stem.name + ".belle_eval"),
+                Decoding(max_new_tokens=args.max_new_tokens or 512), args.limit, args.device,
+                log=_stderr)
+        reports.append({"model": args.target, **report})
+    result = reports[0] if len(reports) == 1 else reports
+    print(json.dumps(result, indent=1, ensure_ascii=False))
     if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        Path(args.report).write_text(json.dumps(result, indent=1, ensure_ascii=False),
+                                     encoding="utf-8")
     return 0
 
 

@@ -16,12 +16,10 @@ import itertools
 import json
 import random
 import re
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from unitune.errors import UserError
+from unitune.eval.judge import Judge, read_jsonl
 
 JUDGE_SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses "
                 "provided by two AI assistants to the user question displayed below. Avoid "
@@ -52,53 +50,6 @@ def parse_verdict(text: str) -> str | None:
     return {"A": "A", "B": "B", "C": "C", "TIE": "C"}.get(bare)
 
 
-class Judge:
-    """An OpenAI-compatible chat endpoint: one call per comparison, retried with backoff."""
-
-    def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 4,
-                 timeout_s: float = 120.0, max_tokens: int = 256):
-        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions")
-                                      else "/chat/completions")
-        self.model, self.api_key, self.retries = model, api_key, retries
-        self.timeout_s, self.max_tokens = timeout_s, max_tokens
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
-
-    def ask(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    reply = json.loads(response.read())
-                self.usage["calls"] += 1
-                for key in ("prompt_tokens", "completion_tokens"):
-                    self.usage[key] += (reply.get("usage") or {}).get(key, 0)
-                return reply["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}: {exc.read()[:200].decode('utf-8', 'replace')}"
-                if exc.code not in (408, 409, 429) and exc.code < 500:
-                    raise UserError(f"judge {self.url}: {last}") from None
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
-                last = str(getattr(exc, "reason", exc))
-            except (KeyError, IndexError, json.JSONDecodeError):
-                last = "a reply that is not an OpenAI chat completion"
-            if attempt < self.retries:
-                time.sleep(min(30.0, 0.5 * 2 ** attempt))
-        raise UserError(f"judge {self.url}: no answer after {self.retries + 1} tries ({last})")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
-
-
 def collect_answers(models: dict[str, str], questions: list[str], out: Path, decoding,
                     device: str = "auto", log=print) -> dict[str, list[str]]:
     """Every model's answer to every question (cached in ``answers.jsonl``)."""
@@ -106,7 +57,7 @@ def collect_answers(models: dict[str, str], questions: list[str], out: Path, dec
 
     path = out / "answers.jsonl"
     cached: dict[str, dict[int, str]] = {}
-    for row in _read_jsonl(path):
+    for row in read_jsonl(path):
         cached.setdefault(row["model"], {})[row["index"]] = row["answer"]
     with path.open("a", encoding="utf-8") as f:
         for name, target in models.items():
@@ -138,7 +89,7 @@ def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: P
     out.mkdir(parents=True, exist_ok=True)
     answers = collect_answers(models, questions, out, decoding, device, log)
     path = out / "judgments.jsonl"
-    judged = {(r["index"], r["first"], r["second"]): r for r in _read_jsonl(path)}
+    judged = {(r["index"], r["first"], r["second"]): r for r in read_jsonl(path)}
     rng = random.Random(seed)
     comparisons, unparsed = [], 0
     with path.open("a", encoding="utf-8") as f:

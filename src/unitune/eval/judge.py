@@ -1,0 +1,62 @@
+"""An LLM judge behind any OpenAI-compatible chat endpoint (``unitune serve`` included), shared
+by the arena and the graded benchmarks: one call per judgment, retried with backoff on
+network errors, 5xx and 429, its token usage counted; and the JSON-lines caches their answers
+and judgments are kept in, so a rerun asks nothing twice."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from unitune.errors import UserError
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines cache (none when it does not exist yet)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+class Judge:
+    """An OpenAI-compatible chat endpoint: one call per comparison, retried with backoff."""
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 4,
+                 timeout_s: float = 120.0, max_tokens: int = 256):
+        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions")
+                                      else "/chat/completions")
+        self.model, self.api_key, self.retries = model, api_key, retries
+        self.timeout_s, self.max_tokens = timeout_s, max_tokens
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
+
+    def ask(self, messages: list[dict]) -> str:
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
+                           "max_tokens": self.max_tokens}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url, data=body, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    reply = json.loads(response.read())
+                self.usage["calls"] += 1
+                for key in ("prompt_tokens", "completion_tokens"):
+                    self.usage[key] += (reply.get("usage") or {}).get(key, 0)
+                return reply["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}: {exc.read()[:200].decode('utf-8', 'replace')}"
+                if exc.code not in (408, 409, 429) and exc.code < 500:
+                    raise UserError(f"judge {self.url}: {last}") from None
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                last = str(getattr(exc, "reason", exc))
+            except (KeyError, IndexError, json.JSONDecodeError):
+                last = "a reply that is not an OpenAI chat completion"
+            if attempt < self.retries:
+                time.sleep(min(30.0, 0.5 * 2 ** attempt))
+        raise UserError(f"judge {self.url}: no answer after {self.retries + 1} tries ({last})")
