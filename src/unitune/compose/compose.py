@@ -32,14 +32,15 @@ class Composition:
                  trust_remote_code: bool = False, log=print):
         self.expression = parse(expression, params, lambda n: any(
             is_run(p) for p in (Path(n).expanduser(), root / n)))
-        folders, self.names, self._slot = [], [], []
+        folders, keys, self.names, self._slot = [], [], [], []
         for name in self.expression.terms:
             folder = resolve(name, root)
             key = folder.resolve()
-            if key not in [f.resolve() for f in folders]:
+            if key not in keys:
                 folders.append(folder)
+                keys.append(key)
                 self.names.append(name)
-            self._slot.append([f.resolve() for f in folders].index(key))
+            self._slot.append(keys.index(key))
         self.combiner = Combiner(folders, combine, rank, density, majority_sign, seed,
                                  trust_remote_code, log)
 

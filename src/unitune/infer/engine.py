@@ -27,7 +27,15 @@ from pathlib import Path
 
 from unitune.data.templates import Template
 from unitune.errors import UserError
-from unitune.infer.generate import Decoding, Sequence, decode, eos_ids, prompt_logprobs
+from unitune.infer.generate import (
+    Decoding,
+    Sequence,
+    decode,
+    eos_ids,
+    model_eos_ids,
+    prompt_logprobs,
+    split_stops,
+)
 
 
 class QueueFull(UserError):
@@ -129,18 +137,18 @@ class Engine:
         self.templates: dict[str, Template] = {}
         self.parents: dict[str, str | None] = {}
         self.adapter_of: dict[str, str | None] = {}  # model id -> PEFT adapter name
+        record = read_finished(folder) if is_run(folder) else None
         self._base_path = None  # where the served base's weights are (to match adapters)
-        if is_run(folder) and hasattr(self.model, "peft_config"):  # the base and the run
-            self.base_id = read_finished(folder).base_model
-            self._base_path = read_finished(folder).base_model_path
+        if record is not None and hasattr(self.model, "peft_config"):  # the base and the run
+            self.base_id, self._base_path = record.base_model, record.base_model_path
             self._add(self.base_id, None, None, self.default_template)
             self._add(folder.name, "default", self.base_id, self.default_template)
         else:  # a base model, or a run that is a model of its own (full, merged, bottleneck)
-            self.base_id = folder.name if is_run(folder) else str(target)
-            self._base_path = None if is_run(folder) else self.model.name_or_path
+            self.base_id = folder.name if record else str(target)
+            self._base_path = None if record else self.model.name_or_path
             self._add(self.base_id, None, None, self.default_template)
-            if adapters and is_run(folder):
-                raise UserError(f"{target} is a {read_finished(folder).method} run, not a base "
+            if adapters and record:
+                raise UserError(f"{target} is a {record.method} run, not a base "
                                 "with an adapter; serve further adapters beside their base "
                                 "model or an adapter run")
         try:
@@ -155,6 +163,8 @@ class Engine:
             for c in self.model.peft_config.values())
         self.context = max_prompt_tokens or getattr(self.model.config,
                                                     "max_position_embeddings", None)
+        self._end_cache: dict[str, tuple[list[int], list[str]]] = {}
+        self._model_eos = set(model_eos_ids(self.model, self.tokenizer))
         self.stats = {"requests": 0, "cancelled": 0, "generated_tokens": 0, "batches": 0}
         self.batch_window_s, self._last_batch = batch_window_s, 0
         self._pending: list[Job] = []
@@ -214,6 +224,15 @@ class Engine:
         self.model.eval()
         self._add(name, name, self.base_id, load_template(folder))
 
+    def _ends(self, model_id: str) -> tuple[list[int], list[str]]:
+        """(ids, strings) that end a reply of ``model_id``: the model's EOS and its template's
+        end-of-turn markers, tokenised once per model."""
+        if model_id not in self._end_cache:
+            template = self.template(model_id)
+            self._end_cache[model_id] = eos_ids(self.model, self.tokenizer,
+                                                template.stop_strings(self.tokenizer))
+        return self._end_cache[model_id]
+
     def models(self) -> list[dict]:
         return [{"id": m, "parent": p} for m, p in self.parents.items()]
 
@@ -247,7 +266,7 @@ class Engine:
     def submit(self, request: Request, sink: Callable[[tuple], None] | None = None) -> Job:
         """Queue a request. ``sink(event)`` receives its events (from the worker thread);
         without one, read them from ``job.events()`` or wait with ``job.result()``."""
-        template = self.template(request.model)
+        self.template(request.model)  # an unknown model fails before anything else
         if request.n < 1:
             raise UserError(f"n must be >= 1, got {request.n}")
         if request.decoding.num_beams > 1 and request.n > 1:
@@ -269,12 +288,11 @@ class Engine:
             raise PromptTooLong(f"the prompt has {len(ids)} tokens and asks for "
                                 f"{request.decoding.max_new_tokens} more; the limit is "
                                 f"{self.context} tokens in all")
-        ends = [] if request.ignore_eos else template.stop_strings(self.tokenizer)
-        _, strings = eos_ids(self.model, self.tokenizer, ends)
-        stop_ids, _ = eos_ids(self.model, self.tokenizer, ends + request.stops)
+        end_ids, strings = ([], []) if request.ignore_eos else self._ends(request.model)
+        user_ids = split_stops(self.tokenizer, request.stops)[0] if request.stops else []
         if request.ignore_eos:
-            stop_ids = [i for i in stop_ids if i not in eos_ids(self.model, self.tokenizer,
-                                                                [])[0]]
+            user_ids = [i for i in user_ids if i not in self._model_eos]
+        stop_ids = list(dict.fromkeys(end_ids + user_ids))
         stops = list(dict.fromkeys(strings + [s for s in request.stops if s]))
         job = Job(request, ids, stops, stop_ids, sink)
         with self._cv:

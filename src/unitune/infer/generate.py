@@ -94,20 +94,31 @@ def preset(name: str) -> Decoding:
     return PRESETS[name]
 
 
-def eos_ids(model, tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
-    """(the token ids that end generation, the stop strings longer than one token)."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [configured] if isinstance(configured, int) else list(configured or [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    strings = []
+def split_stops(tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
+    """(the ids of the stops that are one token, the stop strings longer than one token)."""
+    ids, strings = [], []
     for stop in stops:
         pieces = tokenizer(stop, add_special_tokens=False)["input_ids"]
         if len(pieces) == 1:
             ids.append(pieces[0])
         else:
             strings.append(stop)
-    return list(dict.fromkeys(ids)), strings
+    return ids, strings
+
+
+def model_eos_ids(model, tokenizer) -> list[int]:
+    """The model's ``generation_config`` EOS ids and the tokenizer's EOS."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def eos_ids(model, tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
+    """(the token ids that end generation, the stop strings longer than one token)."""
+    ids, strings = split_stops(tokenizer, stops)
+    return list(dict.fromkeys(model_eos_ids(model, tokenizer) + ids)), strings
 
 
 @dataclass

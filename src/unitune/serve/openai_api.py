@@ -347,10 +347,10 @@ def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int 
             raise ApiError(400, "logprobs must be between 0 and 20", "logprobs")
         max_tokens = default_max_tokens if body.max_tokens is None else body.max_tokens
         decoding = _decoding(body, max_tokens, max_tokens_limit)
-        if body.model not in engine.templates:
-            raise ApiError(404, f"model '{body.model}' is not served"
-                           f"{did_you_mean(body.model, engine.templates)}", "model",
-                           "not_found_error")
+        try:
+            engine.template(body.model)
+        except UnknownModel as exc:
+            raise ApiError(404, str(exc), "model", "not_found_error") from None
         if body.stream and (len(_prompts(body)) > 1 or decoding.num_beams > 1):
             raise ApiError(400, "stream takes one prompt and no beam search", "prompt")
         prompts = _prompts(body)
