@@ -161,13 +161,13 @@ def test_belle_eval_end_to_end_with_unitune_serve_as_the_judge(chat_run, start_s
                 "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--report",
                 str(report)]
         assert main(args) == 0, capsys.readouterr().err
-        result = json.loads(report.read_text())
+        result = json.loads(report.read_text())["benchmarks"]["belle_eval"]
         assert result["questions"] == 3 and result["graded"] + result["unparsed"] == 3
         assert result["judge"]["calls"] == 3
         grades = (tmp_path / "belle.belle_eval" / "grades.jsonl").read_text().splitlines()
         assert len(grades) == 3
         assert main(args) == 0  # a rerun continues from the cached answers and grades
-        assert json.loads(report.read_text())["judge"]["calls"] == 0
+        assert json.loads(report.read_text())["benchmarks"]["belle_eval"]["judge"]["calls"] == 0
     finally:
         proc.terminate()
         proc.wait(timeout=30)

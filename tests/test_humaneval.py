@@ -59,7 +59,7 @@ def test_eval_humaneval_end_to_end_and_resumed(shared_data, test_preset, tmp_pat
             "--limit", "3", "--n", "2", "--k", "1,2", "--max-new-tokens", "8", "--device",
             "cpu", "--report", str(report)]
     assert main(args) == 0
-    result = json.loads(report.read_text())
+    result = json.loads(report.read_text())["benchmarks"]["humaneval"]
     assert result["problems"] == 3 and result["samples_per_problem"] == 2
     assert 0.0 <= result["pass@1"] <= result["pass@2"] <= 1.0
     samples = (tmp_path / "he.humaneval.jsonl").read_text().splitlines()

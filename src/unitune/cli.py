@@ -492,19 +492,24 @@ def cmd_serve(args) -> int:
     return 0
 
 
-EVAL_TASKS = ("humaneval", "belle_eval")
+EVAL_TASKS = ("mmlu", "cmmlu", "ceval", "mmcu", "bbh", "bbh_cot", "crass", "hhh", "drop",
+              "humaneval", "belle_eval")
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a run or a base model: exact match on a file, or "
-                       "benchmarks (humaneval, belle_eval), perplexity",
-                       description="--data FILE: generate greedily for every record of an "
-                       "Alpaca file and report exact match, overall and per task family. "
-                       "--tasks humaneval --data-dir DIR: HumanEval pass@k, the generated code "
-                       "run in a sandbox (limits, no network, its own directory). --tasks "
-                       "belle_eval --data-dir DIR --judge-url URL --judge-model M: Belle-Eval, "
-                       "graded 0-1 by an LLM against the references (answers and grades are "
-                       "cached next to --report: a rerun continues).")
+    p = sub.add_parser("eval", help="evaluate a run, a base model or an endpoint: benchmarks "
+                       "(MMLU, CMMLU, C-Eval, MMCU, BBH, CRASS, HHH, DROP, HumanEval, "
+                       "Belle-Eval), perplexity, exact match on a file",
+                       description="--tasks NAMES --data-dir DIR: benchmarks from their official "
+                       "files in DIR (one folder per benchmark: mmlu/, cmmlu/, ceval/, mmcu/, "
+                       "bbh/, crass/, hhh/, drop/, humaneval/, belle_eval/). The multiple-"
+                       "choice, BBH, HHH and DROP tasks run on lm-evaluation-harness (in "
+                       "process, or on an OpenAI-compatible endpoint given as TARGET "
+                       "http://.../v1); HumanEval runs the generated code in a sandbox; "
+                       "belle_eval is graded by an LLM (--judge-url, --judge-model). Every "
+                       "answer is cached next to --report: a rerun continues. --perplexity "
+                       "FILE: sliding-window perplexity. --data FILE: exact match on an Alpaca "
+                       "file.")
     _add_engine(p, several=False)
     p.add_argument("--data", help="Alpaca json/jsonl file with reference outputs (exact match)")
     p.add_argument("--perplexity", metavar="FILE", help="perplexity on a text file (.txt, "
@@ -514,8 +519,24 @@ def _add_eval(sub) -> None:
     p.add_argument("--stride", type=int, default=512,
                    help="--perplexity: new tokens per window (< --window: overlapping "
                    "context, as in the module-arithmetic paper's protocol)")
-    p.add_argument("--tasks", help=f"benchmark tasks: {', '.join(EVAL_TASKS)}")
-    p.add_argument("--data-dir", help="--tasks: the directory holding the benchmark's files")
+    p.add_argument("--tasks", help=f"benchmark tasks, comma-separated: {', '.join(EVAL_TASKS)}")
+    p.add_argument("--data-dir", help="--tasks: the directory holding the benchmarks' files")
+    p.add_argument("--protocol", choices=["harness", "instructeval"], default="harness",
+                   help="harness: lm-evaluation-harness's prompts and log-likelihood scoring; "
+                   "instructeval: InstructEval's (Flacuna's tables): the generated answer must "
+                   "start with the right letter, HHH asked in both orders")
+    p.add_argument("--shots", type=int, help="few-shot examples (default: the sources': 5 "
+                   "MMLU/CMMLU/C-Eval, 3 BBH/CRASS/DROP, 0 HHH)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap prompts in the model's chat template (default: for generation "
+                   "tasks of a model that has one; log-likelihood tasks stay plain)")
+    p.add_argument("--served-model", help="an endpoint TARGET: the model name it serves")
+    p.add_argument("--tokenizer", help="an endpoint TARGET: the tokenizer (a run folder or "
+                   "its base) that counts tokens for log-likelihood tasks")
+    p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
+                   help="an endpoint TARGET: its API key (default: $UNITUNE_API_KEY)")
+    p.add_argument("--max-length", type=int, help="context length in tokens (default: the "
+                   "model's; 2048 for an endpoint)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length (default: 64 for --data, 384 humaneval, 512 belle_eval)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -523,8 +544,9 @@ def _add_eval(sub) -> None:
                    "when 1, else sampled at --temperature)")
     p.add_argument("--k", default="1", help="humaneval: pass@k to report, e.g. 1,10")
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=0, help="humaneval: the sampling seed")
-    p.add_argument("--limit", type=int, help="humaneval: only the first N problems")
+    p.add_argument("--seed", type=int, default=1234, help="the seed of sampling and of the "
+                   "harness's few-shot sampler")
+    p.add_argument("--limit", type=int, help="only the first N questions of each subject")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="humaneval: seconds each program may run")
     p.add_argument("--samples", help="humaneval: JSON lines of every sample (a rerun "
@@ -587,7 +609,7 @@ def _eval_perplexity(args) -> int:
 
 
 def _eval_tasks(args) -> int:
-    import json
+    from unitune.eval.benchmarks import BENCHMARKS, benchmark_folder
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for task in tasks:
@@ -595,7 +617,14 @@ def _eval_tasks(args) -> int:
             raise UserError(f"unknown task '{task}'{did_you_mean(task, EVAL_TASKS)}; tasks: "
                             f"{', '.join(EVAL_TASKS)}")
     if not args.data_dir:
-        raise UserError("--tasks needs --data-dir, the directory with the benchmark's files")
+        raise UserError("--tasks needs --data-dir, the directory with the benchmarks' files "
+                        "(one folder per benchmark, or the benchmark's own folder)")
+    endpoint = args.target.startswith(("http://", "https://"))
+    if endpoint and not args.served_model:
+        raise UserError("an endpoint needs --served-model, the model name it serves")
+    if endpoint and set(tasks) - set(BENCHMARKS):
+        raise UserError(f"{', '.join(sorted(set(tasks) - set(BENCHMARKS)))} run on a local "
+                        "model; an endpoint takes the harness benchmarks only")
     if "belle_eval" in tasks and not (args.judge_url and args.judge_model):
         raise UserError("belle_eval is graded by an LLM: give --judge-url and --judge-model")
     try:
@@ -603,35 +632,64 @@ def _eval_tasks(args) -> int:
     except ValueError:
         raise UserError(f"--k {args.k!r}: expected numbers, e.g. 1,10") from None
     stem = Path(args.report).with_suffix("") if args.report else Path("eval")
-    reports = []
+    report: dict = {"model": args.served_model if endpoint else args.target,
+                    "benchmarks": {}}
+    harness = [t for t in tasks if t in BENCHMARKS]
+    if harness:
+        report.update(_eval_harness(args, harness, stem, endpoint))
     for task in tasks:
+        folder = benchmark_folder(args.data_dir, task)
         if task == "humaneval":
             from unitune.eval.humaneval import evaluate
 
             samples = Path(args.samples) if args.samples else \
                 stem.with_name(stem.name + ".humaneval.jsonl")
             with _engine(args) as engine:
-                report = evaluate(engine, _first_model(engine, args), args.data_dir, samples,
-                                  args.n, ks, args.temperature, args.max_new_tokens or 384,
-                                  args.limit, args.seed, args.timeout, log=_stderr)
-        else:
+                report["benchmarks"][task] = evaluate(
+                    engine, _first_model(engine, args), folder, samples, args.n, ks,
+                    args.temperature, args.max_new_tokens or 384, args.limit, args.seed,
+                    args.timeout, log=_stderr)
+        elif task == "belle_eval":
             from unitune.eval.belle import evaluate_belle
             from unitune.eval.judge import Judge
             from unitune.infer.generate import Decoding
 
-            report = evaluate_belle(
-                args.target, Path(args.target).name, args.data_dir,
+            report["benchmarks"][task] = evaluate_belle(
+                args.target, Path(args.target).name, folder,
                 Judge(args.judge_url, args.judge_model, args.judge_key),
                 stem.with_name(stem.name + ".belle_eval"),
                 Decoding(max_new_tokens=args.max_new_tokens or 512), args.limit, args.device,
                 log=_stderr)
-        reports.append({"model": args.target, **report})
-    result = reports[0] if len(reports) == 1 else reports
-    print(json.dumps(result, indent=1, ensure_ascii=False))
+    from unitune.eval.harness import table, write_report
+
     if args.report:
-        Path(args.report).write_text(json.dumps(result, indent=1, ensure_ascii=False),
-                                     encoding="utf-8")
+        write_report(report, Path(args.report))
+    report.pop("samples", None)
+    print(table(report))
     return 0
+
+
+def _eval_harness(args, tasks: list[str], stem: Path, endpoint: bool) -> dict:
+    """The benchmarks lm-evaluation-harness scores, on the model or the endpoint."""
+    from unitune.eval.benchmarks import write_tasks
+    from unitune.eval.harness import endpoint_model, local_model, run_tasks
+
+    cache = Path(f"{stem}.cache")
+    cap = min(args.max_new_tokens or 256, (args.max_length or 2048) // 2)
+    folder = cache / "tasks" / f"{args.protocol}-{args.shots}"
+    taskset = write_tasks(tasks, args.data_dir, folder, args.protocol, args.shots, cap,
+                          log=_stderr)  # (bad files fail before any model loads)
+    if endpoint:
+        lm, key = endpoint_model(args.target, args.served_model, args.tokenizer, args.api_key,
+                                 args.max_length or 2048)
+    else:
+        lm, key = local_model(args.target, args.device, args.template, args.trust_remote_code,
+                              args.batch_size, log=_stderr)
+    if lm.max_length // 2 < cap:  # a short context: prompt and answer must both fit
+        taskset = write_tasks(tasks, args.data_dir, folder, args.protocol, args.shots,
+                              lm.max_length // 2, log=lambda *a: None)
+    return run_tasks(lm, key, taskset, args.protocol, cache, seed=args.seed,
+                     limit=args.limit, chat=args.chat, log=_stderr)
 
 
 def _add_arena(sub) -> None:
