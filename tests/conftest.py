@@ -94,6 +94,24 @@ def chat_run(small_lora) -> Path:
 
 
 @pytest.fixture(scope="session")
+def judge_model(test_preset, tmp_path_factory) -> Path:
+    """A small random Llama with room for a judge prompt (the test preset has 256 tokens),
+    served as the judge of the arena and the judged benchmarks."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("judge")
+    tok = AutoTokenizer.from_pretrained(str(test_preset))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, max_position_embeddings=4096)
+                     ).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def start_server():
     """Starts `unitune serve ARGS` (on the CPU, a free port of 127.0.0.1) as users start it;
     returns (process, base url) once /health answers."""

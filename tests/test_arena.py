@@ -85,35 +85,17 @@ def test_a_judge_that_is_down_is_a_clear_error():
             [{"role": "user", "content": "x"}])
 
 
-def long_context_judge(folder):
-    """A small random Llama with room for a judge prompt (the test preset has 256 tokens)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from unitune.models.tiny import ensure_preset
-
-    tok = AutoTokenizer.from_pretrained(str(ensure_preset("tiny-llama-test",
-                                                          log=lambda *a: None)))
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=1, num_attention_heads=2,
-                                 num_key_value_heads=1, max_position_embeddings=4096)
-                     ).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.mark.slow
 def test_arena_end_to_end_with_unitune_serve_as_the_judge(small_lora, chat_run, start_server,
-                                                          synth_data, tmp_path, capsys):
+                                                          judge_model, tmp_path, capsys):
     other = small_lora("other", seed=1)
-    proc, url = start_server([str(long_context_judge(tmp_path / "judge"))])
+    proc, url = start_server([str(judge_model)])
     try:
         prompts = tmp_path / "prompts.txt"
         prompts.write_text("Count the letters. a b\nSort 3 1 2.\n")
         args = ["arena", "--model", f"one={chat_run}", "--model", f"two={other}",
                 "--prompts", str(prompts), "--judge-url", f"{url}/v1", "--judge-model",
-                str(tmp_path / "judge"), "-o", str(tmp_path / "out"), "--device", "cpu",
+                str(judge_model), "-o", str(tmp_path / "out"), "--device", "cpu",
                 "--max-new-tokens", "4", "--rounds", "20"]
         code = main(args)
         err = capsys.readouterr().err
@@ -147,17 +129,18 @@ def test_belle_eval_scores_are_parsed():
 
 @pytest.mark.slow
 def test_belle_eval_end_to_end_with_unitune_serve_as_the_judge(chat_run, start_server,
-                                                               shared_data, tmp_path, capsys):
+                                                               judge_model, shared_data,
+                                                               tmp_path, capsys):
     from unitune.eval.belle import read_belle
 
     data_dir = shared_data / "eval" / "belle_eval"
     items, prompts = read_belle(data_dir)
     assert len(items) == 300 and len(prompts) == 11
-    proc, url = start_server([str(long_context_judge(tmp_path / "judge"))])
+    proc, url = start_server([str(judge_model)])
     try:
         report = tmp_path / "belle.json"
         args = ["eval", str(chat_run), "--tasks", "belle_eval", "--data-dir", str(data_dir),
-                "--judge-url", f"{url}/v1", "--judge-model", str(tmp_path / "judge"),
+                "--judge-url", f"{url}/v1", "--judge-model", str(judge_model),
                 "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--report",
                 str(report)]
         assert main(args) == 0, capsys.readouterr().err

@@ -492,8 +492,9 @@ def cmd_serve(args) -> int:
     return 0
 
 
+JUDGED = ("belle_eval", "impact", "mt_bench", "winrate")  # graded by an LLM judge
 EVAL_TASKS = ("mmlu", "cmmlu", "ceval", "mmcu", "bbh", "bbh_cot", "crass", "hhh", "drop",
-              "humaneval", "belle_eval")
+              "humaneval", *JUDGED)
 
 
 def _add_eval(sub) -> None:
@@ -506,7 +507,9 @@ def _add_eval(sub) -> None:
                        "choice, BBH, HHH and DROP tasks run on lm-evaluation-harness (in "
                        "process, or on an OpenAI-compatible endpoint given as TARGET "
                        "http://.../v1); HumanEval runs the generated code in a sandbox; "
-                       "belle_eval is graded by an LLM (--judge-url, --judge-model). Every "
+                       "belle_eval, impact (relevance, coherence 1-5), mt_bench (1-10) and "
+                       "winrate (against a reference model's outputs) are graded by an LLM "
+                       "(--judge-url, --judge-model). Every "
                        "answer is cached next to --report: a rerun continues. --perplexity "
                        "FILE: sliding-window perplexity. --data FILE: exact match on an Alpaca "
                        "file.")
@@ -552,11 +555,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--samples", help="humaneval: JSON lines of every sample (a rerun "
                    "continues from it; default: REPORT.humaneval.jsonl, else "
                    "eval.humaneval.jsonl)")
-    p.add_argument("--judge-url", help="belle_eval: the grading LLM, an OpenAI-compatible "
+    p.add_argument("--judge-url", help="judged tasks: the grading LLM, an OpenAI-compatible "
                    "endpoint (e.g. http://127.0.0.1:8000/v1)")
-    p.add_argument("--judge-model", help="belle_eval: the judge's model name")
+    p.add_argument("--judge-model", help="judged tasks: the judge's model name")
     p.add_argument("--judge-key", default=os.environ.get("UNITUNE_JUDGE_KEY"),
-                   help="belle_eval: the judge's API key (default: $UNITUNE_JUDGE_KEY)")
+                   help="judged tasks: the judge's API key (default: $UNITUNE_JUDGE_KEY)")
     p.add_argument("--report", help="write the full result as JSON here")
 
 
@@ -625,8 +628,10 @@ def _eval_tasks(args) -> int:
     if endpoint and set(tasks) - set(BENCHMARKS):
         raise UserError(f"{', '.join(sorted(set(tasks) - set(BENCHMARKS)))} run on a local "
                         "model; an endpoint takes the harness benchmarks only")
-    if "belle_eval" in tasks and not (args.judge_url and args.judge_model):
-        raise UserError("belle_eval is graded by an LLM: give --judge-url and --judge-model")
+    judged = [t for t in tasks if t in JUDGED]
+    if judged and not (args.judge_url and args.judge_model):
+        raise UserError(f"{', '.join(judged)}: graded by an LLM: give --judge-url and "
+                        "--judge-model")
     try:
         ks = tuple(int(k) for k in args.k.split(","))
     except ValueError:
@@ -649,15 +654,16 @@ def _eval_tasks(args) -> int:
                     engine, _first_model(engine, args), folder, samples, args.n, ks,
                     args.temperature, args.max_new_tokens or 384, args.limit, args.seed,
                     args.timeout, log=_stderr)
-        elif task == "belle_eval":
+        elif task in JUDGED:
             from unitune.eval.belle import evaluate_belle
+            from unitune.eval.grading import GRADED
             from unitune.eval.judge import Judge
             from unitune.infer.generate import Decoding
 
-            report["benchmarks"][task] = evaluate_belle(
-                args.target, Path(args.target).name, folder,
-                Judge(args.judge_url, args.judge_model, args.judge_key),
-                stem.with_name(stem.name + ".belle_eval"),
+            grade = GRADED.get(task, evaluate_belle)
+            report["benchmarks"][task] = grade(
+                args.target, folder, Judge(args.judge_url, args.judge_model, args.judge_key),
+                stem.with_name(f"{stem.name}.{task}"),
                 Decoding(max_new_tokens=args.max_new_tokens or 512), args.limit, args.device,
                 log=_stderr)
     from unitune.eval.harness import table, write_report

@@ -1,7 +1,7 @@
 """``unitune arena``: models answer the same prompts, a judge compares them pairwise, and the
 comparisons become a leaderboard (``eval/ratings.py``).
 
-Answers come from the chat engine, one model at a time, cached in ``answers.jsonl``. For every
+Answers come from the chat engine (``eval/answers.py``), cached in ``answers.jsonl``. For every
 prompt and pair of models the two answers are shown to the judge in a seeded random order
 (position bias cancels out over prompts); the judge is any OpenAI-compatible chat endpoint
 (``unitune serve`` included), asked with MT-bench's pairwise prompt and its verdict format
@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from unitune.errors import UserError
+from unitune.eval.answers import collect_answers
 from unitune.eval.judge import Judge, read_jsonl
 
 JUDGE_SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses "
@@ -48,34 +49,6 @@ def parse_verdict(text: str) -> str | None:
         return found[-1]
     bare = text.strip().strip(".").strip().upper()
     return {"A": "A", "B": "B", "C": "C", "TIE": "C"}.get(bare)
-
-
-def collect_answers(models: dict[str, str], questions: list[str], out: Path, decoding,
-                    device: str = "auto", log=print) -> dict[str, list[str]]:
-    """Every model's answer to every question (cached in ``answers.jsonl``)."""
-    from unitune.infer.engine import Engine, Request
-
-    path = out / "answers.jsonl"
-    cached: dict[str, dict[int, str]] = {}
-    for row in read_jsonl(path):
-        cached.setdefault(row["model"], {})[row["index"]] = row["answer"]
-    with path.open("a", encoding="utf-8") as f:
-        for name, target in models.items():
-            missing = [i for i in range(len(questions)) if i not in cached.get(name, {})]
-            if not missing:
-                continue
-            log(f"arena: {name} answers {len(missing)} prompts")
-            with Engine(target, device=device, log=log) as engine:
-                model = engine.adapters[0] if engine.adapters else engine.base_id
-                jobs = {i: engine.submit(Request(model, engine.render_chat(
-                    model, [{"role": "user", "content": questions[i]}]), decoding))
-                    for i in missing}
-                for i, job in jobs.items():
-                    answer = job.result().seqs[0].text.strip()
-                    cached.setdefault(name, {})[i] = answer
-                    f.write(json.dumps({"model": name, "index": i, "answer": answer},
-                                       ensure_ascii=False) + "\n")
-    return {name: [cached[name][i] for i in range(len(questions))] for name in models}
 
 
 def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: Path,

@@ -72,15 +72,15 @@ def parse_score(text: str) -> float | None:
     return min(1.0, max(0.0, float(found[-1]))) if found else None
 
 
-def evaluate_belle(target: str, name: str, data_dir: str, judge: Judge, out: Path, decoding,
+def evaluate_belle(target: str, data_dir: str | Path, judge: Judge, out: Path, decoding,
                    limit: int | None = None, device: str = "auto", log=print) -> dict:
-    from unitune.eval.arena import collect_answers
+    from unitune.eval.answers import collect_answers
 
     items, prompts = read_belle(data_dir)
     items = items[:limit]
     out.mkdir(parents=True, exist_ok=True)
-    answers = collect_answers({name: target}, [i["question"] for i in items], out, decoding,
-                              device, log)[name]
+    answers = collect_answers({"model": target}, [i["question"] for i in items], out,
+                              decoding, device, log)["model"]
     path = out / "grades.jsonl"
     graded = {row["index"]: row for row in read_jsonl(path)}
     with path.open("a", encoding="utf-8") as f:

@@ -164,11 +164,18 @@ def write_report(report: dict, path: Path) -> None:
     path.with_suffix(".md").write_text(table(report) + "\n", encoding="utf-8")
 
 
-SCORES = ("acc", "acc_norm", "exact_match", "em", "f1", "score")  # (and pass@k)
+def _count(b: dict):
+    """How many questions a benchmark's score is over."""
+    return next((b[k] for k in ("n", "problems", "questions", "prompts") if k in b), "")
+
+
+FRACTIONS = ("acc", "acc_norm", "exact_match", "em", "f1", "score", "win_rate")  # and pass@k
+RATINGS = ("rating", "turn_1", "turn_2", "relevance", "coherence")  # a judge's 1-5 or 1-10
 
 
 def table(report: dict) -> str:
-    """A Markdown table: benchmark, metric, score ± stderr, shots, prompt format, n."""
+    """A Markdown table: benchmark, metric, score ± stderr, shots, prompt format, n (fractions
+    as percentages; a judge's ratings on their own scale)."""
     head = [f"model: {report.get('model', '?')}"]
     if "protocol" in report:
         head += [f"protocol: {report['protocol']}", f"seed: {report['seed']}",
@@ -177,12 +184,12 @@ def table(report: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, b in report["benchmarks"].items():
         for metric, value in b.items():
-            if not isinstance(value, float) or not (metric in SCORES
-                                                    or metric.startswith("pass@")):
+            fraction = metric in FRACTIONS or metric.startswith("pass@")
+            if not isinstance(value, float) or not (fraction or metric in RATINGS):
                 continue
             err = b.get(f"{metric}_stderr")
-            lines.append(f"| {name} | {metric} | {100 * value:.2f} | "
+            lines.append(f"| {name} | {metric} | {100 * value if fraction else value:.2f} | "
                          f"{'' if err is None else f'{100 * err:.2f}'} | {b.get('shots', 0)} | "
                          f"{b.get('prompt_format', 'plain')} | "
-                         f"{b.get('n', b.get('problems', b.get('questions', '')))} |")
+                         f"{_count(b)} |")
     return "\n".join(lines)
