@@ -492,12 +492,9 @@ def cmd_serve(args) -> int:
     return 0
 
 
-JUDGED = ("belle_eval", "impact", "mt_bench", "winrate")  # graded by an LLM judge
-EVAL_TASKS = ("mmlu", "cmmlu", "ceval", "mmcu", "bbh", "bbh_cot", "crass", "hhh", "drop",
-              "humaneval", *JUDGED)
-
-
 def _add_eval(sub) -> None:
+    from unitune.eval.suite import TASKS
+
     p = sub.add_parser("eval", help="evaluate a run, a base model or an endpoint: benchmarks "
                        "(MMLU, CMMLU, C-Eval, MMCU, BBH, CRASS, HHH, DROP, HumanEval, "
                        "Belle-Eval), perplexity, exact match on a file",
@@ -522,7 +519,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--stride", type=int, default=512,
                    help="--perplexity: new tokens per window (< --window: overlapping "
                    "context, as in the module-arithmetic paper's protocol)")
-    p.add_argument("--tasks", help=f"benchmark tasks, comma-separated: {', '.join(EVAL_TASKS)}")
+    p.add_argument("--tasks", help=f"benchmark tasks, comma-separated: {', '.join(TASKS)}")
     p.add_argument("--data-dir", help="--tasks: the directory holding the benchmarks' files")
     p.add_argument("--protocol", choices=["harness", "instructeval"], default="harness",
                    help="harness: lm-evaluation-harness's prompts and log-likelihood scoring; "
@@ -560,7 +557,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--judge-model", help="judged tasks: the judge's model name")
     p.add_argument("--judge-key", default=os.environ.get("UNITUNE_JUDGE_KEY"),
                    help="judged tasks: the judge's API key (default: $UNITUNE_JUDGE_KEY)")
-    p.add_argument("--report", help="write the full result as JSON here")
+    p.add_argument("--report", help="write the full result as JSON here (--tasks: also .md and "
+                   ".samples.jsonl beside it; default RUN/eval/TASKS.json for a run, else "
+                   "./eval-TASKS.json; caches and answers go beside it, so a rerun continues)")
 
 
 def cmd_eval(args) -> int:
@@ -612,90 +611,29 @@ def _eval_perplexity(args) -> int:
 
 
 def _eval_tasks(args) -> int:
-    from unitune.eval.benchmarks import BENCHMARKS, benchmark_folder
+    from unitune.eval.harness import table, write_report
+    from unitune.eval.suite import evaluate, settings
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for task in tasks:
-        if task not in EVAL_TASKS:
-            raise UserError(f"unknown task '{task}'{did_you_mean(task, EVAL_TASKS)}; tasks: "
-                            f"{', '.join(EVAL_TASKS)}")
     if not args.data_dir:
         raise UserError("--tasks needs --data-dir, the directory with the benchmarks' files "
                         "(one folder per benchmark, or the benchmark's own folder)")
-    endpoint = args.target.startswith(("http://", "https://"))
-    if endpoint and not args.served_model:
-        raise UserError("an endpoint needs --served-model, the model name it serves")
-    if endpoint and set(tasks) - set(BENCHMARKS):
-        raise UserError(f"{', '.join(sorted(set(tasks) - set(BENCHMARKS)))} run on a local "
-                        "model; an endpoint takes the harness benchmarks only")
-    judged = [t for t in tasks if t in JUDGED]
-    if judged and not (args.judge_url and args.judge_model):
-        raise UserError(f"{', '.join(judged)}: graded by an LLM: give --judge-url and "
-                        "--judge-model")
-    try:
-        ks = tuple(int(k) for k in args.k.split(","))
-    except ValueError:
-        raise UserError(f"--k {args.k!r}: expected numbers, e.g. 1,10") from None
-    stem = Path(args.report).with_suffix("") if args.report else Path("eval")
-    report: dict = {"model": args.served_model if endpoint else args.target,
-                    "benchmarks": {}}
-    harness = [t for t in tasks if t in BENCHMARKS]
-    if harness:
-        report.update(_eval_harness(args, harness, stem, endpoint))
-    for task in tasks:
-        folder = benchmark_folder(args.data_dir, task)
-        if task == "humaneval":
-            from unitune.eval.humaneval import evaluate
-
-            samples = Path(args.samples) if args.samples else \
-                stem.with_name(stem.name + ".humaneval.jsonl")
-            with _engine(args) as engine:
-                report["benchmarks"][task] = evaluate(
-                    engine, _first_model(engine, args), folder, samples, args.n, ks,
-                    args.temperature, args.max_new_tokens or 384, args.limit, args.seed,
-                    args.timeout, log=_stderr)
-        elif task in JUDGED:
-            from unitune.eval.belle import evaluate_belle
-            from unitune.eval.grading import GRADED
-            from unitune.eval.judge import Judge
-            from unitune.infer.generate import Decoding
-
-            grade = GRADED.get(task, evaluate_belle)
-            report["benchmarks"][task] = grade(
-                args.target, folder, Judge(args.judge_url, args.judge_model, args.judge_key),
-                stem.with_name(f"{stem.name}.{task}"),
-                Decoding(max_new_tokens=args.max_new_tokens or 512), args.limit, args.device,
-                log=_stderr)
-    from unitune.eval.harness import table, write_report
-
+    names = ("tasks", "data_dir", "protocol", "shots", "chat", "limit", "seed", "batch_size",
+             "max_new_tokens", "max_length", "device", "template", "trust_remote_code",
+             "static_cache", "served_model", "tokenizer", "api_key", "n", "k", "temperature",
+             "timeout", "samples", "judge_url", "judge_model", "judge_key")
+    s = settings("unitune eval", **{n: getattr(args, n) for n in names
+                                    if getattr(args, n) is not None})
     if args.report:
-        write_report(report, Path(args.report))
-    report.pop("samples", None)
-    print(table(report))
-    return 0
-
-
-def _eval_harness(args, tasks: list[str], stem: Path, endpoint: bool) -> dict:
-    """The benchmarks lm-evaluation-harness scores, on the model or the endpoint."""
-    from unitune.eval.benchmarks import write_tasks
-    from unitune.eval.harness import endpoint_model, local_model, run_tasks
-
-    cache = Path(f"{stem}.cache")
-    cap = min(args.max_new_tokens or 256, (args.max_length or 2048) // 2)
-    folder = cache / "tasks" / f"{args.protocol}-{args.shots}"
-    taskset = write_tasks(tasks, args.data_dir, folder, args.protocol, args.shots, cap,
-                          log=_stderr)  # (bad files fail before any model loads)
-    if endpoint:
-        lm, key = endpoint_model(args.target, args.served_model, args.tokenizer, args.api_key,
-                                 args.max_length or 2048)
+        report_path = Path(args.report)
+    elif Path(args.target, "run.json").exists():  # results are kept beside the run
+        report_path = Path(args.target) / "eval" / f"{'+'.join(s.tasks)}.json"
     else:
-        lm, key = local_model(args.target, args.device, args.template, args.trust_remote_code,
-                              args.batch_size, log=_stderr)
-    if lm.max_length // 2 < cap:  # a short context: prompt and answer must both fit
-        taskset = write_tasks(tasks, args.data_dir, folder, args.protocol, args.shots,
-                              lm.max_length // 2, log=lambda *a: None)
-    return run_tasks(lm, key, taskset, args.protocol, cache, seed=args.seed,
-                     limit=args.limit, chat=args.chat, log=_stderr)
+        report_path = Path(f"eval-{'+'.join(s.tasks)}.json")
+    report = evaluate(args.target, s, report_path.with_suffix(""), log=_stderr)
+    write_report(report, report_path)
+    print(table(report))
+    _stderr(f"report: {report_path} (and .md, .samples.jsonl)")
+    return 0
 
 
 def _add_arena(sub) -> None:

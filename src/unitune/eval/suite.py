@@ -1,0 +1,151 @@
+"""``unitune eval --tasks``: one report for any mix of benchmarks on one model.
+
+``EvalSettings`` holds every setting a benchmark run depends on (the CLI's flags and a study's
+``eval:`` section map one to one onto it, unknown keys rejected); ``evaluate`` sends each task
+to its engine (the harness benchmarks to lm-evaluation-harness, HumanEval to the sandbox, the
+judged tasks to the judge) and puts their results in one report. Caches and samples sit next
+to the report (``<stem>.cache/``, ``<stem>.<task>/``), so a rerun continues.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError, field_validator
+
+from unitune.errors import UserError, did_you_mean
+from unitune.eval.benchmarks import BENCHMARKS, PROTOCOLS, benchmark_folder
+from unitune.sections import Section
+
+JUDGED = ("belle_eval", "impact", "mt_bench", "winrate")  # graded by an LLM judge
+TASKS = (*BENCHMARKS, "humaneval", *JUDGED)
+
+
+class EvalSettings(Section):
+    """What a benchmark run depends on (the report records it)."""
+
+    tasks: list[str]
+    data_dir: str
+    protocol: Literal[PROTOCOLS] = "harness"  # type: ignore[valid-type]
+    shots: int | None = None  # default: the sources' counts
+    chat: bool | None = None  # default: generation tasks of a model with a chat template
+    limit: int | None = None  # questions per subject
+    seed: int = 1234
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    template: str | None = None
+    trust_remote_code: bool = False
+    static_cache: bool = False
+    served_model: str | None = None  # an endpoint target: the name it serves
+    tokenizer: str | None = None  # an endpoint target: the tokenizer counting tokens
+    api_key: str | None = None
+    n: int = 1  # humaneval: samples per problem
+    k: list[int] = [1]  # humaneval: pass@k
+    temperature: float = 0.8  # humaneval sampling
+    timeout: float = 10.0  # humaneval: seconds per program
+    samples: str | None = None  # humaneval: the samples file (default: beside the report)
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_key: str | None = None
+
+    @field_validator("tasks", "k", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        return [v.strip() for v in value.split(",") if v.strip()] \
+            if isinstance(value, str) else value
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        for task in value:
+            if task not in TASKS:
+                raise ValueError(f"unknown task '{task}'{did_you_mean(task, TASKS)}; tasks: "
+                                 f"{', '.join(TASKS)}")
+        return value
+
+
+def settings(source: str, **values) -> EvalSettings:
+    """``EvalSettings`` from flags or a study's section; one-line errors naming ``source``."""
+    try:
+        return EvalSettings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key{did_you_mean(where, EvalSettings.model_fields)}"
+        raise UserError(f"{source}: {where}: {message}") from None
+
+
+def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
+    """Every task of ``s`` on ``target`` (a run, a base model, or an endpoint URL)."""
+    endpoint = target.startswith(("http://", "https://"))
+    if endpoint and not s.served_model:
+        raise UserError("an endpoint needs --served-model, the model name it serves")
+    if endpoint and set(s.tasks) - set(BENCHMARKS):
+        raise UserError(f"{', '.join(sorted(set(s.tasks) - set(BENCHMARKS)))} run on a local "
+                        "model; an endpoint takes the harness benchmarks only")
+    judged = [t for t in s.tasks if t in JUDGED]
+    if judged and not (s.judge_url and s.judge_model):
+        raise UserError(f"{', '.join(judged)}: graded by an LLM: give --judge-url and "
+                        "--judge-model")
+    report: dict = {"model": s.served_model if endpoint else target, "benchmarks": {}}
+    harness = [t for t in s.tasks if t in BENCHMARKS]
+    if harness:
+        report.update(_harness(target, s, harness, stem, endpoint, log))
+    for task in s.tasks:
+        folder = benchmark_folder(s.data_dir, task)
+        if task == "humaneval":
+            report["benchmarks"][task] = _humaneval(target, s, folder, stem, log)
+        elif task in JUDGED:
+            from unitune.eval.belle import evaluate_belle
+            from unitune.eval.grading import GRADED
+            from unitune.eval.judge import Judge
+            from unitune.infer.generate import Decoding
+
+            grade = GRADED.get(task, evaluate_belle)
+            report["benchmarks"][task] = grade(
+                target, folder, Judge(s.judge_url, s.judge_model, s.judge_key),
+                stem.with_name(f"{stem.name}.{task}"),
+                Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, s.device, log=log)
+    return report
+
+
+def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> dict:
+    from unitune.eval.humaneval import evaluate as humaneval
+    from unitune.infer.engine import Engine
+
+    samples = Path(s.samples) if s.samples else stem.with_name(stem.name + ".humaneval.jsonl")
+    with Engine(target, {}, device=s.device, template=s.template,
+                trust_remote_code=s.trust_remote_code, static_cache=s.static_cache,
+                log=log) as engine:
+        model = engine.adapters[0] if engine.adapters else engine.base_id
+        return humaneval(engine, model, folder, samples, s.n, tuple(s.k), s.temperature,
+                         s.max_new_tokens or 384, s.limit, s.seed, s.timeout, log=log)
+
+
+def _harness(target: str, s: EvalSettings, tasks: list[str], stem: Path, endpoint: bool,
+             log) -> dict:
+    """The benchmarks lm-evaluation-harness scores, on the model or the endpoint."""
+    from unitune.eval.benchmarks import write_tasks
+    from unitune.eval.harness import endpoint_model, local_model, run_tasks
+
+    cache = Path(f"{stem}.cache")
+    cap = min(s.max_new_tokens or 256, (s.max_length or 2048) // 2)
+    folder = cache / "tasks" / f"{s.protocol}-{s.shots}"
+    taskset = write_tasks(tasks, s.data_dir, folder, s.protocol, s.shots, cap,
+                          log=log)  # (bad files fail before any model loads)
+    if endpoint:
+        lm, key = endpoint_model(target, s.served_model, s.tokenizer, s.api_key,
+                                 s.max_length or 2048)
+    else:
+        lm, key = local_model(target, s.device, s.template, s.trust_remote_code, s.batch_size,
+                              log=log)
+    if lm.max_length // 2 < cap:  # a short context: prompt and answer must both fit
+        taskset = write_tasks(tasks, s.data_dir, folder, s.protocol, s.shots,
+                              lm.max_length // 2, log=lambda *a: None)
+    return run_tasks(lm, key, taskset, s.protocol, cache, seed=s.seed, limit=s.limit,
+                     chat=s.chat, log=log)
