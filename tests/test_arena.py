@@ -160,3 +160,25 @@ def test_belle_eval_end_to_end_with_unitune_serve_as_the_judge(chat_run, start_s
     assert main(["eval", str(chat_run), "--tasks", "belle_eval", "--data-dir", str(tmp_path),
                  "--judge-url", "http://x/v1", "--judge-model", "j"]) == 2
     assert "eval_prompt.json" in capsys.readouterr().err
+
+
+def test_a_person_s_votes_are_judgments_and_move_the_leaderboard(tmp_path):
+    from unitune.serve.web import HumanArena
+
+    questions = ["q0", "q1", "q2"]
+    answers = {m: [f"{m} says {i}" for i in range(3)] for m in ("x", "y")}
+    arena = HumanArena(["x", "y"], questions, answers, tmp_path, seed=3)
+    seen = []
+    for _ in range(3):
+        question, a, b, progress = arena.shown()
+        seen.append(question)
+        assert a != b and {a.split()[0], b.split()[0]} == {"x", "y"}
+        arena.vote("A" if a.startswith("x") else "B")  # the person always prefers x
+    assert sorted(seen) == questions and arena.shown()[3] == "3 of 3 comparisons judged"
+    assert arena.shown()[0] == "All comparisons are judged."
+    rows = [json.loads(line) for line in (tmp_path / "judgments.jsonl").read_text().splitlines()]
+    assert {r["judge"] for r in rows} == {"human"} and len(rows) == 3
+    board = json.loads((tmp_path / "leaderboard.json").read_text())["leaderboard"]
+    assert board[0]["model"] == "x" and board[0]["wins"] == 3
+    assert main(["arena", "--model", "a=x", "--model", "b=y", "--prompts", "p.txt", "-o",
+                 str(tmp_path)]) == 2  # neither an LLM judge nor --human

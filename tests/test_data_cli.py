@@ -135,11 +135,11 @@ def test_compare_methods(tmp_path, synth_data, test_preset, capsys):
                  str(synth_data["test"]), f"data={synth_data['train']}",
                  "base_model=tiny-llama-test", "max_steps=2", "logging_steps=1",
                  "--no-progress"]) == 0
-    rows = json.loads((out / "compare.json").read_text())
+    rows = json.loads((out / "study.json").read_text())["runs"]
     assert [r["method"] for r in rows] == ["lora", "ia3", "adapter_seq"]
     assert all(0 <= r["exact_match"] <= 1 and r["trainable_%"] > 0 for r in rows)
-    assert (out / "compare.png").stat().st_size > 1000
-    assert "| lora |" in (out / "compare.md").read_text()
+    assert (out / "study_loss.png").stat().st_size > 1000
+    assert "| lora |" in (out / "study.md").read_text()
     assert main(["compare", "--methods", "lora,lorra", "--out", str(tmp_path / "x"),
                  f"data={synth_data['train']}"]) == 2
     assert "unknown method 'lorra'" in capsys.readouterr().err

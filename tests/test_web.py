@@ -47,12 +47,41 @@ def _chromium() -> str | None:
     return found
 
 
-def test_the_page_answers_in_headless_chromium(chat_run, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no Chromium on this machine (apt-get install chromium chromium-driver)")
+def _browser(url: str, proc):
+    """Headless Chromium (found by the caller) on ``url`` once ``proc``'s page answers."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = _chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    deadline = time.time() + 120
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, "the page did not come up"
+        time.sleep(0.5)
+    driver = webdriver.Chrome(options=options, service=Service(
+        shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+    driver.get(url)
+    return driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_page_answers_in_headless_chromium(chat_run, tmp_path):
+    if _chromium() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium chromium-driver)")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -74,35 +103,15 @@ def test_the_page_answers_in_headless_chromium(chat_run, tmp_path):
             pytest.fail("no seed gives a plain-words reply")
     finally:
         engine.close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
                              "SystemExit(main())", "web", str(chat_run), "--port", str(port),
                              "--device", "cpu", "--max-new-tokens", "8", "--model",
                              "tiny-llama-test", "--do-sample", "--seed", str(seed)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1200,900"):
-        options.add_argument(flag)
     driver = None
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "the page did not come up"
-            time.sleep(0.5)
-        driver = webdriver.Chrome(options=options, service=Service(
-            shutil.which("chromedriver") or "/usr/bin/chromedriver"))
-        driver.get(url)
+        driver = _browser(f"http://127.0.0.1:{port}/", proc)
         wait = WebDriverWait(driver, 60)
         box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea"))
         box.send_keys("Count the letters.")
@@ -135,3 +144,45 @@ def test_the_page_sits_beside_the_api_in_one_process(chat_run, start_server):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_person_judges_the_arena_in_headless_chromium(chat_run, tmp_path):
+    if _chromium() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium chromium-driver)")
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Count the letters. a b\nSort 3 1 2.\n")
+    out = tmp_path / "arena"
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
+                             "SystemExit(main())", "arena", "--model", "base=tiny-llama-test",
+                             "--model", f"tuned={chat_run}", "--prompts", str(prompts),
+                             "--human", "--port", str(port), "-o", str(out), "--device", "cpu",
+                             "--max-new-tokens", "6"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = None
+    try:
+        driver = _browser(f"http://127.0.0.1:{port}/", proc)
+        wait = WebDriverWait(driver, 60)
+        progress = lambda d: d.find_element(By.ID, "progress").text  # noqa: E731
+        wait.until(lambda d: "0 of 2 comparisons judged" in progress(d))
+        question = driver.find_element(By.CSS_SELECTOR, "#question textarea")
+        assert question.get_attribute("value") in ("Count the letters. a b", "Sort 3 1 2.")
+        driver.find_element(By.ID, "vote-a").click()
+        wait.until(lambda d: "1 of 2 comparisons judged" in progress(d))
+        driver.find_element(By.ID, "vote-tie").click()
+        wait.until(lambda d: "2 of 2 comparisons judged" in progress(d))
+        wait.until(lambda d: "base" in d.find_element(By.ID, "leaderboard").text)
+        driver.save_screenshot(str(tmp_path / "arena.png"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.terminate()
+        proc.wait(timeout=30)
+    rows = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
+    assert [r["verdict"] for r in rows] == ["A", "C"] and {r["judge"] for r in rows} == {"human"}
+    assert json.loads((out / "leaderboard.json").read_text())["comparisons"] == 2

@@ -120,12 +120,14 @@ def cmd_train(args) -> int:
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="train the same data with several methods; one loss "
                        "picture and a table",
-                       description="Runs `train` once per method into OUT/<method>, then draws "
-                       "their training-loss curves on one picture and tabulates trainable "
-                       "share, final losses and (with --test) exact match.")
+                       description="A study whose one axis is the method: runs `train` once per "
+                       "method into OUT/runs/<method> (finished runs are kept, partial ones "
+                       "resumed), then draws their training-loss curves on one picture and "
+                       "tabulates trainable share, final losses and (with --test) exact match "
+                       "in OUT/study.md.")
     p.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value")
     p.add_argument("--methods", required=True, help="comma-separated, e.g. lora,adalora,ia3")
-    p.add_argument("--out", required=True, help="folder for the runs, compare.png, compare.md")
+    p.add_argument("--out", required=True, help="folder for the runs and the report")
     p.add_argument("--test", help="Alpaca/ShareGPT file scored by exact match after training")
     p.add_argument("--no-progress", action="store_true")
 
@@ -636,22 +638,74 @@ def _eval_tasks(args) -> int:
     return 0
 
 
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="a grid of train + eval runs (base models x methods x data "
+                       "mixes x seeds) and its comparison report",
+                       description="Trains and evaluates every point of STUDY.yaml's grid "
+                       "(output_dir, train: shared training keys, grid: the axes, eval: test "
+                       "file and benchmark settings), keeping finished runs and results and "
+                       "resuming partial runs, then writes OUT/study.md (every run, means over "
+                       "seeds, a pivot of the first two axes), study.json and the pictures "
+                       "study_loss.png and study_scores.png.")
+    p.add_argument("study", metavar="STUDY.yaml")
+    p.add_argument("--dry-run", action="store_true", help="list the grid's runs and stop")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_study(args) -> int:
+    from unitune.eval.study import load_study, plan, run_study
+
+    study = load_study(args.study)
+    if args.dry_run:
+        for name, cfg, _ in plan(study, args.study)[0]:
+            print(f"{name}\t{cfg.output_dir}")
+        return 0
+    report = run_study(study, args.study, log=_stderr, progress=not args.no_progress)
+    print(Path(study.output_dir, "study.md").read_text(encoding="utf-8"), end="")
+    return 0 if report["runs"] else 1
+
+
+def _add_eval_compare(sub) -> None:
+    p = sub.add_parser("eval-compare", prog="unitune eval compare",
+                       help="`unitune eval compare RUNS...`: finished results side by side",
+                       description="Finished results side by side: run folders (their "
+                       "losses and the reports under RUN/eval/) and `unitune eval` reports; "
+                       "metrics by rows, the best of each in bold.")
+    p.add_argument("results", nargs="+", metavar="RUN_OR_REPORT")
+    p.add_argument("-o", "--out", help="also write OUT.md, OUT.json and OUT.png")
+
+
+def cmd_eval_compare(args) -> int:
+    from unitune.eval.study import compare_results
+
+    print(compare_results(args.results, Path(args.out) if args.out else None))
+    return 0
+
+
 def _add_arena(sub) -> None:
-    p = sub.add_parser("arena", help="models answer the same prompts, a judge compares them "
-                       "pairwise; Elo and Bradley-Terry leaderboard",
+    p = sub.add_parser("arena", help="models answer the same prompts, a judge (an LLM or a "
+                       "person) compares them pairwise; Elo and Bradley-Terry leaderboard",
                        description="Each --model answers every prompt of --prompts (any "
-                       "conversation format: the first user turn is asked); an OpenAI-"
-                       "compatible judge (unitune serve included) compares every pair with "
-                       "positions randomised; the leaderboard (Elo and Bradley-Terry with "
+                       "conversation format, or .txt with one prompt per line: the first user "
+                       "turn is asked); an OpenAI-compatible judge (unitune serve included) "
+                       "compares every pair with positions randomised, or, with --human, a "
+                       "person does on a web page; the leaderboard (Elo and Bradley-Terry with "
                        "bootstrap intervals) is written to -o as Markdown, JSON and PNG. "
                        "Answers and judgments are cached there: a rerun continues.")
     p.add_argument("--model", action="append", default=[], metavar="NAME=RUN",
                    help="a contestant: a run or a base model (repeat, at least twice)")
     p.add_argument("--prompts", required=True)
-    p.add_argument("--judge-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--judge-model", required=True)
+    p.add_argument("--judge-url", help="the judging LLM, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model")
     p.add_argument("--judge-key", default=os.environ.get("UNITUNE_JUDGE_KEY"),
                    help="the judge's API key (default: $UNITUNE_JUDGE_KEY)")
+    p.add_argument("--human", action="store_true", help="a person judges on a web page "
+                   "(the answers shown side by side, models hidden)")
+    p.add_argument("--host", default="127.0.0.1", help="--human: the page's address")
+    p.add_argument("--port", type=int, default=7861, help="--human: the page's port")
+    p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
+                   help="--human: the page's password (user 'unitune'); needed to listen "
+                   "beyond 127.0.0.1")
     p.add_argument("-o", "--out", required=True, help="folder for answers, judgments, results")
     p.add_argument("--limit", type=int, help="only the first N prompts")
     p.add_argument("--rounds", type=int, default=200, help="bootstrap resamples")
@@ -660,8 +714,9 @@ def _add_arena(sub) -> None:
 
 
 def cmd_arena(args) -> int:
-    from unitune.data.readers import read_conversations
+    from unitune.eval.answers import read_prompts
     from unitune.eval.arena import Judge, run_arena
+    from unitune.eval.ratings import markdown
 
     models = {}
     for item in args.model:
@@ -669,22 +724,36 @@ def cmd_arena(args) -> int:
         if not sep or not name.strip() or not target.strip():
             raise UserError(f"--model {item!r}: expected NAME=RUN")
         models[name.strip()] = target.strip()
-    if Path(args.prompts).suffix == ".txt":  # one prompt per line
-        if not Path(args.prompts).exists():
-            raise UserError(f"{args.prompts}: no such file")
-        questions = [line.strip() for line in Path(args.prompts).read_text(
-            encoding="utf-8").splitlines() if line.strip()]
-    else:
-        questions = [c.turns[0].user_text() for c in read_conversations(args.prompts)]
-    questions = questions[:args.limit]
+    if args.human == bool(args.judge_url and args.judge_model):
+        raise UserError("give a judge: --judge-url and --judge-model (an LLM), or --human "
+                        "(a person on a web page)")
+    questions = read_prompts(args.prompts)[:args.limit]
     if not questions:
         raise UserError(f"{args.prompts}: no prompts")
+    if args.human:
+        return _human_arena(args, models, questions)
     report = run_arena(models, questions, Judge(args.judge_url, args.judge_model,
                                                 args.judge_key), Path(args.out),
                        _decoding(args), args.seed or 0, args.rounds, args.device, _stderr)
-    from unitune.eval.ratings import markdown
-
     print(markdown(report["leaderboard"]), end="")
+    return 0
+
+
+def _human_arena(args, models: dict[str, str], questions: list[str]) -> int:
+    from unitune.eval.answers import collect_answers
+    from unitune.serve.web import HumanArena, build_arena_ui
+
+    _check_host(args)
+    if len(models) < 2:
+        raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
+    out = Path(args.out)
+    answers = collect_answers(models, questions, out, _decoding(args), args.device, _stderr)
+    arena = HumanArena(list(models), questions, answers, out, args.seed or 0, args.rounds)
+    _stderr(f"arena page on http://{args.host}:{args.port} ({len(arena.pending())} "
+            f"comparisons to judge; votes go to {out / 'judgments.jsonl'})")
+    build_arena_ui(arena).queue().launch(
+        server_name=args.host, server_port=args.port, quiet=True,
+        auth=("unitune", args.api_key) if args.api_key else None)
     return 0
 
 
@@ -779,7 +848,8 @@ def cmd_quickstart(args) -> int:
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "data": cmd_data,
             "quickstart": cmd_quickstart, "compare": cmd_compare, "compose": cmd_compose,
             "merge": cmd_merge, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
-            "web": cmd_web, "export": cmd_export, "arena": cmd_arena}
+            "web": cmd_web, "export": cmd_export, "arena": cmd_arena, "study": cmd_study,
+            "eval-compare": cmd_eval_compare}
 
 
 def build_parser() -> Parser:
@@ -791,7 +861,7 @@ def build_parser() -> Parser:
                                 parser_class=Parser)
     for add in (_add_quickstart, _add_data, _add_train, _add_compare, _add_compose, _add_merge,
                 _add_generate, _add_chat, _add_predict, _add_serve, _add_web, _add_export,
-                _add_eval, _add_arena):
+                _add_eval, _add_eval_compare, _add_arena, _add_study):
         add(sub)
     return parser
 
@@ -814,8 +884,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         parser = build_parser()
-        args, extra = parser.parse_known_args(_expression_first(
-            parser, sys.argv[1:] if argv is None else list(argv)))
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if argv[:2] == ["eval", "compare"]:  # `unitune eval compare RUNS...`
+            argv = ["eval-compare", *argv[2:]]
+        args, extra = parser.parse_known_args(_expression_first(parser, argv))
         if hasattr(args, "items"):  # key=value overrides may also come after the flags
             args.items += [e for e in extra if not e.startswith("-")]
             extra = [e for e in extra if e.startswith("-")]

@@ -1,13 +1,28 @@
 """Models' answers to prompts and multi-turn dialogues through the chat engine, kept in a
 JSON-lines cache (``answers.jsonl``) so a rerun asks nothing twice: what the arena, the judged
-benchmarks and the win rate grade."""
+benchmarks and the win rate grade; and the prompt files they read."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from unitune.errors import UserError
 from unitune.eval.judge import read_jsonl
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompts of a file: one per line of a .txt, else the first user turn of each
+    conversation (any format the data readers know)."""
+    from unitune.data.readers import read_conversations
+
+    path = Path(path)
+    if path.suffix == ".txt":
+        if not path.exists():
+            raise UserError(f"{path}: no such file")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+    return [c.turns[0].user_text() for c in read_conversations(str(path))]
 
 
 def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: Path, decoding,

@@ -5,7 +5,8 @@ Answers come from the chat engine (``eval/answers.py``), cached in ``answers.jso
 prompt and pair of models the two answers are shown to the judge in a seeded random order
 (position bias cancels out over prompts); the judge is any OpenAI-compatible chat endpoint
 (``unitune serve`` included), asked with MT-bench's pairwise prompt and its verdict format
-(``[[A]]``, ``[[B]]``, ``[[C]]`` for a tie). Judge calls are retried with backoff, cached in
+(``[[A]]``, ``[[B]]``, ``[[C]]`` for a tie), or a person on the arena page (``serve/web.py``),
+whose votes are recorded the same way. Judge calls are retried with backoff, cached in
 ``judgments.jsonl`` (a rerun asks nothing twice), and their token usage is counted; a reply
 with no verdict is recorded as unparsed and left out of the ratings.
 """
@@ -51,44 +52,53 @@ def parse_verdict(text: str) -> str | None:
     return {"A": "A", "B": "B", "C": "C", "TIE": "C"}.get(bare)
 
 
-def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: Path,
-              decoding, seed: int = 0, rounds: int = 200, device: str = "auto",
-              log=print) -> dict:
-    """Answers, judgments and the leaderboard (``leaderboard.md/.json/.png``) in ``out``."""
+def schedule(models: list[str], n_questions: int, seed: int = 0
+             ) -> list[tuple[int, str, str, bool]]:
+    """Every comparison of the arena, (question, first, second, swap): ``swap`` shows
+    ``second`` as A. Seeded, so a rerun and a person's page show the same order."""
+    rng = random.Random(seed)
+    return [(i, first, second, rng.random() < 0.5) for i in range(n_questions)
+            for first, second in itertools.combinations(models, 2)]
+
+
+def record(out: Path, item: tuple[int, str, str, bool], reply: str, verdict: str | None,
+           judge: str) -> dict:
+    """Appends one judgment to ``judgments.jsonl`` (a reply, its verdict, who judged)."""
+    i, first, second, swap = item
+    row = {"index": i, "first": first, "second": second,
+           "a": second if swap else first, "b": first if swap else second,
+           "reply": reply, "verdict": verdict, "judge": judge}
+    with (out / "judgments.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return row
+
+
+def judgments(out: Path) -> dict[tuple[int, str, str], dict]:
+    """The judgments made so far, by (question, first, second); a later one replaces an
+    earlier (a person may change their mind)."""
+    return {(r["index"], r["first"], r["second"]): r
+            for r in read_jsonl(out / "judgments.jsonl")}
+
+
+def summarize(models: list[str], questions: list[str], answers: dict[str, list[str]],
+              out: Path, judge: dict, rounds: int = 200, seed: int = 0) -> dict:
+    """The leaderboard of the judgments so far (``leaderboard.md/.json/.png`` in ``out``)."""
     from unitune.eval.ratings import leaderboard, markdown, plot
 
-    if len(models) < 2:
-        raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
-    out.mkdir(parents=True, exist_ok=True)
-    answers = collect_answers(models, questions, out, decoding, device, log)
-    path = out / "judgments.jsonl"
-    judged = {(r["index"], r["first"], r["second"]): r for r in read_jsonl(path)}
-    rng = random.Random(seed)
     comparisons, unparsed = [], 0
-    with path.open("a", encoding="utf-8") as f:
-        for i, question in enumerate(questions):
-            for first, second in itertools.combinations(models, 2):
-                swap = rng.random() < 0.5  # drawn for every pair, cached or not: same order
-                row = judged.get((i, first, second))
-                if row is None:
-                    shown_a, shown_b = (second, first) if swap else (first, second)
-                    reply = judge.ask(judge_messages(question, answers[shown_a][i],
-                                                     answers[shown_b][i]))
-                    row = {"index": i, "first": first, "second": second, "a": shown_a,
-                           "b": shown_b, "reply": reply, "verdict": parse_verdict(reply)}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    f.flush()
-                verdict = row["verdict"]
-                if verdict is None:
-                    unparsed += 1
-                    continue
-                winner = {"A": row["a"], "B": row["b"], "C": None}[verdict]
-                comparisons.append((first, second, 0.5 if winner is None else
-                                    float(winner == first)))
+    for row in judgments(out).values():
+        if row["first"] not in models or row["second"] not in models \
+                or row["index"] >= len(questions):
+            continue
+        if row["verdict"] is None:
+            unparsed += 1
+            continue
+        winner = {"A": row["a"], "B": row["b"], "C": None}[row["verdict"]]
+        comparisons.append((row["first"], row["second"], 0.5 if winner is None else
+                            float(winner == row["first"])))
     rows = leaderboard(comparisons, rounds, seed)
-    report = {"models": list(models), "prompts": len(questions),
-              "comparisons": len(comparisons), "unparsed_verdicts": unparsed,
-              "judge": {"url": judge.url, "model": judge.model, **judge.usage},
+    report = {"models": models, "prompts": len(questions), "comparisons": len(comparisons),
+              "unparsed_verdicts": unparsed, "judge": judge,
               "answer_lengths": {m: sum(len(a) for a in answers[m]) / len(questions)
                                  for m in models},
               "leaderboard": rows}
@@ -96,7 +106,28 @@ def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: P
     (out / "leaderboard.md").write_text(markdown(rows), encoding="utf-8")
     if rows:
         plot(rows, out / "leaderboard.png")
-    log(f"arena: {len(comparisons)} comparisons ({unparsed} replies without a verdict), "
-        f"judge tokens {judge.usage['prompt_tokens']} in / {judge.usage['completion_tokens']} "
-        f"out -> {out / 'leaderboard.md'}")
+    return report
+
+
+def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: Path,
+              decoding, seed: int = 0, rounds: int = 200, device: str = "auto",
+              log=print) -> dict:
+    """Answers, an LLM's judgments and the leaderboard (``leaderboard.md/.json/.png``)."""
+    if len(models) < 2:
+        raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
+    out.mkdir(parents=True, exist_ok=True)
+    answers = collect_answers(models, questions, out, decoding, device, log)
+    done = judgments(out)
+    for item in schedule(list(models), len(questions), seed):
+        i, first, second, swap = item
+        if (i, first, second) in done:
+            continue
+        a, b = (second, first) if swap else (first, second)
+        reply = judge.ask(judge_messages(questions[i], answers[a][i], answers[b][i]))
+        record(out, item, reply, parse_verdict(reply), judge.model)
+    report = summarize(list(models), questions, answers, out,
+                       {"url": judge.url, "model": judge.model, **judge.usage}, rounds, seed)
+    log(f"arena: {report['comparisons']} comparisons ({report['unparsed_verdicts']} replies "
+        f"without a verdict), judge tokens {judge.usage['prompt_tokens']} in / "
+        f"{judge.usage['completion_tokens']} out -> {out / 'leaderboard.md'}")
     return report

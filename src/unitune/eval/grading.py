@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from unitune.errors import UserError
-from unitune.eval.answers import collect_answers, collect_dialogues
+from unitune.eval.answers import collect_answers, collect_dialogues, read_prompts
 from unitune.eval.arena import judge_messages, parse_verdict
 from unitune.eval.judge import Judge, read_jsonl
 
@@ -81,15 +81,6 @@ def parse_rating(text: str, top: int) -> float | None:
     return value if 1 <= value <= top else None
 
 
-def _read_prompts(path: Path) -> list[str]:
-    from unitune.data.readers import read_conversations
-
-    if path.suffix == ".txt":
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
-    return [c.turns[0].user_text() for c in read_conversations(path)]
-
-
 def _folder(data_dir: Path, task: str, pattern: str) -> list[Path]:
     files = sorted(data_dir.glob(pattern)) if data_dir.is_dir() else []
     if not files:
@@ -124,7 +115,7 @@ def grade_impact(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
     prompts: list[tuple[str, str]] = []
     for path in _folder(data_dir, "impact", "*.*"):
         if path.suffix in (".json", ".jsonl", ".txt"):
-            prompts += [(path.stem, p) for p in _read_prompts(path)[:limit]]
+            prompts += [(path.stem, p) for p in read_prompts(path)[:limit]]
     answers = collect_answers({"model": target}, [p for _, p in prompts], out, decoding,
                               device, log)["model"]
     grades = _Grades(out, judge)

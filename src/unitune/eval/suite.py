@@ -135,7 +135,7 @@ def _harness(target: str, s: EvalSettings, tasks: list[str], stem: Path, endpoin
 
     cache = Path(f"{stem}.cache")
     cap = min(s.max_new_tokens or 256, (s.max_length or 2048) // 2)
-    folder = cache / "tasks" / f"{s.protocol}-{s.shots}"
+    folder = cache / "tasks" / f"{s.protocol}-{'default' if s.shots is None else s.shots}-shot"
     taskset = write_tasks(tasks, s.data_dir, folder, s.protocol, s.shots, cap,
                           log=log)  # (bad files fail before any model loads)
     if endpoint:

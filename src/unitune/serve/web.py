@@ -1,9 +1,11 @@
-"""``unitune web`` (and ``unitune serve --web``): a chat page (Gradio) over the chat engine.
+"""``unitune web`` (and ``unitune serve --web``): a chat page (Gradio) over the chat engine;
+and ``unitune arena --human``: the arena's comparisons judged by a person.
 
-The page has the served models (base and adapters), a system prompt, the decoding controls
+The chat page has the served models (base and adapters), a system prompt, the decoding controls
 and the conversation; every turn sends the whole history, rendered through the chosen
 model's template, and the reply streams into the page. A reply whose page goes away is
-cancelled. No public share link unless asked for.
+cancelled. The arena page shows a prompt and two anonymous answers in the arena's randomised
+order; each vote is a judgment like an LLM judge's. No public share link unless asked for.
 """
 
 from __future__ import annotations
@@ -91,4 +93,80 @@ def build_ui(engine: Engine, decoding: Decoding, model: str | None = None):
                                  temperature, top_p, top_k, penalty], [message, chatbot])
         clear.click(lambda: [], None, chatbot)
         chosen.change(lambda: [], None, chatbot)
+    return demo
+
+
+class HumanArena:
+    """The arena's comparisons for a person: the next one not yet judged (in a seeded
+    shuffled order, so prompts and pairs are mixed), and each vote recorded as a judgment
+    with the leaderboard rewritten."""
+
+    def __init__(self, models: list[str], questions: list[str], answers: dict[str, list[str]],
+                 out, seed: int = 0, rounds: int = 200):
+        import random
+
+        from unitune.eval.arena import schedule
+
+        self.models, self.questions, self.answers = models, questions, answers
+        self.out, self.seed, self.rounds = out, seed, rounds
+        self.items = schedule(models, len(questions), seed)
+        random.Random(seed + 1).shuffle(self.items)
+
+    def pending(self) -> list[tuple[int, str, str, bool]]:
+        from unitune.eval.arena import judgments
+
+        done = judgments(self.out)
+        return [item for item in self.items if item[:3] not in done]
+
+    def shown(self) -> tuple[str, str, str, str]:
+        """(question, answer A, answer B, progress) of the next comparison to judge."""
+        pending = self.pending()
+        progress = f"{len(self.items) - len(pending)} of {len(self.items)} comparisons judged"
+        if not pending:
+            return "All comparisons are judged.", "", "", progress
+        i, first, second, swap = pending[0]
+        a, b = (second, first) if swap else (first, second)
+        return self.questions[i], self.answers[a][i], self.answers[b][i], progress
+
+    def vote(self, verdict: str) -> str:
+        """Records 'A', 'B' or 'C' (tie) for the current comparison; the leaderboard (Markdown)."""
+        from unitune.eval.arena import record, summarize
+        from unitune.eval.ratings import markdown
+
+        pending = self.pending()
+        if pending:
+            record(self.out, pending[0], f"[[{verdict}]]", verdict, "human")
+        report = summarize(self.models, self.questions, self.answers, self.out,
+                           {"model": "human"}, self.rounds, self.seed)
+        return markdown(report["leaderboard"])
+
+
+def build_arena_ui(arena: HumanArena):
+    """The page: the question, answers A and B side by side (models hidden), three buttons,
+    the progress and the leaderboard so far."""
+    import gradio as gr
+
+    with gr.Blocks(title="unitune arena") as demo:
+        gr.Markdown("## unitune arena: which answer is better?")
+        progress = gr.Markdown(elem_id="progress")
+        question = gr.Textbox(label="prompt", interactive=False, elem_id="question")
+        with gr.Row():
+            answer_a = gr.Textbox(label="answer A", interactive=False, lines=8,
+                                  elem_id="answer-a")
+            answer_b = gr.Textbox(label="answer B", interactive=False, lines=8,
+                                  elem_id="answer-b")
+        with gr.Row():
+            better_a = gr.Button("A is better", elem_id="vote-a")
+            tie = gr.Button("tie", elem_id="vote-tie")
+            better_b = gr.Button("B is better", elem_id="vote-b")
+        board = gr.Markdown(elem_id="leaderboard")
+        shown = [question, answer_a, answer_b, progress]
+
+        def vote(verdict: str):
+            table = arena.vote(verdict)
+            return (*arena.shown(), table)
+
+        for button, verdict in ((better_a, "A"), (tie, "C"), (better_b, "B")):
+            button.click(lambda v=verdict: vote(v), None, [*shown, board])
+        demo.load(arena.shown, None, shown)
     return demo
