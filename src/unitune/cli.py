@@ -518,6 +518,9 @@ def _add_eval(sub) -> None:
                    "{\"text\"} records; conversations are scored on their replies)")
     p.add_argument("--window", type=int, default=512,
                    help="--perplexity: tokens per window (sliding over long texts)")
+    p.add_argument("--rope", metavar="TYPE:FACTOR", help="--perplexity: RoPE scaling "
+                   "(linear, dynamic or yarn), e.g. dynamic:4, for a base model or instead of "
+                   "a run's own")
     p.add_argument("--stride", type=int, default=512,
                    help="--perplexity: new tokens per window (< --window: overlapping "
                    "context, as in the module-arithmetic paper's protocol)")
@@ -597,14 +600,17 @@ def _eval_perplexity(args) -> int:
 
     if not 0 < args.stride <= args.window:
         raise UserError(f"--stride must be in 1..--window ({args.window}), got {args.stride}")
+    from unitune.models.rope import parse
+
     records = read_reference(args.perplexity)
     model, tokenizer, template = open_model(args.target, device=args.device,
                                             template=args.template,
                                             trust_remote_code=args.trust_remote_code,
-                                            log=_stderr)
+                                            log=_stderr, rope_scaling=parse(args.rope)
+                                            if args.rope else None)
     windows = reference_windows(records, tokenizer, template, args.window, args.stride)
     result = {"model": args.target, "file": args.perplexity, "window": args.window,
-              "stride": args.stride, "windows": len(windows),
+              "stride": args.stride, "rope": args.rope, "windows": len(windows),
               "perplexity": perplexity(model, windows)}
     print(json.dumps(result, indent=1))
     if args.report:
@@ -635,6 +641,49 @@ def _eval_tasks(args) -> int:
     write_report(report, report_path)
     print(table(report))
     _stderr(f"report: {report_path} (and .md, .samples.jsonl)")
+    return 0
+
+
+def _add_vocab(sub) -> None:
+    p = sub.add_parser("vocab", help="tokenizer vocabulary: extend a SentencePiece tokenizer "
+                       "with another's pieces (Chinese-LLaMA)")
+    vsub = p.add_subparsers(dest="vocab_command", required=True, metavar="vocab-command",
+                            parser_class=Parser)
+    e = vsub.add_parser("extend", help="append the pieces of --add to --base's, every "
+                        "original id kept; save a Hugging Face tokenizer",
+                        description="Merges SentencePiece models: the base's pieces keep their "
+                        "ids, the new ones are appended once each. Writes OUT with "
+                        "tokenizer.model and tokenizer.json (and the base's special tokens and "
+                        "chat template when --base is a tokenizer folder), and reports the "
+                        "vocabulary size and tokens per character on --sample. Train with "
+                        "tokenizer=OUT: the embeddings grow, the new rows start at the mean.")
+    e.add_argument("--base", required=True, help="a .model file or a tokenizer folder with "
+                   "tokenizer.model (e.g. LLaMA's)")
+    e.add_argument("--add", action="append", required=True, metavar="MODEL",
+                   help="a SentencePiece .model whose new pieces are appended (repeatable)")
+    e.add_argument("-o", "--out", required=True, help="the tokenizer folder to write")
+    e.add_argument("--sample", help="text to measure tokens per character on (a .txt or any "
+                   "conversation file)")
+    e.add_argument("--overwrite", action="store_true")
+
+
+def cmd_vocab(args) -> int:
+    import json
+
+    from unitune.models.vocab import base_tokenizer, extend, report, sample_texts
+
+    texts = sample_texts(args.sample) if args.sample else []
+    out = Path(args.out)
+    extended = extend(args.base, args.add, out, args.overwrite, log=_stderr)
+    before = base_tokenizer(args.base)
+    result = report(before, extended, texts)
+    (out / "vocab_report.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    lines = [f"vocabulary: {result['vocab_before']:,} -> {result['vocab_after']:,}"]
+    if texts:
+        lines.append(f"tokens per character on {args.sample} ({result['sample_chars']:,} "
+                     f"characters): {result['tokens_per_char_before']:.3f} -> "
+                     f"{result['tokens_per_char_after']:.3f} ({result['ratio']:.0%})")
+    print("\n".join(lines))
     return 0
 
 
@@ -849,7 +898,7 @@ COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "dat
             "quickstart": cmd_quickstart, "compare": cmd_compare, "compose": cmd_compose,
             "merge": cmd_merge, "chat": cmd_chat, "predict": cmd_predict, "serve": cmd_serve,
             "web": cmd_web, "export": cmd_export, "arena": cmd_arena, "study": cmd_study,
-            "eval-compare": cmd_eval_compare}
+            "eval-compare": cmd_eval_compare, "vocab": cmd_vocab}
 
 
 def build_parser() -> Parser:
@@ -861,7 +910,7 @@ def build_parser() -> Parser:
                                 parser_class=Parser)
     for add in (_add_quickstart, _add_data, _add_train, _add_compare, _add_compose, _add_merge,
                 _add_generate, _add_chat, _add_predict, _add_serve, _add_web, _add_export,
-                _add_eval, _add_eval_compare, _add_arena, _add_study):
+                _add_eval, _add_eval_compare, _add_arena, _add_study, _add_vocab):
         add(sub)
     return parser
 

@@ -25,6 +25,7 @@ from pydantic import (
 
 from unitune import methods
 from unitune.errors import UserError, did_you_mean
+from unitune.models.rope import RopeScaling
 from unitune.sections import Section
 from unitune.train import stages
 
@@ -72,6 +73,11 @@ class TrainKeys(Section):
                                                      for s in stages.STAGES.values()))
     base_model: str = Field("tiny-llama",
                             description="a unitune preset, a local HF folder, or a hub id")
+    rope_scaling: RopeScaling | None = Field(None, description="stretch the context: {type: "
+                                             "linear|dynamic|yarn, factor: 4}")
+    tokenizer: str | None = Field(None, description="a tokenizer folder instead of the base's "
+                                  "(e.g. from `unitune vocab extend`); the embeddings grow "
+                                  "to its size")
     data: list[DataSpec] = Field(..., min_length=1,
                                  description="files, catalog names or hub ids (comma-separated)")
     validation_data: list[DataSpec] = Field(default_factory=list)
@@ -191,6 +197,7 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update={
         "data": specs(cfg.data), "validation_data": specs(cfg.validation_data),
         "base_model": local(cfg.base_model), "init_adapter": local(cfg.init_adapter),
+        "tokenizer": local(cfg.tokenizer),
         "deepspeed": local(cfg.deepspeed), "data_dir": local(cfg.data_dir),
         "augment": cfg.augment.model_copy(
             update={"flan_templates": local(cfg.augment.flan_templates)}),

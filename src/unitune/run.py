@@ -52,7 +52,7 @@ class RunRecord(BaseModel):
     template: str | None = None
     quantization: str | None = None  # '4bit' / '8bit': the base it trained on
     trust_remote_code: bool = False
-    model_patches: dict = Field(default_factory=dict)  # {'vocab_size': n}
+    model_patches: dict = Field(default_factory=dict)  # {'vocab_size': n, 'rope_scaling': {}}
     adapter_init: dict | None = None
     trainable_parameters: int | None = None
     total_parameters: int | None = None
@@ -272,7 +272,8 @@ def open_base(folder: Path, record: RunRecord, dtype, device, quantization: str 
     from unitune.models.loading import load_base
 
     base = load_base(_base_path(record, log, progress), dtype, device,
-                     _trusted(folder, record, trust_remote_code), quantization)
+                     _trusted(folder, record, trust_remote_code), quantization,
+                     record.model_patches.get("rope_scaling"))
     grow_vocabulary(base, record.model_patches.get("vocab_size", 0))
     return base
 
@@ -280,7 +281,7 @@ def open_base(folder: Path, record: RunRecord, dtype, device, quantization: str 
 def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
                template: str | None = None, quantization: Literal["as-trained", "none"] =
                "as-trained", trust_remote_code: bool = False, log=print,
-               progress: bool = True):
+               progress: bool = True, rope_scaling: dict | None = None):
     """(model in eval mode, tokenizer, template) for a run folder or a base model.
 
     A run reopens exactly as it trained: its base (a QLoRA run on a 4-bit base, unless
@@ -289,7 +290,8 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
     (with a warning) or picks one for a base model (default: the model's own). A model whose
     code comes with it (``trust_remote_code``) runs only when the caller passes
     ``trust_remote_code=True``, for a run too: a run folder from elsewhere cannot run code on
-    its own say-so."""
+    its own say-so. ``rope_scaling`` (``models/rope.py``) stretches a base model's context, or
+    replaces a run's own scaling (with a warning)."""
     from unitune import methods
     from unitune.data.templates import get_template
     from unitune.models.loading import (
@@ -309,15 +311,23 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
     folder = Path(target)
     if not is_run(folder):
         path = resolve_model_path(str(target), log=log, progress=progress)
-        model = load_base(path, torch_dtype, dev, trust_remote_code).eval()
+        model = load_base(path, torch_dtype, dev, trust_remote_code,
+                          rope_scaling=rope_scaling).eval()
         tokenizer = load_tokenizer(path, trust_remote_code)
         return model, tokenizer, resolve_template(template or "auto", model.config.model_type,
                                                   tokenizer)
     record = read_finished(folder)
     method = methods.get(record.method)
     trust = _trusted(folder, record, trust_remote_code)
+    if rope_scaling:
+        trained = record.model_patches.get("rope_scaling")
+        if trained:
+            log(f"warning: {folder} was trained with RoPE scaling {trained['type']} "
+                f"x{trained['factor']:g}; using {rope_scaling['type']} "
+                f"x{rope_scaling['factor']:g} instead")
+        record.model_patches = {**record.model_patches, "rope_scaling": rope_scaling}
     if method.whole_model:
-        model = load_base(str(folder), torch_dtype, dev, trust)
+        model = load_base(str(folder), torch_dtype, dev, trust, rope_scaling=rope_scaling)
     else:
         quant = record.quantization if quantization == "as-trained" else None
         if quant and dev.type != "cuda":

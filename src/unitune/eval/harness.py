@@ -136,6 +136,8 @@ def _metrics(entry: dict) -> dict[str, float]:
 
 
 def _summary(out: dict, group: str, subtasks: list[str], shots: int, chat: bool) -> dict:
+    """A benchmark's scores: the group's (weighted by subject size), each subject's, the
+    number of questions, the shots and the prompt format."""
     results = out["results"]
     n = out.get("n-samples", {})
     summary = {"shots": shots, "prompt_format": "chat template" if chat else "plain",
@@ -144,8 +146,9 @@ def _summary(out: dict, group: str, subtasks: list[str], shots: int, chat: bool)
     if len(subtasks) > 1:
         summary["subjects"] = {results[t].get("alias", t).strip(" -"): _metrics(results[t])
                                for t in subtasks if t in results}
-    elif subtasks and subtasks[0] in results and len(summary) <= 3:
-        summary.update(_metrics(results[subtasks[0]]))
+    elif subtasks and subtasks[0] in results:  # one subject: all its metrics (DROP's em too)
+        summary.update({k: v for k, v in _metrics(results[subtasks[0]]).items()
+                        if k not in summary})
     return summary
 
 

@@ -81,11 +81,13 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_base(path: str, dtype: torch.dtype, device: torch.device,
-              trust_remote_code: bool = False, quantize: str | None = None):
+              trust_remote_code: bool = False, quantize: str | None = None,
+              rope_scaling: dict | None = None):
     """A causal LM (or an encoder-decoder such as T5) from safetensors; ``quantize`` '4bit'
     (NF4, double quantization, compute in ``dtype``) or '8bit' loads it through bitsandbytes on
-    the GPU. Under DeepSpeed ZeRO-3 (its config already given to the Trainer's arguments) the
-    weights load partitioned and stay where DeepSpeed puts them."""
+    the GPU. ``rope_scaling`` (``models/rope.py``) is written into the config first. Under
+    DeepSpeed ZeRO-3 (its config already given to the Trainer's arguments) the weights load
+    partitioned and stay where DeepSpeed puts them."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kwargs = {}
@@ -101,6 +103,10 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
         kwargs["device_map"] = {"": device.index or 0}
     try:
         config = model_config(path, trust_remote_code)
+        if rope_scaling:
+            from unitune.models.rope import apply
+
+            apply(config, rope_scaling)
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) \
             else AutoModelForCausalLM
         model = auto.from_pretrained(

@@ -229,11 +229,20 @@ class Recipe:
 
     def _setup_data(self) -> None:
         from unitune.data import cache
-        from unitune.models.loading import describe_base, pick_device, pick_dtype, resolve_template
+        from unitune.models.loading import (
+            describe_base,
+            load_tokenizer,
+            pick_device,
+            pick_dtype,
+            resolve_template,
+        )
 
         cfg, log, record = self.cfg, self.log, self.record
         tokenizer_path, self.tokenizer, base_config = describe_base(
             cfg.base_model, cfg.trust_remote_code, log)
+        if cfg.tokenizer:  # (an extended vocabulary: the embeddings grow at model setup)
+            self.tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+            log(f"tokenizer: {cfg.tokenizer} ({len(self.tokenizer):,} tokens)")
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
         self.model_type = base_config.model_type
@@ -326,9 +335,20 @@ class Recipe:
         torch.manual_seed(cfg.seed)  # the adapter's initialisation is a function of the seed
         # FSDP2 shards a model from the host: no process holds all of it on its GPU
         device = torch.device("cpu") if cfg.fsdp else self.device
+        rope = None
+        if cfg.rope_scaling:  # what the run records: the scaling with the base's length
+            from unitune.models.loading import model_config
+            from unitune.models.rope import apply
+
+            rope = apply(model_config(model_path, cfg.trust_remote_code),
+                         cfg.rope_scaling.model_dump())
         base = load_base(model_path, self.dtype, device, cfg.trust_remote_code,
-                         quantize=record.quantization)
+                         quantize=record.quantization, rope_scaling=rope)
         record.model_patches = self._patch_vocabulary(base)
+        if rope:
+            record.model_patches["rope_scaling"] = rope
+            log(f"RoPE scaling: {rope['type']} x{rope['factor']:g} of "
+                f"{rope['original_max_position_embeddings']} positions")
         self.active = speed.optimize(base, cfg.kernels, cfg.attention,
                                      cfg.gradient_checkpointing, cfg.offload_activations,
                                      cfg.packing)
