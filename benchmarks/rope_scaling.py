@@ -90,7 +90,7 @@ def main() -> None:
         run("train", f"base_model={out / 'base'}", f"max_length={short}",
             f"max_steps={args.steps}", "-o", str(out / "pt"), *common)
     heldout = out / "heldout.jsonl"
-    rows = [("pre-trained at %d, no scaling" % short, perplexity(out / "pt", heldout, short),
+    rows = [(f"pre-trained at {short}, no scaling", perplexity(out / "pt", heldout, short),
              perplexity(out / "pt", heldout, long))]
     for kind in ("linear", "dynamic", "yarn"):
         rope = f"{kind}:{args.factor}"
