@@ -845,6 +845,29 @@ def _add_data(sub) -> None:
                     "prompt_completion, preference or text")
     cv.add_argument("--format", default="auto", help="input format (default: detect)")
     cv.add_argument("--overwrite", action="store_true")
+    si = dsub.add_parser("self-instruct", help="generate instruction data from seed tasks "
+                         "with a teacher LLM (Stanford Alpaca's pipeline)",
+                         description="Asks an OpenAI-compatible teacher (unitune serve "
+                         "included) to continue numbered lists of example tasks, parses the "
+                         "replies, keeps the tasks that pass Alpaca's filters and are not "
+                         "ROUGE-L-similar to one already kept, and appends them to -o as "
+                         "Alpaca JSON lines (a rerun continues); reports the teacher's tokens.")
+    si.add_argument("--seed-tasks", required=True, help="self-instruct seed tasks (jsonl) or an "
+                    "Alpaca file")
+    si.add_argument("--teacher-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    si.add_argument("--teacher-model", required=True)
+    si.add_argument("--teacher-key", default=os.environ.get("UNITUNE_TEACHER_KEY"),
+                    help="the teacher's API key (default: $UNITUNE_TEACHER_KEY)")
+    si.add_argument("-n", "--count", type=int, default=100, help="tasks to generate")
+    si.add_argument("-o", "--out", required=True, help="JSON lines (Alpaca format)")
+    si.add_argument("--prompt-tasks", type=int, default=3, help="example tasks per request")
+    si.add_argument("--max-similarity", type=float, default=0.7,
+                    help="ROUGE-L above which a new instruction is a duplicate")
+    si.add_argument("--max-requests", type=int, help="give up after this many replies "
+                    "(default 4 per task)")
+    si.add_argument("--max-tokens", type=int, default=1024, help="the teacher's reply length")
+    si.add_argument("--temperature", type=float, default=1.0)
+    si.add_argument("--seed", type=int, default=0)
     for name, helptext in (("preview", "render examples through a template and mark the "
                             "trained tokens"),
                            ("stats", "counts, token lengths (histogram PNG), truncation at "

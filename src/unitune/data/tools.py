@@ -1,6 +1,6 @@
-"""The ``unitune data ...`` commands: synth, families, templates, list, info, check, convert,
-preview and stats. Each reads, reports and writes through the data modules; nothing here
-decides how data is parsed or masked.
+"""The ``unitune data ...`` commands: synth, families, templates, list, info, check,
+convert, preview, stats and self-instruct. Each reads, reports and writes through the data
+modules; nothing here decides how data is parsed or masked.
 """
 
 from __future__ import annotations
@@ -19,7 +19,20 @@ from unitune.errors import UserError
 def run(args) -> int:
     return {"synth": _synth, "families": _families, "templates": _templates, "list": _list,
             "info": _info, "check": _check, "convert": _convert, "preview": _preview,
-            "stats": _stats}[args.data_command](args)
+            "stats": _stats, "self-instruct": _self_instruct}[args.data_command](args)
+
+
+def _self_instruct(args) -> int:
+    from unitune.data.self_instruct import generate
+    from unitune.eval.judge import Judge
+
+    teacher = Judge(args.teacher_url, args.teacher_model, args.teacher_key,
+                    max_tokens=args.max_tokens, temperature=args.temperature)
+    report = generate(args.seed_tasks, teacher, Path(args.out), args.count, args.prompt_tasks,
+                      args.max_similarity, args.seed, args.max_requests,
+                      log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(report, indent=1))
+    return 0
 
 
 def _synth(args) -> int:

@@ -1,7 +1,7 @@
 """An LLM judge behind any OpenAI-compatible chat endpoint (``unitune serve`` included), shared
-by the arena and the graded benchmarks: one call per judgment, retried with backoff on
-network errors, 5xx and 429, its token usage counted; and the JSON-lines caches their answers
-and judgments are kept in, so a rerun asks nothing twice."""
+by the arena, the graded benchmarks and self-instruct's teacher: one call per judgment,
+retried with backoff on network errors, 5xx and 429, its token usage counted; and the
+JSON-lines caches their answers and judgments are kept in, so a rerun asks nothing twice."""
 
 from __future__ import annotations
 
@@ -26,15 +26,16 @@ class Judge:
     """An OpenAI-compatible chat endpoint: one call per comparison, retried with backoff."""
 
     def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 4,
-                 timeout_s: float = 120.0, max_tokens: int = 256):
+                 timeout_s: float = 120.0, max_tokens: int = 256, temperature: float = 0.0):
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions")
                                       else "/chat/completions")
         self.model, self.api_key, self.retries = model, api_key, retries
-        self.timeout_s, self.max_tokens = timeout_s, max_tokens
+        self.timeout_s, self.max_tokens, self.temperature = timeout_s, max_tokens, temperature
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
 
     def ask(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
+        body = json.dumps({"model": self.model, "messages": messages,
+                           "temperature": self.temperature,
                            "max_tokens": self.max_tokens}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
