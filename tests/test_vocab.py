@@ -122,3 +122,14 @@ def test_the_chinese_llama_chain_on_a_tiny_model(tokenizers, shared_data, tmp_pa
     assert main(["generate", str(tmp_path / "final"), "用一句话介绍北京。", "--max-new-tokens",
                  "5", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip()
+
+    # for llama.cpp: the grown vocabulary as a SentencePiece-style ("llama") GGUF tokenizer
+    from transformers import AutoTokenizer
+
+    assert main(["export", "gguf", str(tmp_path / "final"), "-o", str(tmp_path / "gguf"),
+                 "--type", "f16"]) == 0
+    read_back = AutoTokenizer.from_pretrained(str(tmp_path / "gguf"),
+                                              gguf_file="final-f16.gguf")
+    text = "北京是中国的首都。Beijing is the capital."
+    assert len(read_back) == 49953
+    assert read_back(text).input_ids == tokenizer(text).input_ids

@@ -246,7 +246,7 @@ def cmd_merge(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="serve or run a run elsewhere (vLLM)")
+    p = sub.add_parser("export", help="serve or run a run elsewhere (vLLM, llama.cpp / Ollama)")
     esub = p.add_subparsers(dest="export_command", required=True, metavar="export-command",
                             parser_class=Parser)
     v = esub.add_parser("vllm", help="whether vLLM serves the run's adapter as it is, and the "
@@ -255,9 +255,28 @@ def _add_export(sub) -> None:
                         "without modules_to_save up to rank 512; anything else is merged first. "
                         "Prints which applies and the command.")
     v.add_argument("run_dir")
+    g = esub.add_parser("gguf", help="a run (merged first) or a model as GGUF for llama.cpp, "
+                        "with an Ollama Modelfile",
+                        description="Writes OUT/<name>-<type>.gguf for each --type (f16, "
+                        "q8_0, f32) with the gguf package: the weights (an adapter folded in "
+                        "first), the tokenizer, the special ids and the chat template; and "
+                        "OUT/Modelfile for Ollama. Llama-architecture models (Llama, Mistral).")
+    g.add_argument("target", help="a run folder or a model folder")
+    g.add_argument("-o", "--out", required=True, help="the folder to write into")
+    g.add_argument("--type", default="f16,q8_0", help="comma-separated: f16, q8_0, f32")
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--trust-remote-code", action="store_true")
 
 
 def cmd_export(args) -> int:
+    if args.export_command == "gguf":
+        from unitune.export.gguf import export_gguf
+
+        for path in export_gguf(args.target, Path(args.out), [t.strip() for t in
+                                                               args.type.split(",")],
+                                args.overwrite, args.trust_remote_code, log=_stderr):
+            print(path)
+        return 0
     from unitune.export.vllm import vllm_plan
 
     as_adapter, reasons, command = vllm_plan(Path(args.run_dir))
