@@ -89,3 +89,5 @@ def test_perplexity_at_four_times_the_context_with_and_without_scaling(short_bas
     assert len(set(scores.values())) == 4  # each scaling changes the positions the model sees
     assert main(["eval", str(short_base), "--perplexity", str(text), "--rope", "cubic:4"]) == 2
     assert "expected TYPE:FACTOR" in capsys.readouterr().err
+    assert main(["generate", str(short_base), "count a b c =", "--rope", "yarn:4",
+                 "--max-new-tokens", "3", "--device", "cpu"]) == 0  # every engine command

@@ -334,6 +334,15 @@ def _add_engine(p, several: bool = True) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let the model run its own code (a base model's, or a run's trained with "
                    "trust_remote_code)")
+    p.add_argument("--rope", metavar="TYPE:FACTOR", help="RoPE scaling (linear, dynamic or "
+                   "yarn), e.g. dynamic:4: a base model's longer context, or instead of a "
+                   "run's own (warned about)")
+
+
+def _rope(args) -> dict | None:
+    from unitune.models.rope import parse
+
+    return parse(args.rope) if args.rope else None
 
 
 def _engine(args, **kw):
@@ -348,7 +357,7 @@ def _engine(args, **kw):
         adapters[name.strip()] = source.strip()
     return Engine(args.target, adapters, device=args.device, template=args.template,
                   trust_remote_code=args.trust_remote_code, static_cache=args.static_cache,
-                  log=_stderr, **kw)
+                  rope_scaling=_rope(args), log=_stderr, **kw)
 
 
 def _first_model(engine, args) -> str:
@@ -537,9 +546,6 @@ def _add_eval(sub) -> None:
                    "{\"text\"} records; conversations are scored on their replies)")
     p.add_argument("--window", type=int, default=512,
                    help="--perplexity: tokens per window (sliding over long texts)")
-    p.add_argument("--rope", metavar="TYPE:FACTOR", help="--perplexity: RoPE scaling "
-                   "(linear, dynamic or yarn), e.g. dynamic:4, for a base model or instead of "
-                   "a run's own")
     p.add_argument("--stride", type=int, default=512,
                    help="--perplexity: new tokens per window (< --window: overlapping "
                    "context, as in the module-arithmetic paper's protocol)")
@@ -602,7 +608,7 @@ def cmd_eval(args) -> int:
     model, tokenizer, template = open_model(args.target, device=args.device,
                                             template=args.template,
                                             trust_remote_code=args.trust_remote_code,
-                                            log=_stderr)
+                                            log=_stderr, rope_scaling=_rope(args))
     result = evaluate_exact_match(model, tokenizer, template, records,
                                   args.max_new_tokens or 64, args.batch_size)
     print(result.table())
@@ -619,14 +625,11 @@ def _eval_perplexity(args) -> int:
 
     if not 0 < args.stride <= args.window:
         raise UserError(f"--stride must be in 1..--window ({args.window}), got {args.stride}")
-    from unitune.models.rope import parse
-
     records = read_reference(args.perplexity)
     model, tokenizer, template = open_model(args.target, device=args.device,
                                             template=args.template,
                                             trust_remote_code=args.trust_remote_code,
-                                            log=_stderr, rope_scaling=parse(args.rope)
-                                            if args.rope else None)
+                                            log=_stderr, rope_scaling=_rope(args))
     windows = reference_windows(records, tokenizer, template, args.window, args.stride)
     result = {"model": args.target, "file": args.perplexity, "window": args.window,
               "stride": args.stride, "rope": args.rope, "windows": len(windows),
@@ -646,7 +649,8 @@ def _eval_tasks(args) -> int:
                         "(one folder per benchmark, or the benchmark's own folder)")
     names = ("tasks", "data_dir", "protocol", "shots", "chat", "limit", "seed", "batch_size",
              "max_new_tokens", "max_length", "device", "template", "trust_remote_code",
-             "static_cache", "served_model", "tokenizer", "api_key", "n", "k", "temperature",
+             "static_cache", "rope", "served_model", "tokenizer", "api_key", "n", "k",
+             "temperature",
              "timeout", "samples", "judge_url", "judge_model", "judge_key")
     s = settings("unitune eval", **{n: getattr(args, n) for n in names
                                     if getattr(args, n) is not None})

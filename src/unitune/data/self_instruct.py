@@ -48,18 +48,14 @@ def read_seed_tasks(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    from unitune.eval.judge import read_jsonl
+
     tasks = []
     text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if text.lstrip().startswith("[") else None
-    if rows is None:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
     for n, row in enumerate(rows, 1):
         instance = (row.get("instances") or [row])[0] if isinstance(row, dict) else {}
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) \
@@ -172,7 +168,11 @@ def generate(seed_file: str | Path, teacher, out: Path, count: int, prompt_tasks
             examples = rng.sample(seeds, min(prompt_tasks - generated, len(seeds))) + \
                 rng.sample(kept, generated)
             prompt = render_prompt(examples)
-            reply = teacher.ask([{"role": "user", "content": prompt}])
+            try:  # (the client retried with backoff already)
+                reply = teacher.ask([{"role": "user", "content": prompt}])
+            except UserError as exc:
+                raise UserError(f"{exc}; {len(kept)} tasks are kept in {out}: rerun to "
+                                "continue") from None
             stats["requests"] += 1
             tasks = parse_reply(reply, len(examples) + 1)
             stats["parsed"] += len(tasks)

@@ -26,22 +26,6 @@ def _category(name: str) -> str:
     return " ".join(name.replace("\xa0", " ").lower().split())
 
 
-def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        for field in fields:
-            if not isinstance(row.get(field), str):
-                raise UserError(f"{path}:{n}: {field}: missing or not a string")
-        rows.append(row)
-    return rows
-
-
 def read_belle(data_dir: str | Path) -> tuple[list[dict], dict[str, str]]:
     """(the questions, the grading prompt of each category)."""
     folder = Path(data_dir)
@@ -51,8 +35,8 @@ def read_belle(data_dir: str | Path) -> tuple[list[dict], dict[str, str]]:
         raise UserError(f"Belle-Eval: no eval_set*.json and eval_prompt.json in {folder}; "
                         f"{DOWNLOAD}")
     prompts = {_category(r["class"]): r["prompt"]
-               for r in _jsonl(prompt_file, ("class", "prompt"))}
-    items = _jsonl(sets[0], ("question", "std_answer", "class"))
+               for r in read_jsonl(prompt_file, ("class", "prompt"))}
+    items = read_jsonl(sets[0], ("question", "std_answer", "class"))
     for n, item in enumerate(items, 1):
         if _category(item["class"]) not in prompts:
             raise UserError(f"{sets[0]}:{n}: class {item['class']!r} has no grading prompt in "

@@ -399,6 +399,8 @@ def read_drop(folder: Path) -> list[Subtask]:
     return [Subtask("drop", "drop", "", test, shots, str(path))]
 
 
+_BBH = ("download BIG-Bench-Hard (github.com/suzgunmirac/BIG-Bench-Hard): bbh/<task>.json and "
+        "cot-prompts/<task>.txt")
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("mmlu", "mmlu", read_mmlu, 5,
               "download https://people.eecs.berkeley.edu/~hendrycks/data.tar and put its dev/ "
@@ -413,12 +415,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("mmcu", "mmcu", read_mmcu, 5,
               "request MMCU from its authors (github.com/Felixgithub2017/MMCU) and put its dev/ "
               "and test/ folders (<subject>.xlsx) there", cue="正确答案的序号是："),
-    Benchmark("bbh", "bbh", read_bbh, 3,
-              "download BIG-Bench-Hard (github.com/suzgunmirac/BIG-Bench-Hard): bbh/<task>.json "
-              "and cot-prompts/<task>.txt"),
-    Benchmark("bbh_cot", "bbh", read_bbh, 3,
-              "download BIG-Bench-Hard (github.com/suzgunmirac/BIG-Bench-Hard): bbh/<task>.json "
-              "and cot-prompts/<task>.txt"),
+    Benchmark("bbh", "bbh", read_bbh, 3, _BBH),
+    Benchmark("bbh_cot", "bbh", read_bbh, 3, _BBH),
     Benchmark("crass", "crass", read_crass, 3,
               "download BIG-bench's crass_ai task.json (github.com/google/BIG-bench, "
               "bigbench/benchmark_tasks/crass_ai/) there"),

@@ -145,18 +145,11 @@ def grade_impact(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
 
 def _mt_questions(data_dir: Path) -> tuple[list[dict], dict]:
     path = _folder(data_dir, "mt_bench", "question.jsonl")[0]
-    questions = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    questions = read_jsonl(path)
+    for n, row in enumerate(questions, 1):
         turns = row.get("turns")
         if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)):
-            raise UserError(f"{path}:{n}: turns: expected a list of strings")
-        questions.append(row)
+            raise UserError(f"{path}: question {n}: turns: expected a list of strings")
     references = {}
     for ref in sorted((data_dir / "reference_answer").glob("*.jsonl")):
         for row in read_jsonl(ref):

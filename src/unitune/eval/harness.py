@@ -21,22 +21,25 @@ from unitune.eval.benchmarks import TaskSet
 
 
 def local_model(target: str, device: str = "auto", template: str | None = None,
-                trust_remote_code: bool = False, batch_size: int = 8, log=print):
+                trust_remote_code: bool = False, batch_size: int = 8,
+                rope_scaling: dict | None = None, log=print):
     """(lm-evaluation-harness model, a key naming exactly this model for the cache)."""
     from lm_eval.models.huggingface import HFLM
 
     from unitune.run import open_model
 
     model, tokenizer, _ = open_model(target, device=device, template=template,
-                                     trust_remote_code=trust_remote_code, log=log)
+                                     trust_remote_code=trust_remote_code, log=log,
+                                     rope_scaling=rope_scaling)
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)  # (object warning)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return lm, _model_key(target, template)
+    return lm, _model_key(target, template, rope_scaling)
 
 
-def _model_key(target: str, template: str | None) -> str:
+def _model_key(target: str, template: str | None, rope_scaling: dict | None) -> str:
     folder = Path(target)
-    parts = [str(folder.resolve()) if folder.exists() else target, str(template)]
+    parts = [str(folder.resolve()) if folder.exists() else target, str(template),
+             json.dumps(rope_scaling, sort_keys=True)]
     for name in ("run.json", "config.json", "adapter_model.safetensors"):
         if (folder / name).exists():
             stat = (folder / name).stat()

@@ -14,12 +14,24 @@ from pathlib import Path
 from unitune.errors import UserError
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines cache (none when it does not exist yet)."""
+def read_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
+    """The records of a JSON-lines file (none when it does not exist yet: a cache), each with
+    the string ``fields``; a bad line is an error naming it."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        for field in fields:
+            if not isinstance(row.get(field), str):
+                raise UserError(f"{path}:{n}: {field}: missing or not a string")
+        rows.append(row)
+    return rows
 
 
 class Judge:

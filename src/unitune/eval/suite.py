@@ -39,6 +39,7 @@ class EvalSettings(Section):
     template: str | None = None
     trust_remote_code: bool = False
     static_cache: bool = False
+    rope: str | None = None  # RoPE scaling TYPE:FACTOR (models/rope.py)
     served_model: str | None = None  # an endpoint target: the name it serves
     tokenizer: str | None = None  # an endpoint target: the tokenizer counting tokens
     api_key: str | None = None
@@ -114,6 +115,12 @@ def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
     return report
 
 
+def _rope(s: EvalSettings) -> dict | None:
+    from unitune.models.rope import parse
+
+    return parse(s.rope) if s.rope else None
+
+
 def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> dict:
     from unitune.eval.humaneval import evaluate as humaneval
     from unitune.infer.engine import Engine
@@ -121,7 +128,7 @@ def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> d
     samples = Path(s.samples) if s.samples else stem.with_name(stem.name + ".humaneval.jsonl")
     with Engine(target, {}, device=s.device, template=s.template,
                 trust_remote_code=s.trust_remote_code, static_cache=s.static_cache,
-                log=log) as engine:
+                rope_scaling=_rope(s), log=log) as engine:
         model = engine.adapters[0] if engine.adapters else engine.base_id
         return humaneval(engine, model, folder, samples, s.n, tuple(s.k), s.temperature,
                          s.max_new_tokens or 384, s.limit, s.seed, s.timeout, log=log)
@@ -143,7 +150,7 @@ def _harness(target: str, s: EvalSettings, tasks: list[str], stem: Path, endpoin
                                  s.max_length or 2048)
     else:
         lm, key = local_model(target, s.device, s.template, s.trust_remote_code, s.batch_size,
-                              log=log)
+                              _rope(s), log=log)
     if lm.max_length // 2 < cap:  # a short context: prompt and answer must both fit
         taskset = write_tasks(tasks, s.data_dir, folder, s.protocol, s.shots,
                               lm.max_length // 2, log=lambda *a: None)

@@ -124,7 +124,7 @@ class Engine:
                  device: str = "auto", dtype: str = "auto", template: str | None = None,
                  trust_remote_code: bool = False, max_batch: int = 32, max_queue: int = 256,
                  max_prompt_tokens: int | None = None, batch_window_s: float = 0.01,
-                 static_cache: bool = False, log=print):
+                 static_cache: bool = False, rope_scaling: dict | None = None, log=print):
         from unitune.run import is_run, open_model, read_finished
 
         self.max_batch, self.max_queue, self.log = max_batch, max_queue, log
@@ -132,7 +132,8 @@ class Engine:
         self._scratch: list[Path] = []
         self.model, self.tokenizer, self.default_template = open_model(
             target, device=device, dtype=dtype, template=template,
-            trust_remote_code=trust_remote_code, log=log, progress=False)
+            trust_remote_code=trust_remote_code, log=log, progress=False,
+            rope_scaling=rope_scaling)
         folder = Path(target)
         self.templates: dict[str, Template] = {}
         self.parents: dict[str, str | None] = {}
