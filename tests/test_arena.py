@@ -63,8 +63,11 @@ def test_positions_are_randomised_and_mapped_back(tmp_path):
     out = tmp_path / "arena"
     out.mkdir()
     questions = [f"q{i}" for i in range(40)]
+    from unitune.eval.answers import answer_key
+
     (out / "answers.jsonl").write_text("".join(
-        json.dumps({"model": m, "index": i, "answer": f"{m} {i}"}) + "\n"
+        json.dumps({"model": m, "index": i, "answer": f"{m} {i}",
+                    "key": answer_key("unused", [f"q{i}"])}) + "\n"
         for m in ("x", "y") for i in range(40)))
     judge = AlwaysFirst("http://unused/v1", "judge")
     report = run_arena({"x": "unused", "y": "unused"}, questions, judge, out, Decoding())

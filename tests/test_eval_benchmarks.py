@@ -79,6 +79,7 @@ class Oracle:
                 if "answer" in doc:  # a multiple-choice question
                     return request.idx == doc["answer"]
                 if context == "":  # HHH asked in both orders: the right one is A, then B
+                    assert doc["query"] in request.arguments[1]  # each question's own prompt
                     return request.idx in (0, 3)
                 return request.idx == 0  # HHH: the chosen reply first
 
@@ -141,7 +142,13 @@ def test_readers_find_every_subject_and_check_rows(bench_dir, tmp_path, capsys):
     (bad / "dev" / "x_dev.csv").write_text("q,a,b,c,d,A\n")
     assert main(["eval", "tiny-llama-test", "--tasks", "mmlu", "--data-dir", str(bad)]) == 2
     assert "x_test.csv:2: answer 'E' is not one of A, B, C, D" in capsys.readouterr().err
+    (bad / "test" / "x_test.csv").write_text("q,a,b,c,d,AB\n")
+    assert main(["eval", "tiny-llama-test", "--tasks", "mmlu", "--data-dir", str(bad)]) == 2
+    assert "answer 'AB' is not one of A, B, C, D" in capsys.readouterr().err
     (bad / "test" / "x_test.csv").write_text("q,a,b,c,d,A\n")
+    assert main(["eval", "tiny-llama-test", "--tasks", "mmlu", "--data-dir", str(bad),
+                 "--shots", "2"]) == 2
+    assert "2 shots asked for, x has 1 examples" in capsys.readouterr().err
     (bad / "dev" / "x_dev.csv").unlink()
     assert main(["eval", "tiny-llama-test", "--tasks", "mmlu", "--data-dir", str(bad)]) == 2
     assert "x_test.csv has no dev/x_dev.csv" in capsys.readouterr().err

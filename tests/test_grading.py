@@ -29,10 +29,14 @@ class Scripted(Judge):
 
 
 def cached_answers(out, dialogues: list[list[str]]) -> None:
-    """The model's answers, already in the cache (so no model is loaded): 'answer i.t'."""
+    """The answers of model 'unused', already in the cache (so no model is loaded):
+    'answer i.t'."""
+    from unitune.eval.answers import answer_key
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "answers.jsonl").write_text("".join(
-        json.dumps({"model": "model", "index": i, "turn": t, "answer": f"answer {i}.{t}"}) + "\n"
+        json.dumps({"model": "model", "index": i, "turn": t, "answer": f"answer {i}.{t}",
+                    "key": answer_key("unused", turns[:t + 1])}) + "\n"
         for i, turns in enumerate(dialogues) for t in range(len(turns))))
 
 
@@ -49,7 +53,7 @@ def test_impact_means_each_aspect_per_category(tmp_path):
     (data / "creative.txt").write_text("Write a poem.\nWrite a story.\n")
     (data / "informative.txt").write_text("Explain tides.\n")
     out = tmp_path / "out"
-    cached_answers(out, [["p"]] * 3)
+    cached_answers(out, [["Write a poem."], ["Write a story."], ["Explain tides."]])
 
     def reply(messages):
         if "answer 2.0" in messages[-1]["content"]:
@@ -77,7 +81,7 @@ def test_mt_bench_grades_both_turns_with_references_where_due(tmp_path, score):
     (data / "reference_answer" / "gpt-4.jsonl").write_text(json.dumps(
         {"question_id": 111, "choices": [{"turns": ["4", "12"]}]}) + "\n")
     out = tmp_path / "out"
-    cached_answers(out, [["a", "b"], ["c", "d"]])
+    cached_answers(out, [["Write.", "Shorter."], ["2+2?", "Times 3?"]])
     judge = Scripted(lambda m: f"Fine. Rating: [[{score}]]")
     report = grade_mt_bench("unused", data, judge, out, Decoding())
     assert report["rating"] == report["turn_1"] == report["turn_2"] == score

@@ -68,6 +68,8 @@ def test_bad_study_files_are_one_line_errors(study_file, tmp_path, capsys):
              ({"grid": {**spec["grid"], "method": ["lora", "lorra"]}},
               "grid point lorra.main: train/grid: config key 'method': unknown method"),
              ({"grid": {"lr": []}}, "grid.lr: no values"),
+             ({"grid": {**spec["grid"], "method": ["lora", "lora"]}},
+              "two grid points are both named 'lora.main'"),
              ({"eval": {"benchmarks": {"tasks": "mmlu", "data_dir": ".", "shot": 1}}},
               "eval.benchmarks: shot: unknown key (did you mean 'shots'?)"),
              ({"eval": {"benchmarks": {"tasks": "mmluu", "data_dir": "."}}},

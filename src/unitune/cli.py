@@ -589,7 +589,8 @@ def _add_eval(sub) -> None:
                    help="judged tasks: the judge's API key (default: $UNITUNE_JUDGE_KEY)")
     p.add_argument("--report", help="write the full result as JSON here (--tasks: also .md and "
                    ".samples.jsonl beside it; default RUN/eval/TASKS.json for a run, else "
-                   "./eval-TASKS.json; caches and answers go beside it, so a rerun continues)")
+                   "./eval-MODEL-TASKS.json; caches and answers go beside it, so a rerun "
+                   "continues)")
 
 
 def cmd_eval(args) -> int:
@@ -658,8 +659,12 @@ def _eval_tasks(args) -> int:
         report_path = Path(args.report)
     elif Path(args.target, "run.json").exists():  # results are kept beside the run
         report_path = Path(args.target) / "eval" / f"{'+'.join(s.tasks)}.json"
-    else:
-        report_path = Path(f"eval-{'+'.join(s.tasks)}.json")
+    else:  # (named after the model: another model's cached answers are never reused)
+        import re
+
+        name = s.served_model if args.target.startswith("http") else Path(args.target).name
+        report_path = Path(f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name or 'model')}-"
+                           f"{'+'.join(s.tasks)}.json")
     report = evaluate(args.target, s, report_path.with_suffix(""), log=_stderr)
     write_report(report, report_path)
     print(table(report))

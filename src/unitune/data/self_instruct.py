@@ -150,8 +150,9 @@ def generate(seed_file: str | Path, teacher, out: Path, count: int, prompt_tasks
     seeds = read_seed_tasks(seed_file)
     kept: list[dict] = []
     if out.exists():
-        kept = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
+        from unitune.eval.judge import read_jsonl
+
+        kept = read_jsonl(out, ("instruction", "output"))
         log(f"{out}: {len(kept)} tasks already generated; continuing")
     dedup = Deduplicator(max_similarity)
     for task in seeds + kept:

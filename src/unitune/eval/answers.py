@@ -25,27 +25,41 @@ def read_prompts(path: str | Path) -> list[str]:
     return [c.turns[0].user_text() for c in read_conversations(str(path))]
 
 
+def answer_key(target: str, turns: list[str]) -> str:
+    """What an answer depends on: the model and the user turns up to this one."""
+    import hashlib
+
+    target = str(Path(target).resolve()) if Path(target).exists() else target
+    return hashlib.sha256(json.dumps([target, turns]).encode()).hexdigest()[:20]
+
+
 def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: Path, decoding,
-                      device: str = "auto", log=print) -> dict[str, list[list[str]]]:
+                      device: str = "auto", log=print, **engine) -> dict[str, list[list[str]]]:
     """Every model's answer to every user turn of every dialogue, each turn asked after the
-    model's own earlier answers (MT-bench's second turns); cached per (model, dialogue, turn)."""
+    model's own earlier answers (MT-bench's second turns); cached by model and dialogue, so
+    a changed prompt file or another model is never answered from the cache. ``engine``:
+    more ``Engine`` settings (template, trust_remote_code, rope_scaling)."""
     from unitune.infer.engine import Engine, Request
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "answers.jsonl"
-    cached: dict[str, dict[tuple[int, int], str]] = {}
-    for row in read_jsonl(path):
-        cached.setdefault(row["model"], {})[row["index"], row.get("turn", 0)] = row["answer"]
+    cached = {row["key"]: row["answer"] for row in read_jsonl(path) if "key" in row}
+    answers: dict[str, dict[tuple[int, int], str]] = {}
     with path.open("a", encoding="utf-8") as f:
         for name, target in models.items():
-            have = cached.setdefault(name, {})
+            have = answers.setdefault(name, {})
+            for i, turns in enumerate(dialogues):
+                for t in range(len(turns)):
+                    key = answer_key(target, turns[:t + 1])
+                    if key in cached:
+                        have[i, t] = cached[key]
             missing = [i for i, turns in enumerate(dialogues)
                        if any((i, t) not in have for t in range(len(turns)))]
             if not missing:
                 continue
             log(f"{name} answers {len(missing)} prompts")
-            with Engine(target, device=device, log=log) as engine:
-                model = engine.adapters[0] if engine.adapters else engine.base_id
+            with Engine(target, device=device, log=log, **engine) as running:
+                model = running.adapters[0] if running.adapters else running.base_id
                 for turn in range(max(len(dialogues[i]) for i in missing)):
                     jobs = {}
                     for i in missing:
@@ -56,20 +70,22 @@ def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: P
                             messages.append({"role": "user", "content": dialogues[i][t]})
                             if t < turn:
                                 messages.append({"role": "assistant", "content": have[i, t]})
-                        jobs[i] = engine.submit(Request(model, engine.render_chat(
+                        jobs[i] = running.submit(Request(model, running.render_chat(
                             model, messages), decoding))
                     for i, job in jobs.items():
                         have[i, turn] = job.result().seqs[0].text.strip()
                         f.write(json.dumps({"model": name, "index": i, "turn": turn,
+                                            "key": answer_key(target, dialogues[i][:turn + 1]),
                                             "answer": have[i, turn]}, ensure_ascii=False)
                                 + "\n")
                         f.flush()
-    return {name: [[cached[name][i, t] for t in range(len(turns))]
+    return {name: [[answers[name][i, t] for t in range(len(turns))]
                    for i, turns in enumerate(dialogues)] for name in models}
 
 
 def collect_answers(models: dict[str, str], questions: list[str], out: Path, decoding,
-                    device: str = "auto", log=print) -> dict[str, list[str]]:
+                    device: str = "auto", log=print, **engine) -> dict[str, list[str]]:
     """Every model's answer to every single-turn question."""
-    answers = collect_dialogues(models, [[q] for q in questions], out, decoding, device, log)
+    answers = collect_dialogues(models, [[q] for q in questions], out, decoding, device, log,
+                                **engine)
     return {name: [turns[0] for turns in rows] for name, rows in answers.items()}

@@ -57,14 +57,15 @@ def parse_score(text: str) -> float | None:
 
 
 def evaluate_belle(target: str, data_dir: str | Path, judge: Judge, out: Path, decoding,
-                   limit: int | None = None, device: str = "auto", log=print) -> dict:
+                   limit: int | None = None, device: str = "auto", log=print,
+                 **engine) -> dict:
     from unitune.eval.answers import collect_answers
 
     items, prompts = read_belle(data_dir)
     items = items[:limit]
     out.mkdir(parents=True, exist_ok=True)
     answers = collect_answers({"model": target}, [i["question"] for i in items], out,
-                              decoding, device, log)["model"]
+                              decoding, device, log, **engine)["model"]
     path = out / "grades.jsonl"
     graded = {row["index"]: row for row in read_jsonl(path)}
     with path.open("a", encoding="utf-8") as f:

@@ -79,7 +79,7 @@ def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
 def _choice_record(path: Path, line: int, question: str, options: list[str],
                    answer: str) -> dict:
     answer = answer.strip().upper()
-    if answer not in LETTERS[:len(options)]:
+    if len(answer) != 1 or answer not in LETTERS[:len(options)]:
         raise UserError(f"{path}:{line}: answer {answer!r} is not one of "
                         f"{', '.join(LETTERS[:len(options)])}; the file is damaged, download "
                         "it again")
@@ -313,12 +313,16 @@ def _cot_prompt(path: Path) -> tuple[str, list[dict]]:
 
 def read_bbh(folder: Path, log=print) -> list[Subtask]:
     bench = BENCHMARKS["bbh"]
+    if not list(folder.glob("*.json")) and (folder / "bbh").is_dir():
+        folder = folder / "bbh"  # the repository itself: bbh/ and cot-prompts/ side by side
     files = sorted(p for p in folder.glob("*.json"))
     if not files:
         raise _fail(bench, folder, "no <task>.json files")
+    prompts = folder / "cot-prompts" if (folder / "cot-prompts").is_dir() \
+        else folder.parent / "cot-prompts"
     subtasks = []
     for path in files:
-        prompt = folder / "cot-prompts" / f"{path.stem}.txt"
+        prompt = prompts / f"{path.stem}.txt"
         if not prompt.exists():
             log(f"bbh: skipping {path.name}: no cot-prompts/{path.stem}.txt (its three worked "
                 "examples); copy it from BIG-Bench-Hard's cot-prompts/ folder")
@@ -521,15 +525,18 @@ def _pair_config(protocol: str) -> dict:
                 "doc_to_choice": "{{[chosen, reject]}}", "doc_to_target": 0,
                 "metric_list": [{"metric": "acc", "aggregation": "mean",
                                  "higher_is_better": True}]}
-    prompt = HHH_PROMPT.replace("{query}", "{{query}}")
-    first = prompt.replace("{a}", "{{chosen}}").replace("{b}", "{{reject}}")
-    last = prompt.replace("{a}", "{{reject}}").replace("{b}", "{{chosen}}")
     return {"output_type": "multiple_choice", "doc_to_text": "", "target_delimiter": "",
-            "doc_to_choice": [first + "A", first + "B", last + "A", last + "B"],
-            "doc_to_target": 0,
+            "doc_to_choice": "{{both_orders}}", "doc_to_target": 0,
             "process_results": "!function unitune_tasks.hhh_both_orders",
             "metric_list": [{"metric": "acc", "aggregation": "mean",
                              "higher_is_better": True}]}
+
+
+def _both_orders(record: dict) -> list[str]:
+    """InstructEval's prompt with the right reply first, then last, each ending in A and B."""
+    first = HHH_PROMPT.format(query=record["query"], a=record["chosen"], b=record["reject"])
+    last = HHH_PROMPT.format(query=record["query"], a=record["reject"], b=record["chosen"])
+    return [first + "A", first + "B", last + "A", last + "B"]
 
 
 def _drop_config() -> dict:
@@ -596,6 +603,8 @@ def write_tasks(names: list[str], data_dir: str | Path, out: Path, protocol: str
             task = f"{group}_{sub.name}"
             data = out / "data" / task
             data.mkdir(parents=True, exist_ok=True)
+            if sub.kind == "pair" and protocol == "instructeval":
+                sub.test = [{**r, "both_orders": _both_orders(r)} for r in sub.test]
             _jsonl(data / "test.jsonl", sub.test)
             files = {"test": str(data / "test.jsonl")}
             shots_from = "test" if sub.fewshot is sub.test else "dev"  # (the doc itself is
@@ -617,6 +626,11 @@ def write_tasks(names: list[str], data_dir: str | Path, out: Path, protocol: str
             else:
                 config.update(_drop_config(), fewshot_split="dev",
                               fewshot_config={"sampler": "first_n"})
+            pool = len(sub.fewshot) - (1 if sub.fewshot is sub.test else 0)
+            if n_shots > pool and sub.kind != "pair":
+                raise UserError(f"{name}: {n_shots} shots asked for, {sub.name} has {pool} "
+                                f"examples to take them from ({sub.source}); use --shots "
+                                f"{pool} or fewer")
             config["num_fewshot"] = n_shots
             if "generation_kwargs" in config:
                 gen = config["generation_kwargs"]

@@ -97,6 +97,10 @@ class _Grades:
         self.rows = {row["key"]: row for row in read_jsonl(self.path)}
 
     def reply(self, key: str, messages: list[dict]) -> str:
+        """The judge's reply to ``messages`` (the same messages are never asked twice)."""
+        import hashlib
+
+        key = f"{key}:{hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:20]}"
         if key not in self.rows:
             self.rows[key] = {"key": key, "reply": self.judge.ask(messages)}
             with self.path.open("a", encoding="utf-8") as f:
@@ -109,7 +113,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def grade_impact(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
-                 limit: int | None = None, device: str = "auto", log=print) -> dict:
+                 limit: int | None = None, device: str = "auto", log=print,
+                 **engine) -> dict:
     """IMPACT-style: every prompt of every category file answered, then rated 1-5 for
     relevance and for coherence."""
     prompts: list[tuple[str, str]] = []
@@ -117,7 +122,7 @@ def grade_impact(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
         if path.suffix in (".json", ".jsonl", ".txt"):
             prompts += [(path.stem, p) for p in read_prompts(path)[:limit]]
     answers = collect_answers({"model": target}, [p for _, p in prompts], out, decoding,
-                              device, log)["model"]
+                              device, log, **engine)["model"]
     grades = _Grades(out, judge)
     ratings: dict[str, dict[str, list[float]]] = {a: {} for a in IMPACT_ASPECTS}
     unparsed = 0
@@ -158,13 +163,14 @@ def _mt_questions(data_dir: Path) -> tuple[list[dict], dict]:
 
 
 def grade_mt_bench(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
-                   limit: int | None = None, device: str = "auto", log=print) -> dict:
+                   limit: int | None = None, device: str = "auto", log=print,
+                 **engine) -> dict:
     """MT-bench single-answer grading: both turns answered, each rated 1-10 (the second in the
     context of the first); math, reasoning and coding against the reference when there is one."""
     questions, references = _mt_questions(data_dir)
     questions = questions[:limit]
     answers = collect_dialogues({"model": target}, [q["turns"] for q in questions], out,
-                                decoding, device, log)["model"]
+                                decoding, device, log, **engine)["model"]
     grades = _Grades(out, judge)
     scores: dict[int, list[float]] = {}
     by_category: dict[str, list[float]] = {}
@@ -222,13 +228,14 @@ def _reference_outputs(data_dir: Path) -> tuple[str, list[dict]]:
 
 
 def grade_winrate(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
-                  limit: int | None = None, device: str = "auto", log=print) -> dict:
+                  limit: int | None = None, device: str = "auto", log=print,
+                 **engine) -> dict:
     """The model against a reference model's outputs: every pair judged in both orders
     (MT-bench's pairwise prompt); a win counts 1, a tie 0.5, averaged over the two orders."""
     reference, rows = _reference_outputs(data_dir)
     rows = rows[:limit]
     answers = collect_answers({"model": target}, [r["instruction"] for r in rows], out,
-                              decoding, device, log)["model"]
+                              decoding, device, log, **engine)["model"]
     grades = _Grades(out, judge)
     outcomes, unparsed = [], 0
     wins = losses = ties = 0

@@ -58,7 +58,11 @@ def endpoint_model(url: str, model: str, tokenizer: str | None, api_key: str | N
     if tokenizer:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--tokenizer {tokenizer}: not a tokenizer "
+                            f"({str(exc).splitlines()[0][:120]})") from None
         bos = tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id]
     lm = LocalCompletionsAPI(add_bos_token=bos,
         base_url=url.rstrip("/") + "/completions", model=model,
@@ -86,6 +90,7 @@ def run_tasks(lm, key: str, tasks: TaskSet, protocol: str, cache_dir: Path | Non
     """Evaluates every group of ``tasks`` on ``lm``; the report as a dict. ``chat``: apply the
     model's chat template (default: to the generation tasks of the harness protocol, when the
     model has one; log-likelihood tasks and InstructEval's prompts stay plain text)."""
+    import aiohttp
     import datasets
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -118,9 +123,10 @@ def run_tasks(lm, key: str, tasks: TaskSet, protocol: str, cache_dir: Path | Non
                                   apply_chat_template=use_chat, fewshot_as_multiturn=use_chat,
                                   use_cache=cache, log_samples=True, bootstrap_iters=1000,
                                   verbosity="ERROR")
-        except (ConnectionError, OSError) as exc:
-            raise UserError(f"{group.removeprefix('local_')}: the model could not be reached "
-                            f"({exc}); answers so far are cached, rerun to continue") from None
+        except (ConnectionError, OSError, aiohttp.ClientError) as exc:
+            raise UserError(f"{group.removeprefix('local_')}: the endpoint failed "
+                            f"({str(exc).splitlines()[0][:200]}); check --served-model and "
+                            "the server; answers so far are cached, rerun to continue") from None
         report["benchmarks"][group.removeprefix("local_")] = _summary(
             out, group, subtasks, tasks.shots[group], use_chat)
         report.setdefault("samples", {})[group] = out.get("samples", {})

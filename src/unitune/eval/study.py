@@ -51,7 +51,8 @@ class Study(Section):
 
 def _label(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    text = Path(text).stem if isinstance(value, str) and "/" in value else text
+    if isinstance(value, str) and Path(value).exists():  # a local file or folder: its name
+        text = Path(value).stem
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:40]
 
 
@@ -86,6 +87,9 @@ def points(study: Study) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
             keys[axis] = value
             labels[axis] = label
         name = ".".join(f"s{label}" if axis == "seed" else label for axis, label, _ in combo)
+        if any(name == other for other, _, _ in out):
+            raise UserError(f"two grid points are both named '{name}'; name the values of "
+                            f"their axis yourself ({', '.join(study.grid)}: {{name: value}})")
         out.append((name, keys, labels))
     return out
 
@@ -191,6 +195,10 @@ def _evaluate(run: Path, study: Study, settings, out: Path, name: str, log) -> d
                                   max_new_tokens=study.eval.max_new_tokens)
         row["exact_match"] = em.accuracy
         row.update({f"em/{family}": v for family, v in sorted(em.per_family.items())})
+        del model  # (the benchmarks load their own: never two copies at once)
+        import gc
+
+        gc.collect()
     if settings is not None:
         from unitune.eval.suite import evaluate
 
@@ -278,9 +286,11 @@ def write_report(rows: list[dict], axes: list[str], out: Path) -> dict:
     if len(varying) >= 2:
         a, b = varying[:2]
         cols = list(dict.fromkeys(e[b] for e in means))
-        table = {}
+        cells: dict = {}
         for e in means:
-            table.setdefault(e[a], {})[e[b]] = e[headline]
+            if isinstance(e[headline], (int, float)):
+                cells.setdefault(e[a], {}).setdefault(e[b], []).append(e[headline])
+        table = {r: {c: statistics.fmean(v) for c, v in row.items()} for r, row in cells.items()}
         lines += ["", f"`{headline}` by {a} (rows) and {b} (columns), mean over the other axes:",
                   "", markdown_table([a, *map(str, cols)], [
                       [str(r), *(_fmt(headline, table[r].get(c)) for c in cols)]

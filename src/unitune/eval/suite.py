@@ -89,6 +89,11 @@ def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
     if endpoint and set(s.tasks) - set(BENCHMARKS):
         raise UserError(f"{', '.join(sorted(set(s.tasks) - set(BENCHMARKS)))} run on a local "
                         "model; an endpoint takes the harness benchmarks only")
+    if endpoint and not s.tokenizer and (
+            s.protocol == "harness" and set(s.tasks) & {"mmlu", "cmmlu", "ceval", "mmcu",
+                                                        "crass", "hhh"} or "hhh" in s.tasks):
+        raise UserError("log-likelihood tasks on an endpoint count tokens: give --tokenizer "
+                        "(the served run's folder or its base)")
     judged = [t for t in s.tasks if t in JUDGED]
     if judged and not (s.judge_url and s.judge_model):
         raise UserError(f"{', '.join(judged)}: graded by an LLM: give --judge-url and "
@@ -108,10 +113,12 @@ def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
             from unitune.infer.generate import Decoding
 
             grade = GRADED.get(task, evaluate_belle)
-            report["benchmarks"][task] = grade(
-                target, folder, Judge(s.judge_url, s.judge_model, s.judge_key),
-                stem.with_name(f"{stem.name}.{task}"),
-                Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, s.device, log=log)
+            report["benchmarks"][task] = grade(  # (judges explain before they rate)
+                target, folder, Judge(s.judge_url, s.judge_model, s.judge_key,
+                                      max_tokens=2048), stem.with_name(f"{stem.name}.{task}"),
+                Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, s.device, log=log,
+                template=s.template, trust_remote_code=s.trust_remote_code,
+                rope_scaling=_rope(s))
     return report
 
 

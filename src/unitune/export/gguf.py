@@ -31,26 +31,46 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def _tokenizer_metadata(writer, tokenizer, folder: Path) -> None:
+_LLAMA3_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
+
+
+def _pre_tokenizer(spec: dict, log) -> str:
+    """llama.cpp's name for a byte-level BPE's pre-tokenizer (how text is split before the
+    merges): Llama 3's, GPT-2's, or its default with a warning."""
+    pre = json.dumps(spec.get("pre_tokenizer") or {})
+    if _LLAMA3_SPLIT in pre.replace("\\\\", "\\"):
+        return "llama-bpe"
+    if (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel":
+        return "gpt-2"
+    log("warning: llama.cpp does not know this tokenizer's pre-tokenizer and splits text with "
+        "its default pattern: token ids given to it are unaffected, its own tokenisation of "
+        "text may differ")
+    return "default"
+
+
+def _tokenizer_metadata(writer, tokenizer, folder: Path, rows: int, log) -> None:
+    """The vocabulary (padded with unused tokens up to the embedding's ``rows``, as llama.cpp
+    needs one token per row), special ids, BOS and chat template."""
     import gguf
 
     sp_file = folder / "tokenizer.model"
+    scores: list[float] | None = None
     if sp_file.exists():  # SentencePiece: tokens, scores and types from the model itself
         from unitune.models.vocab import read_model
 
         proto = read_model(sp_file)
-        tokens = [p.piece.encode("utf-8") for p in proto.pieces]
+        tokens = [p.piece for p in proto.pieces]
         scores = [p.score for p in proto.pieces]
         types = [p.type for p in proto.pieces]
         extra = sorted((i, t) for t, i in tokenizer.get_vocab().items() if i >= len(tokens))
+        if [i for i, _ in extra] != list(range(len(tokens), len(tokens) + len(extra))):
+            raise UserError(f"{folder}: the ids added after the SentencePiece pieces have "
+                            "gaps; GGUF needs one token per id")
         for _, token in extra:  # tokens added after the SentencePiece pieces
-            tokens.append(token.encode("utf-8"))
+            tokens.append(token)
             scores.append(-1000.0)
             types.append(gguf.TokenType.USER_DEFINED)
         writer.add_tokenizer_model("llama")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
     else:
         spec = json.loads(tokenizer.backend_tokenizer.to_str())
         model = spec.get("model", {})
@@ -59,8 +79,8 @@ def _tokenizer_metadata(writer, tokenizer, folder: Path) -> None:
                             "tokenizer.model; GGUF export takes SentencePiece or BPE "
                             "tokenizers")
         vocab = tokenizer.get_vocab()
-        ordered = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-        if [vocab[t] for t in ordered] != list(range(len(ordered))):
+        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        if [vocab[t] for t in tokens] != list(range(len(tokens))):
             raise UserError(f"{folder}: the tokenizer's ids have gaps; GGUF needs 0..n-1")
         special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
         added = {t.content for t in tokenizer.added_tokens_decoder.values()}
@@ -74,16 +94,27 @@ def _tokenizer_metadata(writer, tokenizer, folder: Path) -> None:
                 return gguf.TokenType.BYTE
             return gguf.TokenType.NORMAL
 
+        types = [kind(t) for t in tokens]
         if model.get("byte_fallback"):  # a SentencePiece BPE converted to tokenizer.json:
             writer.add_tokenizer_model("llama")  # ranked by id as its scores ranked them
-            writer.add_token_scores([-float(i) for i in range(len(ordered))])
+            scores = [-float(i) for i in range(len(tokens))]
         else:  # a byte-level BPE
             writer.add_tokenizer_model("gpt2")
-            writer.add_tokenizer_pre("default")
+            writer.add_tokenizer_pre(_pre_tokenizer(spec, log))
             writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
                                      for m in model.get("merges", [])])
-        writer.add_token_list(ordered)
-        writer.add_token_types([kind(t) for t in ordered])
+    if len(tokens) > rows:
+        raise UserError(f"{folder}: {len(tokens)} tokens but {rows} embedding rows; the "
+                        "model was not resized for its tokenizer")
+    for i in range(len(tokens), rows):  # (a padded embedding, as llama.cpp's converter does)
+        tokens.append(f"[PAD{i}]")
+        types.append(gguf.TokenType.UNUSED)
+        if scores is not None:
+            scores.append(-1000.0)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    if scores is not None:
+        writer.add_token_scores(scores)
     for name in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tokenizer, f"{name}_token_id", None)
         if token_id is not None:
@@ -112,7 +143,8 @@ def _rope_metadata(writer, config) -> None:
         writer.add_rope_scaling_orig_ctx_len(int(params["original_max_position_embeddings"]))
 
 
-def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str) -> None:
+def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str,
+               log=print) -> None:
     """Writes ``model`` (a merged Llama-architecture model) to ``out`` as ``kind``."""
     import gguf
     import torch
@@ -143,7 +175,8 @@ def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str) 
         writer.add_vocab_size(model.get_input_embeddings().weight.shape[0])
         writer.add_file_type(file_type)
         _rope_metadata(writer, config)
-        _tokenizer_metadata(writer, tokenizer, folder)
+        _tokenizer_metadata(writer, tokenizer, folder,
+                            model.get_input_embeddings().weight.shape[0], log)
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
         tied = getattr(config, "tie_word_embeddings", False)
         for hf_name, tensor in model.state_dict().items():
@@ -196,6 +229,11 @@ def export_gguf(target: str, out_dir: Path, kinds: list[str], overwrite: bool = 
         if kind not in TYPES:
             raise UserError(f"unknown GGUF type '{kind}'; types: {', '.join(TYPES)}")
     folder = Path(target)
+    name = folder.name if folder.exists() else target.replace("/", "-")
+    paths = [out_dir / f"{name}-{kind}.gguf" for kind in kinds]
+    for path in paths:  # (before the slow part, and before any file is written)
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it")
     if is_run(folder):
         record = read_run(folder)
         method = methods.get(record.method)
@@ -207,14 +245,10 @@ def export_gguf(target: str, out_dir: Path, kinds: list[str], overwrite: bool = 
                                             trust_remote_code=trust_remote_code, log=log)
     if hasattr(model, "merge_and_unload"):  # an adapter: folded into the weights first
         model = model.merge_and_unload()
-    name = folder.name if folder.exists() else target.replace("/", "-")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in kinds:
-        path = out_dir / f"{name}-{kind}.gguf"
-        if path.exists() and not overwrite:
-            raise UserError(f"{path} exists; pass --overwrite to replace it")
-        write_gguf(model, tokenizer, Path(tokenizer.name_or_path), path, kind, name)
+    for kind, path in zip(kinds, paths, strict=True):
+        write_gguf(model, tokenizer, Path(tokenizer.name_or_path), path, kind, name, log)
         log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
         written.append(path)
     (out_dir / "Modelfile").write_text(modelfile(written[0].name,
