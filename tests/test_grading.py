@@ -89,6 +89,9 @@ def test_mt_bench_grades_both_turns_with_references_where_due(tmp_path, score):
     prompts = [m[-1]["content"] for m in judge.seen]
     assert sum("[The Start of Reference Answer]\n4\n" in p for p in prompts) == 1
     assert sum("### Reference answer:\n12" in p for p in prompts) == 1
+    second_math = next(p for p in prompts if "Times 3?" in p)
+    assert second_math.index("<|The Start of Reference Answer|>") < second_math.index(
+        "Assistant A's Conversation") and "### Reference answer:\n4" in second_math
     second = next(p for p in prompts if "Shorter." in p)
     assert "### Assistant A:\nanswer 0.0" in second and "answer 0.1" in second
 

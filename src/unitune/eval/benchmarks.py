@@ -272,9 +272,11 @@ def read_mmcu(folder: Path, log=print) -> list[Subtask]:
         if not dev.exists() and bench.shots:
             raise _fail(bench, folder, f"{path.name} has no dev/{path.name} (the few-shot "
                         "examples)")
-        shots = _mmcu_records(dev, _mmcu_sheets(dev)[0][1], log) if dev.exists() else []
+        dev_sheets = dict(_mmcu_sheets(dev)) if dev.exists() else {}
         for sheet, rows in _mmcu_sheets(path):  # (the medicine workbook: a sheet per subject)
             name = path.stem if sheet.lower().startswith("sheet") else sheet
+            dev_rows = dev_sheets.get(sheet, next(iter(dev_sheets.values()), []))
+            shots = _mmcu_records(dev, dev_rows, log) if dev_rows else []
             records = _mmcu_records(path, rows, log)
             if records:
                 subtasks.append(Subtask(name, "choice", MMCU_INSTRUCTION, records, shots,

@@ -63,11 +63,20 @@ _MT_SECOND = (
     "Please act as an impartial judge and evaluate the quality of the response provided by an "
     "AI assistant to the user question displayed below. Your evaluation should consider "
     "factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of "
-    "detail of the response. {reference_note}You evaluation should focus on the assistant's "
-    "answer to the second user question. Begin your evaluation by providing a short "
-    "explanation. Be as objective as possible. After providing your explanation, you must rate "
-    "the response on a scale of 1 to 10 by strictly following this format: \"[[rating]]\", for "
-    "example: \"Rating: [[5]]\".")
+    "detail of the response. You evaluation should focus on the assistant's answer to the "
+    "second user question. Begin your evaluation by providing a short explanation. Be as "
+    "objective as possible. After providing your explanation, you must rate the response on a "
+    "scale of 1 to 10 by strictly following this format: \"[[rating]]\", for example: "
+    "\"Rating: [[5]]\".")
+_MT_SECOND_REFERENCE = (
+    "Please act as an impartial judge and evaluate the quality of the response provided by an "
+    "AI assistant to the user question. Your evaluation should consider correctness and "
+    "helpfulness. You will be given a reference answer and the assistant's answer. You "
+    "evaluation should focus on the assistant's answer to the second question. Begin your "
+    "evaluation by comparing the assistant's answer with the reference answer. Identify and "
+    "correct any mistakes. Be as objective as possible. After providing your explanation, you "
+    "must rate the response on a scale of 1 to 10 by strictly following this format: "
+    "\"[[rating]]\", for example: \"Rating: [[5]]\".")
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 
 
@@ -157,8 +166,12 @@ def _mt_questions(data_dir: Path) -> tuple[list[dict], dict]:
             raise UserError(f"{path}: question {n}: turns: expected a list of strings")
     references = {}
     for ref in sorted((data_dir / "reference_answer").glob("*.jsonl")):
-        for row in read_jsonl(ref):
-            references.setdefault(row["question_id"], row["choices"][0]["turns"])
+        for n, row in enumerate(read_jsonl(ref), 1):
+            try:
+                references.setdefault(row["question_id"], row["choices"][0]["turns"])
+            except (KeyError, IndexError, TypeError):
+                raise UserError(f"{ref}: answer {n}: expected FastChat's question_id and "
+                                "choices[0].turns") from None
     return questions, references
 
 
@@ -186,17 +199,19 @@ def grade_mt_bench(target: str, data_dir: Path, judge: Judge, out: Path, decodin
                           _MT_SINGLE.format(question=q["turns"][0], answer=answer))
                 messages = [{"role": "system", "content": "You are a helpful assistant."},
                             {"role": "user", "content": prompt}]
-            else:
-                note = ("You will be given a reference answer and the assistant's answer; "
-                        "compare them and identify any mistakes. " if ref else "")
+            else:  # FastChat's multi-turn prompts: the references in a block of their own
                 dialogue = "".join(f"### User:\n{q['turns'][k]}\n\n### Assistant A:\n"
                                    f"{turns[k]}\n\n" for k in range(t + 1))
+                content = ("<|The Start of Assistant A's Conversation with User|>\n\n"
+                           + dialogue + "<|The End of Assistant A's Conversation with User|>")
                 if ref and len(ref) > t:
-                    dialogue += f"### Reference answer:\n{ref[t]}\n\n"
-                messages = [{"role": "system", "content": _MT_SECOND.format(
-                    reference_note=note)}, {"role": "user", "content": (
-                        "<|The Start of Assistant A's Conversation with User|>\n\n" + dialogue
-                        + "<|The End of Assistant A's Conversation with User|>")}]
+                    refs = "".join(f"### User:\n{q['turns'][k]}\n\n### Reference answer:\n"
+                                   f"{ref[k]}\n\n" for k in range(t + 1))
+                    content = ("<|The Start of Reference Answer|>\n\n" + refs
+                               + "<|The End of Reference Answer|>\n\n\n" + content)
+                system = _MT_SECOND_REFERENCE if ref and len(ref) > t else _MT_SECOND
+                messages = [{"role": "system", "content": system},
+                            {"role": "user", "content": content}]
             rating = parse_rating(grades.reply(f"{q.get('question_id', n)}:{t}", messages), 10)
             if rating is None:
                 unparsed += 1
