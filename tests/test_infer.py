@@ -68,7 +68,8 @@ def test_chat_in_a_real_terminal(chat_run):
 @pytest.mark.slow
 def test_predict_resumes_after_a_crash_without_redoing_a_line(chat_run, synth_data, tmp_path):
     data = tmp_path / "in.jsonl"
-    rows = json.loads(synth_data["train"].read_text())[:24]
+    rows = json.loads(synth_data["train"].read_text())
+    rows = (rows * (120 // len(rows) + 1))[:120]  # (enough that a kill lands mid-way)
     data.write_text("".join(json.dumps({**r, "id": f"r{i}"}) + "\n" for i, r in
                             enumerate(rows)))
     clean = tmp_path / "clean.jsonl"
@@ -76,8 +77,8 @@ def test_predict_resumes_after_a_crash_without_redoing_a_line(chat_run, synth_da
     subprocess.run([*CLI, "predict", str(chat_run), str(data), str(clean), *args], check=True,
                    capture_output=True)
     expected = [json.loads(line) for line in clean.read_text().splitlines()]
-    assert [e["index"] for e in expected] == list(range(24))
-    assert [e["id"] for e in expected] == [f"r{i}" for i in range(24)]
+    assert [e["index"] for e in expected] == list(range(120))
+    assert [e["id"] for e in expected] == [f"r{i}" for i in range(120)]
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([*CLI, "predict", str(chat_run), str(data), str(out), *args],
                             stderr=subprocess.PIPE, text=True)
@@ -88,13 +89,13 @@ def test_predict_resumes_after_a_crash_without_redoing_a_line(chat_run, synth_da
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(out.read_text().splitlines())
-    assert 8 <= done < 24
+    assert 8 <= done < 120
     with out.open("a") as f:  # a torn line, as a crash mid-write leaves it
         f.write('{"index": 99, "predic')
     resumed = subprocess.run([*CLI, "predict", str(chat_run), str(data), str(out), *args],
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{done} of 24 predictions already there" in resumed.stderr
+    assert f"{done} of 120 predictions already there" in resumed.stderr
     assert "records/s" in resumed.stderr
     assert [json.loads(line) for line in out.read_text().splitlines()] == expected
     other = tmp_path / "other.jsonl"

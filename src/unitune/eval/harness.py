@@ -11,6 +11,7 @@ standard error and subjects, and the prompt format, shots, seed and versions beh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -117,12 +118,13 @@ def run_tasks(lm, key: str, tasks: TaskSet, protocol: str, cache_dir: Path | Non
             f"subject{'s' * (len(subtasks) != 1)}, {tasks.shots[group]}-shot, "
             f"{'chat template' if use_chat else 'plain prompts'}")
         try:
-            out = simple_evaluate(model=lm, tasks=[group], task_manager=manager, limit=limit,
-                                  random_seed=seed, numpy_random_seed=seed,
-                                  torch_random_seed=seed, fewshot_random_seed=seed,
-                                  apply_chat_template=use_chat, fewshot_as_multiturn=use_chat,
-                                  use_cache=cache, log_samples=True, bootstrap_iters=1000,
-                                  verbosity="ERROR")
+            with _quiet_context_bars():
+                out = simple_evaluate(
+                    model=lm, tasks=[group], task_manager=manager, limit=limit,
+                    random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                    fewshot_random_seed=seed, apply_chat_template=use_chat,
+                    fewshot_as_multiturn=use_chat, use_cache=cache, log_samples=True,
+                    bootstrap_iters=1000, verbosity="ERROR")
         except (ConnectionError, OSError, aiohttp.ClientError) as exc:
             raise UserError(f"{group.removeprefix('local_')}: the endpoint failed "
                             f"({str(exc).splitlines()[0][:200]}); check --served-model and "
@@ -131,6 +133,22 @@ def run_tasks(lm, key: str, tasks: TaskSet, protocol: str, cache_dir: Path | Non
             out, group, subtasks, tasks.shots[group], use_chat)
         report.setdefault("samples", {})[group] = out.get("samples", {})
     return report
+
+
+@contextlib.contextmanager
+def _quiet_context_bars():
+    """The harness draws one progress bar per subject while it builds prompts (57 lines for
+    MMLU); those are switched off, its bar over the model's requests stays."""
+    import functools
+
+    import lm_eval.api.task as task_module
+    from tqdm import tqdm
+
+    task_module.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        task_module.tqdm = tqdm
 
 
 def _metrics(entry: dict) -> dict[str, float]:
