@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from unitune.cli import main
-from unitune.eval.benchmarks import LETTERS, write_tasks
+from unitune.eval.benchmarks import LETTERS, read_benchmarks, write_tasks
 
 SHARED = ("mmlu", "cmmlu", "ceval", "crass", "bbh")
 
@@ -103,8 +103,8 @@ def test_every_scoring_mode_gives_100_when_right_and_0_when_wrong(bench_dir, tmp
     from unitune.eval.harness import run_tasks
 
     names = ["mmlu", "cmmlu", "ceval", "mmcu", "crass", "bbh", "bbh_cot", "hhh", "drop"]
-    tasks = write_tasks(names, bench_dir, tmp_path / "tasks", protocol, shots=1,
-                        log=lambda *a: None)
+    tasks = write_tasks(read_benchmarks(names, bench_dir, log=lambda *a: None),
+                        tmp_path / "tasks", protocol, shots=1)
     for right, expected in ((True, 1.0), (False, 0.0)):
         report = run_tasks(Oracle(right), "oracle", tasks, protocol, None, limit=3,
                            log=lambda *a: None)

@@ -340,9 +340,9 @@ def _add_engine(p, several: bool = True) -> None:
 
 
 def _rope(args) -> dict | None:
-    from unitune.models.rope import parse
+    from unitune.models.rope import parse  # (imported on use: the CLI starts light)
 
-    return parse(args.rope) if args.rope else None
+    return parse(args.rope)
 
 
 def _engine(args, **kw):
@@ -643,18 +643,13 @@ def _eval_perplexity(args) -> int:
 
 def _eval_tasks(args) -> int:
     from unitune.eval.harness import table, write_report
-    from unitune.eval.suite import evaluate, settings
+    from unitune.eval.suite import EvalSettings, evaluate, settings
 
     if not args.data_dir:
         raise UserError("--tasks needs --data-dir, the directory with the benchmarks' files "
                         "(one folder per benchmark, or the benchmark's own folder)")
-    names = ("tasks", "data_dir", "protocol", "shots", "chat", "limit", "seed", "batch_size",
-             "max_new_tokens", "max_length", "device", "template", "trust_remote_code",
-             "static_cache", "rope", "served_model", "tokenizer", "api_key", "n", "k",
-             "temperature",
-             "timeout", "samples", "judge_url", "judge_model", "judge_key")
-    s = settings("unitune eval", **{n: getattr(args, n) for n in names
-                                    if getattr(args, n) is not None})
+    s = settings("unitune eval", **{n: getattr(args, n) for n in EvalSettings.model_fields
+                                    if getattr(args, n, None) is not None})  # (one flag each)
     if args.report:
         report_path = Path(args.report)
     elif Path(args.target, "run.json").exists():  # results are kept beside the run

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from unitune.errors import UserError
-from unitune.eval.judge import Judge, read_jsonl
+from unitune.eval.judge import Grades, Judge, read_jsonl
 
 DOWNLOAD = ("download eval_set.json and eval_prompt.json from BELLE's eval folder "
             "(github.com/LianjiaTech/BELLE/tree/main/eval) into it")
@@ -58,27 +58,20 @@ def parse_score(text: str) -> float | None:
 
 def evaluate_belle(target: str, data_dir: str | Path, judge: Judge, out: Path, decoding,
                    limit: int | None = None, device: str = "auto", log=print,
-                 **engine) -> dict:
+                   **engine) -> dict:
     from unitune.eval.answers import collect_answers
 
     items, prompts = read_belle(data_dir)
     items = items[:limit]
-    out.mkdir(parents=True, exist_ok=True)
     answers = collect_answers({"model": target}, [i["question"] for i in items], out,
                               decoding, device, log, **engine)["model"]
-    path = out / "grades.jsonl"
-    graded = {row["index"]: row for row in read_jsonl(path)}
-    with path.open("a", encoding="utf-8") as f:
-        for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
-            if index in graded:
-                continue
-            reply = judge.ask(grading_messages(prompts[_category(item["class"])], item,
-                                               answer))
-            graded[index] = {"index": index, "class": _category(item["class"]),
-                             "reply": reply, "score": parse_score(reply)}
-            f.write(json.dumps(graded[index], ensure_ascii=False) + "\n")
-            f.flush()
-    scored = [graded[i] for i in range(len(items)) if graded[i]["score"] is not None]
+    grades = Grades(out, judge)
+    graded = []
+    for index, (item, answer) in enumerate(zip(items, answers, strict=True)):
+        reply = grades.reply(str(index), grading_messages(prompts[_category(item["class"])],
+                                                          item, answer))
+        graded.append({"class": _category(item["class"]), "score": parse_score(reply)})
+    scored = [row for row in graded if row["score"] is not None]
     by_class: dict[str, list[float]] = {}
     for row in scored:
         by_class.setdefault(row["class"], []).append(row["score"])

@@ -9,12 +9,12 @@ each row (errors name the file and row) and yields ``Subtask``s of normalised re
 - ``pair``: ``{query, chosen, reject}`` (BIG-bench HHH),
 - ``drop``: ``{passage, question, answers}`` (DROP's official json).
 
-``write_tasks`` writes those records as JSON lines plus one harness YAML per subtask and a
-group per benchmark, so the folder is a plain ``--include_path`` for the stock ``lm_eval``
-too. Two protocols: ``harness`` (lm-evaluation-harness's own prompts and log-likelihood
-scoring, as in its stock MMLU / CMMLU / C-Eval / BBH / DROP tasks) and ``instructeval``
-(InstructEval / Flacuna: the answer is generated and must start with the right label; HHH as
-an A/B choice asked in both orders).
+``read_benchmarks`` reads them; ``write_tasks`` writes those records as JSON lines plus one
+harness YAML per subtask and a group per benchmark, so the folder is a plain
+``--include_path`` for the stock ``lm_eval`` too. Two protocols: ``harness``
+(lm-evaluation-harness's own prompts and log-likelihood scoring, as in its stock MMLU / CMMLU
+/ C-Eval / BBH / DROP tasks) and ``instructeval`` (InstructEval / Flacuna: the answer is
+generated and must start with the right label; HHH as an A/B choice asked in both orders).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Benchmark:
 
     name: str
     folder: str
-    read: Callable[[Path], list[Subtask]]
+    read: Callable[..., list[Subtask]]  # (folder, log=...)
     shots: int
     download: str
     cue: str = "Answer:"  # what ends a multiple-choice prompt
@@ -88,25 +88,34 @@ def _choice_record(path: Path, line: int, question: str, options: list[str],
     return {"question": question, "choices": options, "answer": LETTERS.index(answer)}
 
 
-def _mmlu_row(path: Path, line: int, row: list[str]) -> dict:
-    if len(row) != 6:
-        raise UserError(f"{path}:{line}: expected 6 columns (question, A, B, C, D, answer), "
-                        f"found {len(row)}")
-    return _choice_record(path, line, row[0], row[1:5], row[5])
+def _mmlu_rows(path: Path, rows: list[tuple[int, list[str]]]) -> list[dict]:
+    """MMLU's CSVs: no header; question, A, B, C, D, answer."""
+    records = []
+    for line, row in rows:
+        if len(row) != 6:
+            raise UserError(f"{path}:{line}: expected 6 columns (question, A, B, C, D, answer), "
+                            f"found {len(row)}")
+        records.append(_choice_record(path, line, row[0], row[1:5], row[5]))
+    return records
 
 
-def _headed_row(columns: tuple[str, ...]):
+def _headed_rows(columns: tuple[str, ...]):
     """A reader of CSVs with a header naming ``columns`` (question, A..D, answer)."""
-    def read(path: Path, line: int, row: list[str], header: list[str]) -> dict:
-        where = {name: header.index(name) for name in columns if name in header}
-        missing = [c for c in columns if c not in where]
+    def read(path: Path, rows: list[tuple[int, list[str]]]) -> list[dict]:
+        header = [c.strip() for c in rows[0][1]] if rows else []
+        missing = [c for c in columns if c not in header]
         if missing:
             raise UserError(f"{path}:1: the header lacks {', '.join(missing)} (has "
                             f"{', '.join(header)})")
-        if len(row) < len(header):
-            raise UserError(f"{path}:{line}: {len(row)} columns, the header has {len(header)}")
-        q, *options, a = (row[where[c]] for c in columns)
-        return _choice_record(path, line, q, options, a)
+        where = [header.index(c) for c in columns]
+        records = []
+        for line, row in rows[1:]:
+            if len(row) < len(header):
+                raise UserError(f"{path}:{line}: {len(row)} columns, the header has "
+                                f"{len(header)}")
+            q, *options, a = (row[i] for i in where)
+            records.append(_choice_record(path, line, q, options, a))
+        return records
     return read
 
 
@@ -123,29 +132,23 @@ def _subject_names(stock_folder: str, stem: str, subject: str) -> str | None:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description")
 
 
-def _read_split(folder: Path, split: str, suffix: str, parse,
-                header: bool) -> dict[str, tuple[Path, list[dict]]]:
+def _read_split(folder: Path, split: str, suffix: str, parse
+                ) -> dict[str, tuple[Path, list[dict]]]:
     out = {}
     for path in sorted((folder / split).glob(f"*{suffix}.csv")):
-        subject = path.name[:-len(f"{suffix}.csv")]
-        rows = _csv_rows(path)
-        if header:
-            head = [c.strip() for c in rows[0][1]] if rows else []
-            records = [parse(path, n, row, head) for n, row in rows[1:]]
-        else:
-            records = [parse(path, n, row) for n, row in rows]
+        records = parse(path, _csv_rows(path))
         if not records:
             raise UserError(f"{path}: no questions; the file is damaged, download it again")
-        out[subject] = (path, records)
+        out[path.name[:-len(f"{suffix}.csv")]] = (path, records)
     return out
 
 
 def _choice_benchmark(bench: Benchmark, folder: Path, test_split: str, test_suffix: str,
-                      parse, header: bool, describe) -> list[Subtask]:
-    tests = _read_split(folder, test_split, test_suffix, parse, header)
+                      parse, describe) -> list[Subtask]:
+    tests = _read_split(folder, test_split, test_suffix, parse)
     if not tests:
         raise _fail(bench, folder, f"no {test_split}/*{test_suffix}.csv files")
-    dev = _read_split(folder, "dev", "_dev" if test_suffix else "", parse, header)
+    dev = _read_split(folder, "dev", "_dev" if test_suffix else "", parse)
     subtasks = []
     for subject, (path, records) in tests.items():
         if subject not in dev and bench.shots:
@@ -156,24 +159,24 @@ def _choice_benchmark(bench: Benchmark, folder: Path, test_split: str, test_suff
     return subtasks
 
 
-def read_mmlu(folder: Path) -> list[Subtask]:
-    return _choice_benchmark(BENCHMARKS["mmlu"], folder, "test", "_test", _mmlu_row, False,
+def read_mmlu(folder: Path, log=print) -> list[Subtask]:
+    return _choice_benchmark(BENCHMARKS["mmlu"], folder, "test", "_test", _mmlu_rows,
                              lambda s: "The following are multiple choice questions (with "
                              f"answers) about {s.replace('_', ' ')}.\n\n")
 
 
-def read_cmmlu(folder: Path) -> list[Subtask]:
+def read_cmmlu(folder: Path, log=print) -> list[Subtask]:
     return _choice_benchmark(
-        BENCHMARKS["cmmlu"], folder, "test", "", _headed_row(("Question", "A", "B", "C", "D",
-                                                               "Answer")), True,
+        BENCHMARKS["cmmlu"], folder, "test", "", _headed_rows(("Question", "A", "B", "C", "D",
+                                                                "Answer")),
         lambda s: _subject_names("cmmlu", "cmmlu_", s)
         or f"以下是关于{s.replace('_', ' ')}的单项选择题，请直接给出正确答案的选项。\n\n")
 
 
-def read_ceval(folder: Path) -> list[Subtask]:
+def read_ceval(folder: Path, log=print) -> list[Subtask]:
     return _choice_benchmark(
-        BENCHMARKS["ceval"], folder, "val", "_val", _headed_row(("question", "A", "B", "C", "D",
-                                                                 "answer")), True,
+        BENCHMARKS["ceval"], folder, "val", "_val", _headed_rows(("question", "A", "B", "C",
+                                                                  "D", "answer")),
         lambda s: _subject_names("ceval", "ceval-valid_", s)
         or f"以下是中国关于{s.replace('_', ' ')}的单项选择题，请选出其中的正确答案。\n\n")
 
@@ -207,7 +210,7 @@ def _bigbench_examples(path: Path) -> list[tuple[int, dict]]:
     return out
 
 
-def read_crass(folder: Path) -> list[Subtask]:
+def read_crass(folder: Path, log=print) -> list[Subtask]:
     bench = BENCHMARKS["crass"]
     files = sorted(folder.glob("*.json"))
     if not files:
@@ -348,7 +351,7 @@ def read_bbh(folder: Path, log=print) -> list[Subtask]:
 
 # ---------------------------------------------------------------------------- HHH, DROP
 
-def read_hhh(folder: Path) -> list[Subtask]:
+def read_hhh(folder: Path, log=print) -> list[Subtask]:
     bench = BENCHMARKS["hhh"]
     subtasks = []
     for portion in ("harmless", "helpful", "honest", "other"):
@@ -377,7 +380,7 @@ def _drop_answer(answer: dict) -> list[str]:
     return [" ".join(str(date.get(k, "")) for k in ("day", "month", "year")).strip()]
 
 
-def read_drop(folder: Path) -> list[Subtask]:
+def read_drop(folder: Path, log=print) -> list[Subtask]:
     bench = BENCHMARKS["drop"]
     files = sorted(folder.glob("drop_dataset_dev.json")) or sorted(folder.glob("*dev*.json"))
     if not files:
@@ -581,9 +584,16 @@ class TaskSet:
     sources: dict[str, list[str]]
 
 
-def write_tasks(names: list[str], data_dir: str | Path, out: Path, protocol: str = "harness",
-                shots: int | None = None, max_new_tokens: int = 256, log=print) -> TaskSet:
-    """Reads each benchmark's files and writes the harness task folder ``out``: a group
+def read_benchmarks(names: list[str], data_dir: str | Path, log=print
+                    ) -> dict[str, list[Subtask]]:
+    """Every benchmark's subtasks, read and checked from its folder under ``data_dir``."""
+    return {name: get_benchmark(name).read(benchmark_folder(data_dir, name), log=log)
+            for name in names}
+
+
+def write_tasks(benchmarks: dict[str, list[Subtask]], out: Path, protocol: str = "harness",
+                shots: int | None = None, max_new_tokens: int = 256) -> TaskSet:
+    """Writes the harness task folder ``out`` for ``benchmarks`` (``read_benchmarks``): a group
     ``local_<benchmark>`` of tasks ``local_<benchmark>_<subject>`` (the ``local_`` prefix keeps
     them apart from the stock tasks that download the same data). ``max_new_tokens`` caps
     every generation task's answer (a small model's context must hold prompt and answer)."""
@@ -593,11 +603,8 @@ def write_tasks(names: list[str], data_dir: str | Path, out: Path, protocol: str
     out.mkdir(parents=True, exist_ok=True)
     (out / "unitune_tasks.py").write_text(_FUNCTIONS, encoding="utf-8")
     groups, kinds, used_shots, sources = {}, {}, {}, {}
-    for name in names:
+    for name, subtasks in benchmarks.items():
         bench = get_benchmark(name)
-        folder = benchmark_folder(data_dir, name)
-        subtasks = (bench.read(folder, log=log) if bench.read in (read_bbh, read_mmcu)
-                    else bench.read(folder))
         n_shots = bench.shots if shots is None or name == "hhh" else shots  # HHH: no shots
         group = f"local_{name}"
         tasks = []
@@ -605,9 +612,9 @@ def write_tasks(names: list[str], data_dir: str | Path, out: Path, protocol: str
             task = f"{group}_{sub.name}"
             data = out / "data" / task
             data.mkdir(parents=True, exist_ok=True)
-            if sub.kind == "pair" and protocol == "instructeval":
-                sub.test = [{**r, "both_orders": _both_orders(r)} for r in sub.test]
-            _jsonl(data / "test.jsonl", sub.test)
+            test = [{**r, "both_orders": _both_orders(r)} for r in sub.test] \
+                if sub.kind == "pair" and protocol == "instructeval" else sub.test
+            _jsonl(data / "test.jsonl", test)
             files = {"test": str(data / "test.jsonl")}
             shots_from = "test" if sub.fewshot is sub.test else "dev"  # (the doc itself is
             if sub.fewshot is not sub.test and sub.kind in ("choice", "drop"):  # never a shot)

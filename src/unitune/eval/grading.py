@@ -18,7 +18,7 @@ from pathlib import Path
 from unitune.errors import UserError
 from unitune.eval.answers import collect_answers, collect_dialogues, read_prompts
 from unitune.eval.arena import judge_messages, parse_verdict
-from unitune.eval.judge import Judge, read_jsonl
+from unitune.eval.judge import Grades, Judge, read_jsonl
 
 DOWNLOADS = {
     "impact": "put the writing prompts there, one file per category (e.g. informative.json, "
@@ -97,26 +97,6 @@ def _folder(data_dir: Path, task: str, pattern: str) -> list[Path]:
     return files
 
 
-class _Grades:
-    """The judge's replies for one task, cached by key in ``grades.jsonl``."""
-
-    def __init__(self, out: Path, judge: Judge):
-        out.mkdir(parents=True, exist_ok=True)
-        self.path, self.judge = out / "grades.jsonl", judge
-        self.rows = {row["key"]: row for row in read_jsonl(self.path)}
-
-    def reply(self, key: str, messages: list[dict]) -> str:
-        """The judge's reply to ``messages`` (the same messages are never asked twice)."""
-        import hashlib
-
-        key = f"{key}:{hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:20]}"
-        if key not in self.rows:
-            self.rows[key] = {"key": key, "reply": self.judge.ask(messages)}
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(self.rows[key], ensure_ascii=False) + "\n")
-        return self.rows[key]["reply"]
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -132,7 +112,7 @@ def grade_impact(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
             prompts += [(path.stem, p) for p in read_prompts(path)[:limit]]
     answers = collect_answers({"model": target}, [p for _, p in prompts], out, decoding,
                               device, log, **engine)["model"]
-    grades = _Grades(out, judge)
+    grades = Grades(out, judge)
     ratings: dict[str, dict[str, list[float]]] = {a: {} for a in IMPACT_ASPECTS}
     unparsed = 0
     for i, ((category, prompt), answer) in enumerate(zip(prompts, answers, strict=True)):
@@ -177,14 +157,14 @@ def _mt_questions(data_dir: Path) -> tuple[list[dict], dict]:
 
 def grade_mt_bench(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
                    limit: int | None = None, device: str = "auto", log=print,
-                 **engine) -> dict:
+                   **engine) -> dict:
     """MT-bench single-answer grading: both turns answered, each rated 1-10 (the second in the
     context of the first); math, reasoning and coding against the reference when there is one."""
     questions, references = _mt_questions(data_dir)
     questions = questions[:limit]
     answers = collect_dialogues({"model": target}, [q["turns"] for q in questions], out,
                                 decoding, device, log, **engine)["model"]
-    grades = _Grades(out, judge)
+    grades = Grades(out, judge)
     scores: dict[int, list[float]] = {}
     by_category: dict[str, list[float]] = {}
     unparsed = 0
@@ -244,14 +224,14 @@ def _reference_outputs(data_dir: Path) -> tuple[str, list[dict]]:
 
 def grade_winrate(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
                   limit: int | None = None, device: str = "auto", log=print,
-                 **engine) -> dict:
+                  **engine) -> dict:
     """The model against a reference model's outputs: every pair judged in both orders
     (MT-bench's pairwise prompt); a win counts 1, a tie 0.5, averaged over the two orders."""
     reference, rows = _reference_outputs(data_dir)
     rows = rows[:limit]
     answers = collect_answers({"model": target}, [r["instruction"] for r in rows], out,
                               decoding, device, log, **engine)["model"]
-    grades = _Grades(out, judge)
+    grades = Grades(out, judge)
     outcomes, unparsed = [], 0
     wins = losses = ties = 0
     for i, (row, answer) in enumerate(zip(rows, answers, strict=True)):

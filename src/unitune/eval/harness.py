@@ -55,21 +55,20 @@ def endpoint_model(url: str, model: str, tokenizer: str | None, api_key: str | N
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
     logging.getLogger("lm_eval.models.api_models").setLevel(logging.ERROR)
-    bos = False  # prompts start as the in-process harness starts them: with the tokenizer's BOS
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(tokenizer)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--tokenizer {tokenizer}: not a tokenizer "
-                            f"({str(exc).splitlines()[0][:120]})") from None
-        bos = tok.bos_token_id is not None and tok("a").input_ids[:1] == [tok.bos_token_id]
-    lm = LocalCompletionsAPI(add_bos_token=bos,
-        base_url=url.rstrip("/") + "/completions", model=model,
-        tokenizer_backend="huggingface" if tokenizer else "none", tokenizer=tokenizer,
-        tokenized_requests=bool(tokenizer), max_length=max_length, num_concurrent=concurrency,
-        max_retries=3, header={"Authorization": f"Bearer {api_key or 'none'}"})
+    try:
+        lm = LocalCompletionsAPI(
+            base_url=url.rstrip("/") + "/completions", model=model,
+            tokenizer_backend="huggingface" if tokenizer else "none", tokenizer=tokenizer,
+            tokenized_requests=bool(tokenizer), max_length=max_length,
+            num_concurrent=concurrency, max_retries=3,
+            header={"Authorization": f"Bearer {api_key or 'none'}"})
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--tokenizer {tokenizer}: not a tokenizer "
+                        f"({str(exc).splitlines()[0][:120]})") from None
+    if tokenizer:  # prompts start as the in-process harness starts them: with the BOS the
+        tok = lm.tokenizer  # tokenizer adds (lm_eval's API client adds none by default)
+        lm.add_bos_token = tok.bos_token_id is not None and \
+            tok("a").input_ids[:1] == [tok.bos_token_id]
     return lm, hashlib.sha256(f"{url}\n{model}".encode()).hexdigest()[:16]
 
 

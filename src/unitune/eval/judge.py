@@ -73,3 +73,24 @@ class Judge:
             if attempt < self.retries:
                 time.sleep(min(30.0, 0.5 * 2 ** attempt))
         raise UserError(f"judge {self.url}: no answer after {self.retries + 1} tries ({last})")
+
+
+class Grades:
+    """A judge's replies for one task, cached in ``<out>/grades.jsonl`` by their messages: the
+    same question, answer and prompt are never asked twice, and a changed one is asked anew."""
+
+    def __init__(self, out: Path, judge: Judge):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path, self.judge = out / "grades.jsonl", judge
+        self.rows = {row["key"]: row for row in read_jsonl(self.path)}
+
+    def reply(self, key: str, messages: list[dict]) -> str:
+        """The judge's reply to ``messages``; ``key`` names the item in the file."""
+        import hashlib
+
+        key = f"{key}:{hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:20]}"
+        if key not in self.rows:
+            self.rows[key] = {"key": key, "reply": self.judge.ask(messages)}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(self.rows[key], ensure_ascii=False) + "\n")
+        return self.rows[key]["reply"]

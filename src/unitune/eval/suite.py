@@ -16,6 +16,7 @@ from pydantic import ValidationError, field_validator
 
 from unitune.errors import UserError, did_you_mean
 from unitune.eval.benchmarks import BENCHMARKS, PROTOCOLS, benchmark_folder
+from unitune.models.rope import parse as parse_rope
 from unitune.sections import Section
 
 JUDGED = ("belle_eval", "impact", "mt_bench", "winrate")  # graded by an LLM judge
@@ -118,14 +119,8 @@ def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
                                       max_tokens=2048), stem.with_name(f"{stem.name}.{task}"),
                 Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, s.device, log=log,
                 template=s.template, trust_remote_code=s.trust_remote_code,
-                rope_scaling=_rope(s))
+                rope_scaling=parse_rope(s.rope))
     return report
-
-
-def _rope(s: EvalSettings) -> dict | None:
-    from unitune.models.rope import parse
-
-    return parse(s.rope) if s.rope else None
 
 
 def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> dict:
@@ -135,7 +130,7 @@ def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> d
     samples = Path(s.samples) if s.samples else stem.with_name(stem.name + ".humaneval.jsonl")
     with Engine(target, {}, device=s.device, template=s.template,
                 trust_remote_code=s.trust_remote_code, static_cache=s.static_cache,
-                rope_scaling=_rope(s), log=log) as engine:
+                rope_scaling=parse_rope(s.rope), log=log) as engine:
         model = engine.adapters[0] if engine.adapters else engine.base_id
         return humaneval(engine, model, folder, samples, s.n, tuple(s.k), s.temperature,
                          s.max_new_tokens or 384, s.limit, s.seed, s.timeout, log=log)
@@ -144,22 +139,21 @@ def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> d
 def _harness(target: str, s: EvalSettings, tasks: list[str], stem: Path, endpoint: bool,
              log) -> dict:
     """The benchmarks lm-evaluation-harness scores, on the model or the endpoint."""
-    from unitune.eval.benchmarks import write_tasks
+    from unitune.eval.benchmarks import read_benchmarks, write_tasks
     from unitune.eval.harness import endpoint_model, local_model, run_tasks
 
     cache = Path(f"{stem}.cache")
-    cap = min(s.max_new_tokens or 256, (s.max_length or 2048) // 2)
-    folder = cache / "tasks" / f"{s.protocol}-{'default' if s.shots is None else s.shots}-shot"
-    taskset = write_tasks(tasks, s.data_dir, folder, s.protocol, s.shots, cap,
-                          log=log)  # (bad files fail before any model loads)
-    if endpoint:
+    benchmarks = read_benchmarks(tasks, s.data_dir, log)  # (bad files fail before any model
+    if endpoint:                                          # loads)
         lm, key = endpoint_model(target, s.served_model, s.tokenizer, s.api_key,
                                  s.max_length or 2048)
     else:
         lm, key = local_model(target, s.device, s.template, s.trust_remote_code, s.batch_size,
-                              _rope(s), log=log)
-    if lm.max_length // 2 < cap:  # a short context: prompt and answer must both fit
-        taskset = write_tasks(tasks, s.data_dir, folder, s.protocol, s.shots,
-                              lm.max_length // 2, log=lambda *a: None)
+                              parse_rope(s.rope), log=log)
+    context = min(s.max_length or lm.max_length, lm.max_length)
+    cap = min(s.max_new_tokens or 256, context // 2)  # prompt and answer must both fit
+    taskset = write_tasks(benchmarks, cache / "tasks" / f"{s.protocol}-"
+                          f"{'default' if s.shots is None else s.shots}-shot", s.protocol,
+                          s.shots, cap)
     return run_tasks(lm, key, taskset, s.protocol, cache, seed=s.seed, limit=s.limit,
                      chat=s.chat, log=log)

@@ -35,8 +35,10 @@ class RopeScaling(Section):
         return value
 
 
-def parse(text: str) -> dict:
-    """``TYPE:FACTOR`` (e.g. ``dynamic:4``) as a scaling dict."""
+def parse(text: str | None) -> dict | None:
+    """``TYPE:FACTOR`` (e.g. ``dynamic:4``) as a scaling dict; None for no scaling."""
+    if not text:
+        return None
     kind, sep, factor = text.partition(":")
     try:
         value = float(factor)
