@@ -539,9 +539,15 @@ def _add_eval(sub) -> None:
                        "(--judge-url, --judge-model). Every "
                        "answer is cached next to --report: a rerun continues. --perplexity "
                        "FILE: sliding-window perplexity. --data FILE: exact match on an Alpaca "
-                       "file.")
+                       "file (--reward RM_RUN: and the reward model's mean reward of the "
+                       "answers). --preference FILE: how often the model (a reward model: by "
+                       "its score; any other: by log-likelihood) prefers the chosen answer of "
+                       "each preference pair.")
     _add_engine(p, several=False)
     p.add_argument("--data", help="Alpaca json/jsonl file with reference outputs (exact match)")
+    p.add_argument("--reward", metavar="RM_RUN", help="--data: also score every answer with "
+                   "this reward model (a stage=rm run)")
+    p.add_argument("--preference", metavar="FILE", help="preference pairs: pairwise accuracy")
     p.add_argument("--perplexity", metavar="FILE", help="perplexity on a text file (.txt, "
                    "{\"text\"} records; conversations are scored on their replies)")
     p.add_argument("--window", type=int, default=512,
@@ -594,27 +600,56 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    if sum(map(bool, (args.data, args.tasks, args.perplexity))) != 1:
+    if sum(map(bool, (args.data, args.tasks, args.perplexity, args.preference))) != 1:
         raise UserError("unitune eval: give one of --data FILE (exact match), --tasks NAMES "
-                        "(benchmarks) and --perplexity FILE")
+                        "(benchmarks), --perplexity FILE and --preference FILE")
+    if args.reward and not args.data:
+        raise UserError("--reward scores the answers of --data FILE; give --data")
     if args.tasks:
         return _eval_tasks(args)
     if args.perplexity:
         return _eval_perplexity(args)
+    if args.preference:
+        return _eval_preference(args)
     from unitune.data.readers import read_conversations
     from unitune.eval.exact_match import evaluate_exact_match, write_report
     from unitune.run import open_model
 
     records = read_conversations(args.data)
+    reward = None
+    if args.reward:
+        from unitune.train.rewards import RewardModel, check_rewards
+
+        check_rewards([args.reward])  # (before any weights load)
+        reward = RewardModel(args.reward, args.device, args.trust_remote_code, _stderr)
     model, tokenizer, template = open_model(args.target, device=args.device,
                                             template=args.template,
                                             trust_remote_code=args.trust_remote_code,
                                             log=_stderr, rope_scaling=_rope(args))
     result = evaluate_exact_match(model, tokenizer, template, records,
-                                  args.max_new_tokens or 64, args.batch_size)
+                                  args.max_new_tokens or 64, args.batch_size,
+                                  reward=reward.score if reward else None)
     print(result.table())
     if args.report:
         write_report(result, Path(args.report))
+    return 0
+
+
+def _eval_preference(args) -> int:
+    import json
+
+    from unitune.data.readers import iter_accepted
+    from unitune.data.schema import PreferencePair
+    from unitune.eval.preference import evaluate_preferences
+
+    pairs = list(iter_accepted(args.preference, accept=(PreferencePair,),
+                               purpose="--preference"))
+    result = evaluate_preferences(args.target, pairs, args.device, args.template,
+                                  args.trust_remote_code, args.max_length or 1024,
+                                  min(args.batch_size, 16), log=_stderr)
+    print(result.table())
+    if args.report:
+        Path(args.report).write_text(json.dumps(result.as_dict(), indent=1), encoding="utf-8")
     return 0
 
 

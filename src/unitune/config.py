@@ -1,9 +1,10 @@
 """The typed run configuration: YAML file + ``key=value`` overrides + flags, validated.
 
 Owns the schema (``TrainConfig``: the general keys here, plus the section of every registered
-method, e.g. ``lora:``, which the method brings), loading and merging configuration sources,
-and turning validation failures into one-line errors that name the key, what was given and
-what is allowed, with a "did you mean" hint for misspelled keys.
+method, e.g. ``lora:``, and of every stage, e.g. ``dpo:``, which each brings), loading and
+merging configuration sources, and turning validation failures into one-line errors that
+name the key, what was given and what is allowed, with a "did you mean" hint for misspelled
+keys.
 """
 
 from __future__ import annotations
@@ -173,12 +174,14 @@ class TrainKeys(Section):
         return value
 
 
-# the general keys and, for every registered method, the config section it reads (lora:, ...)
+# the general keys and the config section each registered method (lora:, ...) and each stage
+# (dpo:, rl:, ...) reads
 TrainConfig = create_model(
     "TrainConfig", __base__=TrainKeys, __module__=__name__,
     **{key: (schema, Field(default_factory=schema))
-       for key, schema in methods.config_sections().items()})
-TrainConfig.__doc__ = "Fine-tuning a model: the general keys and every method's section."
+       for key, schema in {**methods.config_sections(), **stages.config_sections()}.items()})
+TrainConfig.__doc__ = ("Fine-tuning a model: the general keys, every method's section and "
+                       "every stage's section.")
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:

@@ -16,6 +16,7 @@ Owns
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -269,19 +270,77 @@ def open_base(folder: Path, record: RunRecord, dtype, device, quantization: str 
               trust_remote_code: bool = False, log=print, progress: bool = True):
     """The base model the run in ``folder`` trained on, with its model patches (a grown
     vocabulary) applied and no adapter: what the adapter's weights are relative to."""
-    from unitune.models.loading import load_base
-
-    base = load_base(_base_path(record, log, progress), dtype, device,
-                     _trusted(folder, record, trust_remote_code), quantization,
-                     record.model_patches.get("rope_scaling"))
+    base = load_model_at(_base_path(record, log, progress), dtype, device,
+                         _trusted(folder, record, trust_remote_code), quantization,
+                         record.model_patches.get("rope_scaling"), head_of(record.kind), log,
+                         progress)
     grow_vocabulary(base, record.model_patches.get("vocab_size", 0))
     return base
+
+
+def head_of(kind: str) -> str:
+    """The model head a run of ``kind`` has: 'reward' (a scoring head) or 'causal'."""
+    return "reward" if kind == "rm" else "causal"
+
+
+def load_model_at(path: str, dtype, device, trust_remote_code: bool = False,
+                  quantization: str | None = None, rope_scaling: dict | None = None,
+                  head: str = "causal", log=print, progress: bool = True):
+    """The model at ``path``: a model folder (``load_base``), or a finished run with an
+    adapter, folded into its base in memory (a stage that starts from an SFT run: the same
+    weights on every reopening); ``head`` 'reward' puts a new scoring head on it."""
+    from unitune import methods
+    from unitune.models.loading import load_base
+
+    folder = Path(path)
+    if not is_run(folder) or methods.get(read_run(folder).method).whole_model:
+        return load_base(path, dtype, device, trust_remote_code, quantization, rope_scaling,
+                         head)
+    record = read_finished(folder)
+    method = methods.get(record.method)
+    if not method.mergeable:
+        raise UserError(f"{folder}: method={record.method} cannot be folded into its base, so "
+                        "a new run cannot start from it; start from its base, or from a "
+                        "LoRA / (IA)3 / full run")
+    if quantization or record.quantization or rope_scaling:
+        why = "a quantized base" if quantization or record.quantization else "RoPE scaling"
+        raise UserError(f"{folder}: a run is folded into its base in memory, which {why} "
+                        f"cannot take; `unitune merge {folder}` it first and start from the "
+                        "merged run")
+    if record.kind == "rm":
+        raise UserError(f"{folder}: a reward model, not a language model to start from")
+    model = method.load(open_base(folder, record, dtype, device, None, trust_remote_code, log,
+                                  progress), folder).merge_and_unload()
+    if head == "reward":  # the folded network under a new scoring head
+        from transformers import AutoModelForSequenceClassification
+
+        config = copy.deepcopy(model.config)
+        config.num_labels = 1
+        scorer = AutoModelForSequenceClassification.from_config(
+            config, dtype=dtype, trust_remote_code=trust_remote_code)
+        scorer.base_model.load_state_dict(model.base_model.state_dict())
+        model = scorer.to(device)
+    return model
+
+
+def base_config(path: str, trust_remote_code: bool = False):
+    """The model config of a model folder, or of the model a run with an adapter is built on
+    (without loading weights)."""
+    from unitune import methods
+    from unitune.models.loading import model_config
+
+    folder = Path(path)
+    if is_run(folder) and not methods.get(read_run(folder).method).whole_model:
+        return base_config(_base_path(read_run(folder), lambda *a: None, False),
+                           trust_remote_code)
+    return model_config(path, trust_remote_code)
 
 
 def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
                template: str | None = None, quantization: Literal["as-trained", "none"] =
                "as-trained", trust_remote_code: bool = False, log=print,
-               progress: bool = True, rope_scaling: dict | None = None):
+               progress: bool = True, rope_scaling: dict | None = None,
+               reward_model: bool = False):
     """(model in eval mode, tokenizer, template) for a run folder or a base model.
 
     A run reopens exactly as it trained: its base (a QLoRA run on a 4-bit base, unless
@@ -291,7 +350,8 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
     code comes with it (``trust_remote_code``) runs only when the caller passes
     ``trust_remote_code=True``, for a run too: a run folder from elsewhere cannot run code on
     its own say-so. ``rope_scaling`` (``models/rope.py``) stretches a base model's context, or
-    replaces a run's own scaling (with a warning)."""
+    replaces a run's own scaling (with a warning). A reward model (``stage=rm``) opens only
+    for scoring (``reward_model=True``); every other run only as a language model."""
     from unitune import methods
     from unitune.data.templates import get_template
     from unitune.models.loading import (
@@ -317,6 +377,12 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
         return model, tokenizer, resolve_template(template or "auto", model.config.model_type,
                                                   tokenizer)
     record = read_finished(folder)
+    if (record.kind == "rm") != reward_model:
+        raise UserError(f"{folder}: a reward model (stage=rm) scores answers and does not "
+                        "generate; use it as rl.reward, or score pairs with `unitune eval "
+                        f"{folder} --tasks preference`" if record.kind == "rm" else
+                        f"{folder}: a run of kind '{record.kind}', not a reward model (train "
+                        "one with stage=rm)")
     method = methods.get(record.method)
     trust = _trusted(folder, record, trust_remote_code)
     if rope_scaling:
@@ -327,7 +393,8 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
                 f"x{rope_scaling['factor']:g} instead")
         record.model_patches = {**record.model_patches, "rope_scaling": rope_scaling}
     if method.whole_model:
-        model = load_base(str(folder), torch_dtype, dev, trust, rope_scaling=rope_scaling)
+        model = load_base(str(folder), torch_dtype, dev, trust, rope_scaling=rope_scaling,
+                          head=head_of(record.kind))
     else:
         quant = record.quantization if quantization == "as-trained" else None
         if quant and dev.type != "cuda":
@@ -350,6 +417,17 @@ def _run_template(folder: Path, template: str | None, log):
     log(f"warning: {folder} was trained with template '{trained.name}'; using '{template}' "
         "instead may give worse answers")
     return get_template(template)
+
+
+def describe(name: str, trust_remote_code: bool = False, log=print):
+    """(where the tokenizer is, the tokenizer, the model config) of a base model or a finished
+    run a new run starts from, without loading weights."""
+    from unitune.models.loading import describe_base, load_tokenizer
+
+    if not is_run(Path(name)):
+        return describe_base(name, trust_remote_code, log)
+    trust = _trusted(Path(name), read_finished(name), trust_remote_code)
+    return name, load_tokenizer(name, trust), base_config(name, trust)
 
 
 def open_tokenizer(target: str, template: str = "auto", log=print):

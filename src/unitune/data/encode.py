@@ -115,7 +115,7 @@ class _SlowTokens:
         """(how many of the text's tokens lie wholly before character ``pos``, whether the
         next one starts exactly there)."""
         head = self._ids(self.text[:pos])
-        common = _common_prefix(head, self.bare)
+        common = common_prefix(head, self.bare)
         return common, common == len(head)
 
     def token_range(self, start: int, end: int) -> tuple[int, int] | None:
@@ -125,7 +125,7 @@ class _SlowTokens:
         return (first + self.shift, last + self.shift) if last > first else None
 
 
-def _common_prefix(a, b) -> int:
+def common_prefix(a, b) -> int:
     """How many leading items two sequences share."""
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -230,7 +230,7 @@ def _leading_specials(ids: list[int], setup: _Setup) -> int:
 _MIN_PROMPT = 8  # prompt tokens an over-long example keeps in front of its reply
 
 
-def _encode(convs: Sequence[Conversation], tokenizer, template: Template, max_length: int,
+def encode_rows(convs: Sequence[Conversation], tokenizer, template: Template, max_length: int,
             masking: str) -> list[dict]:
     """One row per conversation: ``input_ids``, ``labels`` and what fitting it did
     (``prompt_truncated``, ``turns_dropped``, and ``dropped``: why it was left out, or "")."""
@@ -310,13 +310,13 @@ def prompt_mismatches(conv: Conversation, tokenizer, template: Template) -> list
             continue
         prompt = template.render(replace(conv, turns=conv.turns[:k]), tokenizer)[0]
         if not full.startswith(prompt):
-            at = _common_prefix(prompt, full)
+            at = common_prefix(prompt, full)
             problems.append(f"reply {k}: the prompt's text differs from the training text at "
                             f"character {at}: {prompt[at:at + 20]!r} vs {full[at:at + 20]!r}")
             continue
         (asked,) = tokenize_ids([prompt], tokenizer, template.add_special_tokens)
         if whole[: len(asked)] != asked:
-            at = _common_prefix(asked, whole)
+            at = common_prefix(asked, whole)
             problems.append(f"reply {k}: the prompt's tokens differ from the training text's "
                             f"at token {at}: {asked[at:at + 3]} vs {whole[at:at + 3]}")
     return problems
@@ -347,7 +347,7 @@ def _rows(convs: Sequence[Conversation], tokenizer, template: Template, max_leng
           masking: str, seq2seq: bool) -> list[dict]:
     if seq2seq:
         return _encode_seq2seq(convs, tokenizer, template, max_length)
-    return _encode(convs, tokenizer, template, max_length, masking)
+    return encode_rows(convs, tokenizer, template, max_length, masking)
 
 
 def encode_conversations(convs: Sequence[Conversation], tokenizer, template: Template,

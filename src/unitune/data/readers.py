@@ -385,20 +385,39 @@ def conversation_from_messages(messages, tools=None, where: str = "messages") ->
 
 
 def _preference(obj: dict, where: str, src: str, line: int) -> PreferencePair:
+    """A preference pair: the prompt as ShareGPT ``conversations``, OpenAI ``messages``, an
+    Alpaca ``instruction`` (+ ``input``) or a ``prompt`` (a string or messages), and the
+    ``chosen`` / ``rejected`` answers (strings, or one assistant message each)."""
+    rest = {k: v for k, v in obj.items() if k not in ("chosen", "rejected")}
     if "conversations" in obj:
-        prompt = _conversation({k: v for k, v in obj.items() if k not in ("chosen", "rejected")},
-                               "conversations", where, src, line)
+        prompt = _conversation(rest, "conversations", where, src, line)
+    elif "messages" in obj or isinstance(obj.get("prompt"), list):
+        field = "messages" if "messages" in obj else "prompt"
+        prompt = _conversation(rest, field, where, src, line)
+    elif "instruction" in obj:
+        prompt = Conversation((Turn("user", _str_field(obj, "instruction", where),
+                                    _str_field(obj, "input", where, False)),),
+                              _str_field(obj, "system", where, False), src, line)
     else:
-        prompt = Conversation((Turn("user", _str_field(obj, "prompt", where)),), "", src, line)
+        prompt = Conversation((Turn("user", _str_field(obj, "prompt", where)),),
+                              _str_field(obj, "system", where, False), src, line)
     answers = []
     for key in ("chosen", "rejected"):
+        if key not in obj:
+            raise UserError(f"{where}: {key}: missing (a preference pair needs 'chosen' and "
+                            "'rejected' answers)")
         value = obj[key]
+        if isinstance(value, list) and len(value) == 1:  # TRL's conversational form
+            value = value[0]
         if isinstance(value, dict):
             value = value.get("value", value.get("content"))
         if not isinstance(value, str) or not value.strip():
             raise UserError(f"{where}: {key}: expected a non-empty answer string (or a message "
                             "with 'value')")
         answers.append(value)
+    if answers[0].strip() == answers[1].strip():
+        raise UserError(f"{where}: chosen and rejected are the same answer; a preference pair "
+                        "needs two different answers (fix or remove the record)")
     check_conversation(prompt, for_training=False)
     if prompt.turns[-1].role != "user":
         raise UserError(f"{where}: conversations: a preference prompt must end with a user turn")
@@ -489,18 +508,31 @@ def read_records(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool =
     return [rec for p in paths for rec in iter_records(p, fmt, skip_invalid, problems)]
 
 
-def iter_conversations(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,
-                       problems: list[str] | None = None) -> Iterator[Conversation]:
-    """Stream records for instruction tuning; preference pairs and plain text are refused."""
+_KINDS = {Conversation: ("a conversation", "conversations (Alpaca, ShareGPT, OpenAI messages, "
+                                           "Dolly, FLAN, prompt/completion)"),
+          PreferencePair: ("a preference pair", "preference pairs (a prompt with 'chosen' and "
+                           "'rejected' answers)"),
+          PlainText: ("plain text", "plain text")}
+
+
+def iter_accepted(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,
+                  problems: list[str] | None = None, accept: tuple[type, ...] = (Conversation,),
+                  purpose: str = "instruction tuning") -> Iterator[Record]:
+    """Stream records of the kinds in ``accept``; another kind is an error naming the record,
+    what it is and what ``purpose`` needs."""
     paths = [paths] if isinstance(paths, str | Path) else paths
     for path in paths:
         for rec in iter_records(path, fmt, skip_invalid, problems):
-            if not isinstance(rec, Conversation):
-                kind = "a preference pair" if isinstance(rec, PreferencePair) else "plain text"
-                raise UserError(f"{rec.where}: is {kind}; instruction tuning needs "
-                                "conversations (Alpaca, ShareGPT, OpenAI messages, Dolly, FLAN, "
-                                "prompt/completion)")
+            if not isinstance(rec, accept):
+                raise UserError(f"{rec.where}: is {_KINDS[type(rec)][0]}; {purpose} needs "
+                                + " or ".join(_KINDS[k][1] for k in accept))
             yield rec
+
+
+def iter_conversations(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,
+                       problems: list[str] | None = None) -> Iterator[Conversation]:
+    """Stream records for instruction tuning; preference pairs and plain text are refused."""
+    yield from iter_accepted(paths, fmt, skip_invalid, problems)
 
 
 def read_conversations(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,

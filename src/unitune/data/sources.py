@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from unitune.data import catalog, store
-from unitune.data.readers import iter_conversations, to_record
+from unitune.data.readers import iter_accepted, to_record
 from unitune.data.schema import Conversation
 from unitune.data.store import Records
 from unitune.errors import UserError
@@ -74,7 +74,9 @@ def resolve_files(name: str, data_dir: str | None = None) -> list[Path] | None:
     return catalog.resolve(entry, Path(data_dir) if data_dir else None)
 
 
-def iter_hub_dataset(name: str, fmt: str, split: str = "train") -> Iterator[Conversation]:
+def iter_hub_dataset(name: str, fmt: str, split: str = "train",
+                     accept: tuple[type, ...] = (Conversation,),
+                     purpose: str = "instruction tuning") -> Iterator[Conversation]:
     """Rows of a Hugging Face hub dataset (network or its cache), streamed from its Arrow
     files."""
     from unitune.data.readers import detect_format
@@ -90,30 +92,37 @@ def iter_hub_dataset(name: str, fmt: str, split: str = "train") -> Iterator[Conv
             raise UserError(f"{name}:{i}: cannot tell the format from the fields "
                             f"({', '.join(sorted(row))}); set the data format explicitly")
         rec = to_record(row, row_fmt, f"{name}:{i}", name, i)
-        if not isinstance(rec, Conversation):
-            raise UserError(f"{name}: rows are {row_fmt}; instruction tuning needs conversations")
+        if not isinstance(rec, accept):
+            raise UserError(f"{name}: rows are {row_fmt}; {purpose} needs other records "
+                            f"({', '.join(k.__name__ for k in accept)})")
         yield rec
 
 
 def read_source(name: str, fmt: str, skip_invalid: bool, invalid: Invalid,
-                data_dir: str | None, out: Path, progress: bool = False) -> Records:
-    """The conversations a data entry names, streamed into the Arrow file ``out`` (with a
-    progress bar when that takes more than a few seconds)."""
+                data_dir: str | None, out: Path, progress: bool = False,
+                accept: tuple[type, ...] = (Conversation,),
+                purpose: str = "instruction tuning") -> Records:
+    """The records a data entry names (conversations, or the kinds in ``accept``), streamed
+    into the Arrow file ``out`` (with a progress bar when that takes more than a few
+    seconds)."""
     from tqdm.auto import tqdm
 
     files = resolve_files(name, data_dir)
-    convs = iter_hub_dataset(name, fmt) if files is None else \
-        iter_conversations([str(f) for f in files], fmt, skip_invalid, invalid)
+    convs = iter_hub_dataset(name, fmt, accept=accept, purpose=purpose) if files is None else \
+        iter_accepted([str(f) for f in files], fmt, skip_invalid, invalid, accept, purpose)
     bar = tqdm(convs, desc=f"reading {name}", unit=" records", delay=3, mininterval=1,
                disable=not progress)
     return store.write(bar, out)
 
 
-def build_datasets(cfg, workdir: Path, log=print, progress: bool = False
+def build_datasets(cfg, workdir: Path, log=print, progress: bool = False,
+                   accept: tuple[type, ...] = (Conversation,),
+                   purpose: str = "instruction tuning"
                    ) -> tuple[Records, Records | None, DataReport]:
-    """Train and validation conversations for a ``TrainConfig``: read, mix, dedupe, split,
-    augment (each step reported). Every stage is an Arrow table in ``workdir`` or a selection
-    of rows of one, so the data never has to fit in memory."""
+    """Train and validation records for a ``TrainConfig`` (conversations, or the kinds a
+    stage ``accept``s): read, mix, dedupe, split, augment (each step reported). Every stage is
+    an Arrow table in ``workdir`` or a selection of rows of one, so the data never has to fit
+    in memory."""
     from unitune.data.augment import iter_augment
     from unitune.data.mixing import Source, dedupe, mix, split
 
@@ -122,7 +131,7 @@ def build_datasets(cfg, workdir: Path, log=print, progress: bool = False
     def read(kind: str, i: int, spec) -> Records:
         records = read_source(spec.path, spec.format or cfg.data_format, cfg.skip_invalid,
                               report.invalid, cfg.data_dir, workdir / f"{kind}-{i}.arrow",
-                              progress)
+                              progress, accept, purpose)
         if not records:
             raise UserError(f"data '{spec.path}': no usable records")
         return records

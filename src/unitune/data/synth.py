@@ -235,9 +235,50 @@ def generate(families: list[str], counts: dict[str, int], seed: int,
     return result
 
 
+def _wrong(ex: Example, rng: random.Random) -> str:
+    """A plausible wrong answer: a number off by a little, a list out of order, a word with
+    two letters swapped."""
+    out = ex.output
+    if ex.family == "zh_numeral":
+        n = int(ex.input)
+        return chinese_numeral(max(0, n + rng.choice([-10, -1, 1, 10])) or n + 1)
+    if ex.family in ("count", "max", "min", "add"):
+        n = int(out)
+        return str(max(0, n + rng.choice([-2, -1, 1, 2])) if n else n + 1)
+    parts = out.split(" ")
+    if len(set(parts)) > 1:
+        while True:
+            shuffled = parts[:]
+            rng.shuffle(shuffled)
+            if shuffled != parts:
+                return " ".join(shuffled)
+    return out + " " + out  # (nothing to reorder: say it twice)
+
+
+def _verbose(ex: Example) -> str:
+    """The right answer, wrapped in words an exact answer does not have."""
+    if FAMILIES[ex.family][0] == "zh":
+        return f"好的！答案是：{ex.output}。希望对你有帮助。"
+    return f"Sure! Here is the answer: {ex.output}. I hope this helps."
+
+
+def preference_pairs(examples: list[Example], seed: int) -> list[dict]:
+    """Preference pairs whose preference is checkable: the chosen answer is the exact answer;
+    the rejected one is wrong, or right but wordy (the preference: correct and short)."""
+    rng = random.Random(f"{seed}:preference")
+    pairs = []
+    for ex in examples:
+        rejected = _verbose(ex) if rng.random() < 0.3 else _wrong(ex, rng)
+        pairs.append({"instruction": ex.instruction, "input": ex.input, "chosen": ex.output,
+                      "rejected": rejected, "family": ex.family})
+    return pairs
+
+
 def write_suite(out_dir: Path, families: list[str], n_train: int, n_val: int, n_test: int,
                 n_pretrain: int, seed: int) -> dict[str, Path]:
-    """Write train/validation/test Alpaca JSON files and a pre-training text corpus.
+    """Write train/validation/test Alpaca JSON files, preference pairs on the train and
+    validation inputs (``preference_train.json``, ``preference_validation.json``), and a
+    pre-training text corpus.
 
     The pre-training corpus (``pretrain.json``, for the ``raw`` template) holds the raw form
     (``count c a t =`` -> ``3``) of training-split inputs only, never validation or test inputs.
@@ -260,6 +301,11 @@ def write_suite(out_dir: Path, families: list[str], n_train: int, n_val: int, n_
         path.write_text(json.dumps([ex.alpaca() for ex in rows], ensure_ascii=False, indent=1),
                         encoding="utf-8")
         paths[split] = path
+    for split, rows in (("train", train), ("validation", suite["validation"])):
+        path = out_dir / f"preference_{split}.json"
+        path.write_text(json.dumps(preference_pairs(rows, seed), ensure_ascii=False, indent=1),
+                        encoding="utf-8")
+        paths[f"preference_{split}"] = path
     corpus = out_dir / "pretrain.json"
     rows = [{"instruction": ex.raw_prompt, "input": "", "output": ex.output, "family": ex.family}
             for ex in suite["train"]]

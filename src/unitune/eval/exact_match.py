@@ -24,15 +24,19 @@ class ExactMatch:
     n: int
     per_family: dict[str, float] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
+    mean_reward: float | None = None  # a reward model's mean score of the answers
 
     def as_dict(self) -> dict:
         return {"exact_match": self.accuracy, "n": self.n, "per_family": self.per_family,
-                "samples": self.samples}
+                "samples": self.samples,
+                **({"mean_reward": self.mean_reward} if self.mean_reward is not None else {})}
 
     def table(self) -> str:
         lines = [f"{'family':<14}{'exact match':>12}"]
         lines += [f"{fam:<14}{acc:>11.1%}" for fam, acc in sorted(self.per_family.items())]
         lines.append(f"{'overall':<14}{self.accuracy:>11.1%}  (n={self.n})")
+        if self.mean_reward is not None:
+            lines.append(f"{'mean reward':<14}{self.mean_reward:>12.4f}")
         return "\n".join(lines)
 
 
@@ -50,7 +54,9 @@ def score(record: Conversation, prediction: str) -> bool:
 
 def evaluate_exact_match(model, tokenizer, template: Template, records: list[Conversation],
                          max_new_tokens: int = 64, batch_size: int = 64,
-                         keep_samples: int = 5) -> ExactMatch:
+                         keep_samples: int = 5, reward=None) -> ExactMatch:
+    """Greedy answers scored against the references; ``reward`` (a function of the answered
+    conversations, such as a reward model's ``score``) also gives their mean reward."""
     preds = answer(model, tokenizer, template, records, Decoding(max_new_tokens=max_new_tokens),
                    batch_size=batch_size)
     hits: dict[str, list[bool]] = defaultdict(list)
@@ -63,7 +69,15 @@ def evaluate_exact_match(model, tokenizer, template: Template, records: list[Con
                             "reference": rec.answer, "prediction": pred, "correct": ok})
     total = [h for v in hits.values() for h in v]
     per_family = {fam: sum(v) / len(v) for fam, v in hits.items()}
-    return ExactMatch(sum(total) / max(1, len(total)), len(total), per_family, samples)
+    mean_reward = None
+    if reward is not None:
+        from unitune.data.preference import answered
+
+        scores = [s for s in reward([answered(r.prompt(), p) for r, p in
+                                     zip(records, preds, strict=True)]) if s is not None]
+        mean_reward = sum(scores) / max(1, len(scores))
+    return ExactMatch(sum(total) / max(1, len(total)), len(total), per_family, samples,
+                      mean_reward)
 
 
 def write_report(result: ExactMatch, path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from unitune.errors import UserError, did_you_mean
-from unitune.sections import Section
+from unitune.sections import Section, declared_sections
 
 # the files of a saved adapter: PEFT's names, used by every method so that module arithmetic
 # reads them all
@@ -132,9 +132,4 @@ def all_methods() -> list[Method]:
 
 def config_sections() -> dict[str, type[Section]]:
     """Every config section the registered methods read, by key."""
-    sections: dict[str, type[Section]] = {}
-    for method in _REGISTRY.values():
-        for key, schema in method.sections:
-            if sections.setdefault(key, schema) is not schema:
-                raise ValueError(f"config section '{key}' is declared twice differently")
-    return sections
+    return declared_sections(_REGISTRY.values())

@@ -67,9 +67,10 @@ class PeftMethod(Method):
     def build(self, model, cfg, model_type):
         import peft
 
-        seq2seq = getattr(model.config, "is_encoder_decoder", False)
-        config = self.peft_config(model, cfg, model_type,
-                                  "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
+        task = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else \
+            "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else \
+            "CAUSAL_LM"  # (SEQ_CLS: PEFT trains and saves the new scoring head fully)
+        config = self.peft_config(model, cfg, model_type, task)
         if self.base_quantization(cfg):
             model = prepare_quantized(model)
         try:

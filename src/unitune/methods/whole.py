@@ -49,7 +49,8 @@ class Freeze(Method):
         for layer in list(layers)[len(layers) - n:]:
             for p in layer.parameters():
                 p.requires_grad_(True)
-        unfreeze(model, cfg.freeze.modules + cfg.modules_to_save)
+        heads = ["score"] if type(model).__name__.endswith("ForSequenceClassification") else []
+        unfreeze(model, cfg.freeze.modules + cfg.modules_to_save + heads)  # (a new head trains)
         return model, []
 
 

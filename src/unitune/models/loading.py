@@ -82,13 +82,19 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def load_base(path: str, dtype: torch.dtype, device: torch.device,
               trust_remote_code: bool = False, quantize: str | None = None,
-              rope_scaling: dict | None = None):
-    """A causal LM (or an encoder-decoder such as T5) from safetensors; ``quantize`` '4bit'
-    (NF4, double quantization, compute in ``dtype``) or '8bit' loads it through bitsandbytes on
-    the GPU. ``rope_scaling`` (``models/rope.py``) is written into the config first. Under
-    DeepSpeed ZeRO-3 (its config already given to the Trainer's arguments) the weights load
-    partitioned and stay where DeepSpeed puts them."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+              rope_scaling: dict | None = None, head: str = "causal"):
+    """A causal LM (or an encoder-decoder such as T5) from safetensors, or with ``head``
+    'reward' the same network under a one-output scoring head (a reward model; the head is
+    new unless the folder holds one); ``quantize`` '4bit' (NF4, double quantization, compute
+    in ``dtype``) or '8bit' loads it through bitsandbytes on the GPU. ``rope_scaling``
+    (``models/rope.py``) is written into the config first. Under DeepSpeed ZeRO-3 (its config
+    already given to the Trainer's arguments) the weights load partitioned and stay where
+    DeepSpeed puts them."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     kwargs = {}
     if quantize:
@@ -109,6 +115,8 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
             apply(config, rope_scaling)
         auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) \
             else AutoModelForCausalLM
+        if head == "reward":
+            auto, config.num_labels = AutoModelForSequenceClassification, 1
         model = auto.from_pretrained(
             path, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
             use_safetensors=True, **kwargs)
@@ -123,14 +131,16 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
 
 
 def model_fingerprint(path: str) -> str:
-    """What identifies a local model without reading its weights: its config and the names
-    and sizes of its weight files (a hub id is its name)."""
+    """What identifies a local model (or a run's adapter) without reading its weights: its
+    config and the names and sizes of its weight files (a hub id is its name)."""
     import hashlib
 
     folder = Path(path)
-    if not (folder / "config.json").is_file():
+    config = next((folder / name for name in ("config.json", "adapter_config.json")
+                   if (folder / name).is_file()), None)  # (a run's adapter: its config)
+    if config is None:
         return path
-    parts = [(folder / "config.json").read_text(encoding="utf-8")]
+    parts = [config.read_text(encoding="utf-8")]
     parts += [f"{p.name}:{p.stat().st_size}" for p in sorted(folder.glob("*.safetensors"))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 

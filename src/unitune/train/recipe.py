@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import Trainer
 
 from unitune import distributed, methods
 from unitune.config import TrainConfig, with_absolute_paths, write_config
@@ -37,18 +36,20 @@ from unitune.run import (
     PARTIAL,
     RunRecord,
     Staging,
+    base_config,
     check_replaceable,
+    describe,
     grow_vocabulary,
     is_run,
+    load_model_at,
     out_of,
+    read_finished,
     read_run,
     write_run,
 )
 from unitune.train import checkpointing, resume, speed, stages
 
 DEEPSPEED = {"zero2": "zero2.json", "zero3": "zero3.json"}  # shipped in train/deepspeed/
-LOSS_ON = {"assistant": "every assistant reply", "last": "the last assistant reply",
-           "all": "every token"}
 
 
 class Interrupted(Exception):
@@ -176,6 +177,8 @@ class Recipe:
 
         cfg = self.cfg
         check_replaceable(self.staging.out, cfg.overwrite)
+        if is_run(Path(cfg.base_model)):  # a run to start from: finished, of a kind that fits
+            self.stage.check_base(read_finished(cfg.base_model).kind, cfg.base_model)
         for spec in [*cfg.data, *cfg.validation_data]:  # a missing file fails before any work
             resolve_files(spec.path, cfg.data_dir)
         if cfg.template != "auto":
@@ -230,7 +233,6 @@ class Recipe:
     def _setup_data(self) -> None:
         from unitune.data import cache
         from unitune.models.loading import (
-            describe_base,
             load_tokenizer,
             pick_device,
             pick_dtype,
@@ -238,7 +240,7 @@ class Recipe:
         )
 
         cfg, log, record = self.cfg, self.log, self.record
-        tokenizer_path, self.tokenizer, base_config = describe_base(
+        tokenizer_path, self.tokenizer, base_config = describe(
             cfg.base_model, cfg.trust_remote_code, log)
         if cfg.tokenizer:  # (an extended vocabulary: the embeddings grow at model setup)
             self.tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
@@ -249,6 +251,7 @@ class Recipe:
         self.seq2seq = bool(getattr(base_config, "is_encoder_decoder", False))
         self.method.check(cfg, self.model_type, self.device)
         self.stage.check(cfg, self.seq2seq)
+        self.stage.check_tokenizer(cfg, self.tokenizer)
         template = cfg.template
         if template == "auto" and is_run(Path(tokenizer_path)):  # a fine-tuned run as base:
             base_run = read_run(tokenizer_path)                    # the chat format it learned
@@ -277,7 +280,7 @@ class Recipe:
         record.trust_remote_code, record.world_size = cfg.trust_remote_code, \
             distributed.world_size()
         log(f"stage: {cfg.stage}; template: {self.template.name}; loss on "
-            f"{LOSS_ON[record.masking]}{'; packing' if record.packing else ''}")
+            f"{self.stage.trains_on(record.masking)}{'; packing' if record.packing else ''}")
         # before any process group exists: tokenising may take longer than a collective waits
         prepared = cache.prepared(key, self.stage.build(cfg, self.tokenizer, self.template,
                                                         self.seq2seq, self.progress), log)
@@ -286,8 +289,6 @@ class Recipe:
         self.val_rows = prepared.validation
 
     def _training_arguments(self):
-        from transformers import TrainingArguments
-
         cfg, world = self.cfg, distributed.world_size()
         extra = {}
         if cfg.fsdp:  # (wraps the model's _no_split_modules, its decoder layers)
@@ -296,7 +297,7 @@ class Recipe:
                 "state_dict_type": "FULL_STATE_DICT"})
         if cfg.deepspeed:
             extra["deepspeed"] = self._deepspeed_config()
-        args = TrainingArguments(
+        args = self.stage.arguments(cfg, dict(
             output_dir=str(self.folder / resume.CHECKPOINTS),
             per_device_train_batch_size=cfg.batch_size // world,
             per_device_eval_batch_size=cfg.batch_size // world,
@@ -312,22 +313,23 @@ class Recipe:
             use_cpu=self.device.type == "cpu", disable_tqdm=True,
             include_num_input_tokens_seen="all" if self.record.packing else "non_padding",
             dataloader_num_workers=0, remove_unused_columns=False,
-            ddp_find_unused_parameters=False, **extra)
+            ddp_find_unused_parameters=False, **extra))
         args._n_gpu = 1  # one process, one GPU: the Trainer's nn.DataParallel would multiply
         return args      # the batch by the GPUs it sees (more GPUs: torchrun)
 
     def _base(self) -> tuple[str, str]:
-        """(the base model's folder (a preset is built now), its fingerprint), found once."""
+        """(the base model's folder (a preset is built now) or run, its fingerprint), found
+        once."""
         from unitune.models.loading import model_fingerprint, resolve_model_path
 
         if not hasattr(self, "_base_found"):
-            path = resolve_model_path(self.cfg.base_model, log=self.log, progress=self.progress)
+            name = self.cfg.base_model
+            path = str(Path(name).resolve()) if is_run(Path(name)) else \
+                resolve_model_path(name, log=self.log, progress=self.progress)
             self._base_found = path, model_fingerprint(path)
         return self._base_found
 
     def _setup_model(self) -> None:
-        from unitune.models.loading import load_base
-
         cfg, log, record = self.cfg, self.log, self.record
         model_path, record.base_fingerprint = self._base()
         record.base_model_path = model_path
@@ -337,24 +339,27 @@ class Recipe:
         device = torch.device("cpu") if cfg.fsdp else self.device
         rope = None
         if cfg.rope_scaling:  # what the run records: the scaling with the base's length
-            from unitune.models.loading import model_config
             from unitune.models.rope import apply
 
-            rope = apply(model_config(model_path, cfg.trust_remote_code),
+            rope = apply(base_config(model_path, cfg.trust_remote_code),
                          cfg.rope_scaling.model_dump())
-        base = load_base(model_path, self.dtype, device, cfg.trust_remote_code,
-                         quantize=record.quantization, rope_scaling=rope)
+        # (a run to start from is folded into its base in memory)
+        base = load_model_at(model_path, self.dtype, device, cfg.trust_remote_code,
+                             record.quantization, rope, self.stage.head, log, self.progress)
+        if self.stage.head == "reward":  # it scores each text's last token before padding
+            base.config.pad_token_id = self.tokenizer.pad_token_id
         record.model_patches = self._patch_vocabulary(base)
         if rope:
             record.model_patches["rope_scaling"] = rope
             log(f"RoPE scaling: {rope['type']} x{rope['factor']:g} of "
                 f"{rope['original_max_position_embeddings']} positions")
-        self.active = speed.optimize(base, cfg.kernels, cfg.attention,
+        kernels = cfg.kernels if self.stage.fast_path else "none"
+        self.active = speed.optimize(base, kernels, cfg.attention,
                                      cfg.gradient_checkpointing, cfg.offload_activations,
                                      cfg.packing)
         self.args.use_liger_kernel = speed.LIGER in self.active  # (the Trainer applies them)
         self.model, self.method_callbacks = self.method.build(base, cfg, self.model_type)
-        self.active += speed.optimize_adapter(self.model, self.dtype, cfg.kernels)
+        self.active += speed.optimize_adapter(self.model, self.dtype, kernels)
         log(f"optimizations: {'; '.join(self.active)}")
         record.optimizations = self.active
         record.adapter_init = None
@@ -442,11 +447,15 @@ class Recipe:
                           MetricsLogCallback(self.folder / "metrics.jsonl",
                                              step if self.resuming else None),
                           TensorBoardCallback(tb_writer=self.writer)]
-        self.trainer = RunTrainer(
+        trainer = with_method_checkpoints(self.stage.trainer_class())
+        collator = self.stage.collator(self.tokenizer)
+        self.trainer = trainer(
             method=self.method, model=self.model, args=self.args,
             train_dataset=self.train_rows, eval_dataset=self.val_rows,
-            data_collator=self.stage.collator(self.tokenizer), processing_class=self.tokenizer,
-            callbacks=[*callbacks, *self.extra_callbacks])
+            processing_class=self.tokenizer, callbacks=[*callbacks, *self.extra_callbacks],
+            **({"data_collator": collator} if collator else {}),  # (else the trainer's own)
+            **self.stage.trainer_kwargs(self.cfg, self.model, self.tokenizer, self.template,
+                                        self.log))
         self.trainer.remove_callback(PrinterCallback)  # our bar and metrics log replace it
 
     # --- train ---------------------------------------------------------------------------
@@ -505,6 +514,10 @@ class Recipe:
             "wall_time_s": round(time.time() - self.started, 2),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
             if self.device.type == "cuda" else None}
+        logged = {key: h[key] for h in state.log_history for key in self.stage.metrics
+                  if key in h}  # (the last value of each)
+        if logged:
+            record.metrics["stage"] = logged
         record.device = self.device.type
         record.dtype = str(self.dtype).removeprefix("torch.")
         record.status, record.error, record.ended = status, error, time.time()
@@ -561,24 +574,29 @@ def trainable_parameters(model) -> tuple[int, int]:
     return (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
-class RunTrainer(Trainer):
-    """The HF Trainer, with a method it does not know (bottleneck adapters: neither a PEFT
-    adapter nor a whole model) saving and restoring its own weights in checkpoints."""
+def with_method_checkpoints(trainer_class: type) -> type:
+    """``trainer_class`` (the HF Trainer, or the stage's TRL trainer), with a method it does
+    not know (bottleneck adapters: neither a PEFT adapter nor a whole model) saving and
+    restoring its own weights in checkpoints."""
 
-    def __init__(self, *args, method: methods.Method, **kwargs):
-        self.method = method
-        super().__init__(*args, **kwargs)
+    class RunTrainer(trainer_class):
+        def __init__(self, *args, method: methods.Method, **kwargs):
+            self.method = method
+            super().__init__(*args, **kwargs)
 
-    def _save(self, output_dir=None, state_dict=None):
-        if self.method.native_checkpoints:
-            return super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            model = self.accelerator.unwrap_model(self.model)
-            self.method.save(model, Path(output_dir), state_dict)
-        return None
+        def _save(self, output_dir=None, state_dict=None):
+            if self.method.native_checkpoints:
+                return super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                model = self.accelerator.unwrap_model(self.model)
+                self.method.save(model, Path(output_dir), state_dict)
+            return None
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if self.method.native_checkpoints:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self.method.load_weights(model or self.model, Path(resume_from_checkpoint))
-        return None
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if self.method.native_checkpoints:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            self.method.load_weights(model or self.model, Path(resume_from_checkpoint))
+            return None
+
+    RunTrainer.__name__ = RunTrainer.__qualname__ = f"Run{trainer_class.__name__}"
+    return RunTrainer

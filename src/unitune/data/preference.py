@@ -1,0 +1,224 @@
+"""Preference data as the preference stages train on it: pairs, unpaired feedback and prompts,
+encoded by the same template, special tokens and truncation policy as instruction tuning.
+
+Owns
+- ``encode_preferences``: each record's prompt + answer conversations encoded by
+  ``encode.encode_rows`` (the template renders them, the loss mask marks the reply and its
+  end-of-turn marker, an over-long prompt is cut from the left keeping BOS, a reply is never
+  cut: a pair whose chosen or rejected reply cannot fit is dropped and counted), in one of
+  three forms:
+
+  - ``sequences`` (reward modelling): ``chosen_ids`` and ``rejected_ids``, each whole text up
+    to the end of its reply: what a reward model scores at its last token;
+  - ``pairs`` (DPO and its variants): ``prompt_ids`` (what the two texts share up to either
+    reply), ``chosen_ids`` and ``rejected_ids`` (the rest up to the end of each reply);
+  - ``unpaired`` (KTO): ``prompt_ids``, ``completion_ids`` and ``label`` (desirable or not),
+    from a pair (its chosen answer desirable, its rejected one not) or from a conversation
+    whose record carries a boolean ``label`` (or ``kto_tag``) for its last reply.
+
+  The rows are written by ``datasets.map`` into an Arrow file (of any size, in flat memory).
+- ``prompt_rows`` (GRPO, RLOO): the prompt rendered for generation exactly as the inference
+  engine renders it, the prompt conversation as OpenAI messages (JSON, for reward models that
+  render it with their own template) and the reference answer (a conversation's last reply or
+  a pair's chosen answer; empty if there is none) for reward functions that check answers.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+
+from unitune.data.encode import (
+    IGNORE,
+    EncodeReport,
+    common_prefix,
+    encode_rows,
+    map_workers,
+    progress_bars,
+)
+from unitune.data.schema import Conversation, PreferencePair, Turn
+from unitune.data.store import Records, from_row, rows_of
+from unitune.data.templates import Template
+from unitune.errors import UserError
+
+FORMS = ("sequences", "pairs", "unpaired")
+_IDS = datasets.Sequence(datasets.Value("int32"))
+_FEATURES = {
+    "sequences": {"chosen_ids": _IDS, "rejected_ids": _IDS},
+    "pairs": {"prompt_ids": _IDS, "chosen_ids": _IDS, "rejected_ids": _IDS},
+    "unpaired": {"prompt_ids": _IDS, "completion_ids": _IDS, "label": datasets.Value("bool")},
+}
+_STATUS = {"dropped": datasets.Value("string"), "prompt_truncated": datasets.Value("bool"),
+           "turns_dropped": datasets.Value("bool"), "tokens": datasets.Value("int32")}
+
+
+def feedback_label(conv: Conversation) -> bool:
+    """A conversation's unpaired feedback on its last reply: its ``label`` or ``kto_tag``."""
+    for key in ("label", "kto_tag"):
+        value = conv.meta.get(key)
+        if isinstance(value, bool):
+            return value
+        if key in conv.meta:
+            raise UserError(f"{conv.where}: {key}: expected true or false, got {value!r}")
+    raise UserError(f"{conv.where}: label: missing; unpaired feedback (stage=kto) needs a "
+                    "boolean 'label' (or 'kto_tag') on each conversation, or preference pairs")
+
+
+def answered(prompt: Conversation, reply: str) -> Conversation:
+    return Conversation(prompt.turns + (Turn("assistant", reply),), prompt.system,
+                        prompt.source, prompt.line, prompt.meta, prompt.tools)
+
+
+def _replies(record) -> list[tuple[Conversation, str, bool]]:
+    """(prompt, answer, desirable) for each answer of a record."""
+    if isinstance(record, PreferencePair):
+        return [(record.prompt, record.chosen, True), (record.prompt, record.rejected, False)]
+    if not record.turns or record.turns[-1].role != "assistant":
+        raise UserError(f"{record.where}: the conversation ends without an assistant reply to "
+                        "judge")
+    return [(record.prompt(), record.answer, feedback_label(record))]
+
+
+def _reply_end(labels: list[int]) -> tuple[int, int]:
+    """(the first trained position, one past the last) of an encoded reply."""
+    trained = [i for i, label in enumerate(labels) if label != IGNORE]
+    return trained[0], trained[-1] + 1
+
+
+def _encode_batch(batch: dict, tokenizer, template: Template, max_length: int,
+                  form: str) -> dict:
+    records = [from_row(r) for r in rows_of(batch)]
+    if form != "unpaired":
+        for rec in records:
+            if not isinstance(rec, PreferencePair):
+                raise UserError(f"{rec.where}: a conversation; this stage trains on preference "
+                                "pairs (a prompt with 'chosen' and 'rejected' answers)")
+    replies = [reply for rec in records for reply in _replies(rec)]
+    rows = encode_rows([answered(p, a) for p, a, _ in replies], tokenizer, template,
+                       max_length, "last")
+    out: dict[str, list] = {key: [] for key in (*_FEATURES[form], *_STATUS)}
+
+    def emit(status: dict, **ids) -> None:
+        for key, value in {**ids, **status}.items():
+            out[key].append(value)
+
+    def status(parts: list[dict]) -> dict:
+        return {"dropped": next((p["dropped"] for p in parts if p["dropped"]), ""),
+                "prompt_truncated": any(p["prompt_truncated"] for p in parts),
+                "turns_dropped": any(p["turns_dropped"] for p in parts),
+                "tokens": max(p["tokens"] for p in parts)}
+
+    empty: dict = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "completion_ids": [],
+                   "label": False}
+    if form == "unpaired":
+        for (_, _, desirable), row in zip(replies, rows, strict=True):
+            if row["dropped"]:
+                emit(status([row]), **{k: empty[k] for k in _FEATURES[form]})
+                continue
+            start, end = _reply_end(row["labels"])
+            emit(status([row]), prompt_ids=row["input_ids"][:start],
+                 completion_ids=row["input_ids"][start:end], label=desirable)
+        return out
+    for chosen, rejected in zip(rows[::2], rows[1::2], strict=True):
+        state = status([chosen, rejected])
+        if state["dropped"]:
+            emit(state, **{k: empty[k] for k in _FEATURES[form]})
+            continue
+        (c_start, c_end), (r_start, r_end) = _reply_end(chosen["labels"]), \
+            _reply_end(rejected["labels"])
+        c_ids, r_ids = chosen["input_ids"], rejected["input_ids"]
+        if form == "sequences":
+            emit(state, chosen_ids=c_ids[:c_end], rejected_ids=r_ids[:r_end])
+            continue
+        # what both texts share before either reply (a prompt cut differently, or tokens that
+        # merge across the reply's first character, leave the rest to each side)
+        shared = min(common_prefix(c_ids, r_ids), c_start, r_start)
+        emit(state, prompt_ids=c_ids[:shared], chosen_ids=c_ids[shared:c_end],
+             rejected_ids=r_ids[shared:r_end])
+    return out
+
+
+def encode_preferences(records: Records, tokenizer, template: Template, max_length: int,
+                       form: str, out: Path, workers: int | None = None,
+                       progress: bool = False) -> tuple[datasets.Dataset, EncodeReport]:
+    """The rows of ``form`` (``FORMS``) that fit ``max_length``, written to the Arrow file
+    ``out`` and read back memory-mapped, and the report (examples kept, prompts truncated,
+    dropped and why)."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+    workers = map_workers(len(records), workers)
+    features = datasets.Features({**_FEATURES[form], **_STATUS})
+    with progress_bars(progress and len(records) >= 50_000):
+        table = records.table.map(
+            _encode_batch, batched=True, batch_size=1_000, features=features,
+            remove_columns=records.table.column_names, num_proc=workers if workers > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length,
+                       "form": form},
+            cache_file_name=str(out), load_from_cache_file=False,
+            new_fingerprint=uuid.uuid4().hex, desc=f"tokenizing {out.stem}")
+    dropped = table.data.column("dropped")
+    fits = pc.equal(dropped, "").to_numpy(zero_copy_only=False)
+    kept = np.flatnonzero(fits)
+    def among_kept(column: str) -> int:
+        return int(table.data.column(column).to_numpy(zero_copy_only=False)[fits].sum())
+
+    report = EncodeReport(
+        kept=len(kept), prompt_truncated=among_kept("prompt_truncated"),
+        turns_dropped=among_kept("turns_dropped"),
+        dropped=Counter({str(v["values"]): int(v["counts"])
+                         for v in pc.value_counts(dropped).to_pylist() if v["values"]}),
+        lengths=table.data.column("tokens").to_numpy().astype(np.int64))
+    if form != "unpaired":  # (unpaired rows are answers, not records: name the records)
+        report.examples_dropped = [records[int(i)].where for i in np.flatnonzero(~fits)[:10]]
+    rows = table.select_columns(list(_FEATURES[form]))
+    return (rows.select(kept) if len(kept) < len(table) else rows), report
+
+
+def _prompt_of(record) -> tuple[Conversation, str]:
+    if isinstance(record, PreferencePair):
+        return record.prompt, record.chosen
+    if record.turns and record.turns[-1].role == "assistant":
+        return record.prompt(), record.answer
+    return record, ""
+
+
+def prompt_rows(records: Records, tokenizer, template: Template, max_length: int,
+                out: Path) -> tuple[datasets.Dataset, EncodeReport]:
+    """GRPO / RLOO prompts (``prompt``, ``messages``, ``answer``); a prompt of ``max_length``
+    tokens or more leaves no room to answer and is dropped (counted)."""
+    from unitune.data.encode import tokenize_ids
+
+    def batch_rows(batch: dict) -> dict:
+        prompts = [_prompt_of(from_row(r)) for r in rows_of(batch)]
+        texts = [template.render_prompt(conv, tokenizer) for conv, _ in prompts]
+        lengths = [len(ids) for ids in tokenize_ids(texts, tokenizer,
+                                                    template.add_special_tokens)]
+        return {"prompt": texts,
+                "messages": [json.dumps(conv.messages(), ensure_ascii=False)
+                             for conv, _ in prompts],
+                "answer": [answer for _, answer in prompts],
+                "tokens": lengths,
+                "dropped": ["prompt fills max_length: no room for an answer"
+                            if n >= max_length else "" for n in lengths]}
+
+    with progress_bars(len(records) >= 50_000):
+        table = records.table.map(batch_rows, batched=True, batch_size=1_000,
+                                  remove_columns=records.table.column_names,
+                                  cache_file_name=str(out), load_from_cache_file=False,
+                                  new_fingerprint=uuid.uuid4().hex,
+                                  desc=f"rendering {out.stem}")
+    fits = pc.equal(table.data.column("dropped"), "").to_numpy(zero_copy_only=False)
+    kept = np.flatnonzero(fits)
+    report = EncodeReport(kept=len(kept), dropped=Counter(
+        {"prompt fills max_length: no room for an answer": int((~fits).sum())}
+        if (~fits).any() else {}),
+        examples_dropped=[records[int(i)].where for i in np.flatnonzero(~fits)[:10]],
+        lengths=np.asarray(table["tokens"], dtype=np.int64))
+    rows = table.select_columns(["prompt", "messages", "answer"])
+    return (rows.select(kept) if len(kept) < len(table) else rows), report

@@ -1,0 +1,103 @@
+"""``unitune eval TARGET --preference FILE``: how often a model prefers the chosen answer of a
+preference pair.
+
+A reward model (a ``stage=rm`` run) prefers the answer it scores higher (its pairwise accuracy,
+the number reward modelling optimises); a language model prefers the answer it gives the
+higher log-likelihood (the sum over the reply's tokens and end-of-turn marker, given the
+prompt, as the preference stages count it). Both encode each pair as training encoded it
+(``data/preference.py``'s template, special tokens and truncation; a pair that cannot fit is
+left out and counted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from unitune.data.encode import IGNORE, encode_rows
+from unitune.data.preference import answered
+from unitune.data.schema import PreferencePair
+
+
+@dataclass
+class PreferenceResult:
+    scorer: str  # 'reward model' or 'log-likelihood'
+    accuracy: float
+    n: int
+    margin: float  # mean score(chosen) - score(rejected)
+    left_out: int = 0
+    samples: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"scorer": self.scorer, "accuracy": self.accuracy, "n": self.n,
+                "mean_margin": self.margin, "left_out": self.left_out,
+                "samples": self.samples}
+
+    def table(self) -> str:
+        return (f"preference accuracy ({self.scorer}): {self.accuracy:.1%} of {self.n} pairs; "
+                f"mean margin {self.margin:+.4f}"
+                + (f"; {self.left_out} left out (longer than max_length)"
+                   if self.left_out else ""))
+
+
+@torch.no_grad()
+def reply_logprobs(model, tokenizer, template, convs, max_length: int,
+                   batch_size: int = 8) -> list[float | None]:
+    """The log-likelihood of each conversation's last reply (with its end-of-turn marker)
+    given what precedes it; None where it cannot fit ``max_length``."""
+    rows = encode_rows(list(convs), tokenizer, template, max_length, "last")
+    out: list[float | None] = [None] * len(rows)
+    todo = [i for i, r in enumerate(rows) if not r["dropped"]]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(todo), batch_size):
+        part = todo[start:start + batch_size]
+        width = max(len(rows[i]["input_ids"]) for i in part)
+        ids = torch.tensor([rows[i]["input_ids"] + [pad] * (width - len(rows[i]["input_ids"]))
+                            for i in part], device=device)
+        labels = torch.tensor([rows[i]["labels"] + [IGNORE] * (width - len(rows[i]["labels"]))
+                               for i in part], device=device)
+        lengths = torch.tensor([len(rows[i]["input_ids"]) for i in part], device=device)
+        mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = labels[:, 1:]
+        picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        sums = (picked * (target != IGNORE)).sum(-1)
+        for i, value in zip(part, sums.tolist(), strict=True):
+            out[i] = value
+    return out
+
+
+def evaluate_preferences(target: str, pairs: list[PreferencePair], device: str = "auto",
+                         template: str | None = None, trust_remote_code: bool = False,
+                         max_length: int = 1024, batch_size: int = 8, log=print,
+                         keep_samples: int = 5) -> PreferenceResult:
+    """The pairwise accuracy of ``target`` (a reward-model run, or any run or model)."""
+    from pathlib import Path
+
+    from unitune.run import is_run, open_model, read_finished
+
+    chosen = [answered(p.prompt, p.chosen) for p in pairs]
+    rejected = [answered(p.prompt, p.rejected) for p in pairs]
+    if is_run(Path(target)) and read_finished(target).kind == "rm":
+        from unitune.train.rewards import RewardModel
+
+        scorer = RewardModel(target, device, trust_remote_code, log, batch_size)
+        name, scores = "reward model", scorer.score(chosen + rejected)
+    else:
+        model, tokenizer, tmpl = open_model(target, device=device, template=template,
+                                            trust_remote_code=trust_remote_code, log=log)
+        name = "log-likelihood"
+        scores = reply_logprobs(model, tokenizer, tmpl, chosen + rejected, max_length,
+                                batch_size)
+    good, bad = scores[:len(pairs)], scores[len(pairs):]
+    kept = [(p, c, r) for p, c, r in zip(pairs, good, bad, strict=True)
+            if c is not None and r is not None]
+    wins = [c > r for _, c, r in kept]
+    samples = [{"where": p.where, "chosen": c, "rejected": r, "preferred": c > r}
+               for p, c, r in kept[:keep_samples]]
+    return PreferenceResult(name, sum(wins) / max(1, len(wins)), len(kept),
+                            sum(c - r for _, c, r in kept) / max(1, len(kept)),
+                            len(pairs) - len(kept), samples)
