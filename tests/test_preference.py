@@ -102,6 +102,31 @@ def test_long_prompts_are_cut_from_the_left_and_long_replies_drop_the_pair(tmp_p
     assert tok.decode(row["chosen_ids"]).strip().startswith("yes")
 
 
+def test_pairs_cut_differently_share_one_prompt_window(tmp_path, family_tokenizer):
+    """A long reply leaves less room for the prompt than a short one: both answers then take
+    the shorter prompt window, and no prompt token becomes part of an answer."""
+    tok, template = family_tokenizer, get_template("alpaca")
+    prompt = Conversation((Turn("user", "word " * 60),))
+    pair = PreferencePair(prompt, "long answer " * 12, "short")
+    rows, report = encode_preferences(pairs_table([pair]), tok, template, 96, "pairs",
+                                      tmp_path / "p.arrow")
+    (row,) = rows
+    assert report.prompt_truncated == 1
+    assert tok.decode(row["chosen_ids"]).strip().startswith("long answer")
+    assert tok.decode(row["rejected_ids"]).strip().startswith("short")
+    assert len(row["prompt_ids"]) + len(row["chosen_ids"]) <= 96
+
+
+def test_trl_and_alpaca_layouts_of_feedback_and_pairs(tmp_path):
+    kto = write(tmp_path / "kto.json", [{"prompt": "hi", "completion": "hello", "label": True}])
+    (conv,) = read_records(str(kto))
+    assert conv.meta["label"] is True
+    history = write(tmp_path / "h.json", [{"instruction": "and now?", "history": [["hi", "yo"]],
+                                           "chosen": "a", "rejected": "b"}])
+    (pair,) = read_records(str(history))
+    assert [t.content for t in pair.prompt.turns] == ["hi", "yo", "and now?"]
+
+
 def test_unpaired_feedback_from_pairs_and_labelled_conversations(tmp_path, family_tokenizer):
     tok, template = family_tokenizer, get_template("alpaca")
     prompt = Conversation((Turn("user", "hi"),))
@@ -110,8 +135,9 @@ def test_unpaired_feedback_from_pairs_and_labelled_conversations(tmp_path, famil
     rows, report = encode_preferences(
         Records.from_list([PreferencePair(prompt, "hello", "go away"), good, bad]), tok,
         template, 128, "unpaired", tmp_path / "u.arrow")
-    assert [r["label"] for r in rows] == [True, False, True, False]
-    assert rows[0]["completion_ids"] == rows[2]["completion_ids"]
+    # desirable first: KTO's KL term pairs each answer with the next row's prompt
+    assert [r["label"] for r in rows] == [True, True, False, False]
+    assert rows[0]["completion_ids"] == rows[1]["completion_ids"]
     unlabelled = Conversation.single("hi", "hello", source="f.json", line=3)
     with pytest.raises(UserError, match="f.json:3: label: missing"):
         encode_preferences(Records.from_list([unlabelled]), tok, template, 128, "unpaired",
@@ -287,6 +313,7 @@ def test_rl_stages_learn_from_a_reward_model_and_a_python_function(tmp_path, sta
           **QUIET)
     record = read_run(out)
     assert record.kind == stage and "reward" in record.metrics["stage"]
+    assert not (out / "ref").exists()  # (TRL's copy of the new adapter is not kept)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/short/mean" in row for row in logged)
     assert any(f"rewards/{rm_run.name}/mean" in row for row in logged)
@@ -332,6 +359,9 @@ def test_bad_pairs_and_mismatched_tokenizers_are_one_line_errors(tmp_path, rm_ru
     assert code == 2 and f"{bad}:1: rejected: missing" in err and len(err.splitlines()) == 1
     with pytest.raises(UserError, match="the reward model's tokenizer differs"):
         check_rewards([str(rm_run)], family_tokenizer)
+    code = main(["train", "stage=dpo", "--base-model", "tiny-llama-test", "--data",
+                 str(bad), "-o", str(tmp_path / "a"), "device=cpu", "method=adalora"])
+    assert code == 2 and "PEFT holds one AdaLoRA adapter only" in capsys.readouterr().err
     with pytest.raises(UserError, match="did you mean 'exact_match'"):
         check_rewards(["exact_mach"])
     with pytest.raises(UserError, match="has no function 'nope'"):

@@ -618,9 +618,11 @@ def cmd_eval(args) -> int:
     records = read_conversations(args.data)
     reward = None
     if args.reward:
-        from unitune.train.rewards import RewardModel, check_rewards
+        from unitune.run import read_finished
+        from unitune.train.rewards import RewardModel
 
-        check_rewards([args.reward])  # (before any weights load)
+        if read_finished(args.reward).kind != "rm":  # (before any weights load)
+            raise UserError(f"--reward {args.reward}: not a reward model (a stage=rm run)")
         reward = RewardModel(args.reward, args.device, args.trust_remote_code, _stderr)
     model, tokenizer, template = open_model(args.target, device=args.device,
                                             template=args.template,
@@ -645,7 +647,7 @@ def _eval_preference(args) -> int:
     pairs = list(iter_accepted(args.preference, accept=(PreferencePair,),
                                purpose="--preference"))
     result = evaluate_preferences(args.target, pairs, args.device, args.template,
-                                  args.trust_remote_code, args.max_length or 1024,
+                                  args.trust_remote_code, args.max_length,
                                   min(args.batch_size, 16), log=_stderr)
     print(result.table())
     if args.report:

@@ -93,6 +93,13 @@ def is_run(folder: Path) -> bool:
     return (Path(folder) / RUN_FILE).is_file()
 
 
+def is_adapter_run(folder: Path) -> bool:
+    """A run whose folder holds an adapter of its base (not a whole model)."""
+    from unitune import methods
+
+    return is_run(folder) and not methods.get(read_run(folder).method).whole_model
+
+
 def read_run(folder: str | Path) -> RunRecord:
     path = Path(folder) / RUN_FILE
     if not path.is_file():
@@ -293,22 +300,12 @@ def load_model_at(path: str, dtype, device, trust_remote_code: bool = False,
     from unitune.models.loading import load_base
 
     folder = Path(path)
-    if not is_run(folder) or methods.get(read_run(folder).method).whole_model:
+    if not is_adapter_run(folder):
         return load_base(path, dtype, device, trust_remote_code, quantization, rope_scaling,
                          head)
+    check_foldable(folder, bool(quantization), bool(rope_scaling))
     record = read_finished(folder)
     method = methods.get(record.method)
-    if not method.mergeable:
-        raise UserError(f"{folder}: method={record.method} cannot be folded into its base, so "
-                        "a new run cannot start from it; start from its base, or from a "
-                        "LoRA / (IA)3 / full run")
-    if quantization or record.quantization or rope_scaling:
-        why = "a quantized base" if quantization or record.quantization else "RoPE scaling"
-        raise UserError(f"{folder}: a run is folded into its base in memory, which {why} "
-                        f"cannot take; `unitune merge {folder}` it first and start from the "
-                        "merged run")
-    if record.kind == "rm":
-        raise UserError(f"{folder}: a reward model, not a language model to start from")
     model = method.load(open_base(folder, record, dtype, device, None, trust_remote_code, log,
                                   progress), folder).merge_and_unload()
     if head == "reward":  # the folded network under a new scoring head
@@ -323,14 +320,39 @@ def load_model_at(path: str, dtype, device, trust_remote_code: bool = False,
     return model
 
 
+def check_foldable(folder: Path, quantized: bool = False, rope_scaling: bool = False,
+                   sharded: bool = False) -> None:
+    """Refuse, before anything loads, a run with an adapter that cannot be folded into its
+    base in memory for a new run to start from (``quantized``, ``rope_scaling``, ``sharded``:
+    what the new run asks of that base)."""
+    from unitune import methods
+
+    record = read_finished(folder)
+    method = methods.get(record.method)
+    if method.whole_model:
+        return
+    if record.kind == "rm":
+        raise UserError(f"{folder}: a reward model, not a language model to start from")
+    if not method.mergeable:
+        raise UserError(f"{folder}: method={record.method} cannot be folded into its base, so "
+                        "a new run cannot start from it; start from its base, or from a "
+                        "LoRA / (IA)3 / full run")
+    why = "a quantized base" if quantized or record.quantization else "RoPE scaling" \
+        if rope_scaling else "DeepSpeed (which partitions the weights as they load)" \
+        if sharded else None
+    if why:
+        raise UserError(f"{folder}: a run is folded into its base in memory, which {why} "
+                        f"cannot take; `unitune merge {folder}` it first and start from the "
+                        "merged run")
+
+
 def base_config(path: str, trust_remote_code: bool = False):
     """The model config of a model folder, or of the model a run with an adapter is built on
     (without loading weights)."""
-    from unitune import methods
     from unitune.models.loading import model_config
 
     folder = Path(path)
-    if is_run(folder) and not methods.get(read_run(folder).method).whole_model:
+    if is_adapter_run(folder):
         return base_config(_base_path(read_run(folder), lambda *a: None, False),
                            trust_remote_code)
     return model_config(path, trust_remote_code)
@@ -380,7 +402,7 @@ def open_model(target: str | Path, device: str = "auto", dtype: str = "auto",
     if (record.kind == "rm") != reward_model:
         raise UserError(f"{folder}: a reward model (stage=rm) scores answers and does not "
                         "generate; use it as rl.reward, or score pairs with `unitune eval "
-                        f"{folder} --tasks preference`" if record.kind == "rm" else
+                        f"{folder} --preference PAIRS.json`" if record.kind == "rm" else
                         f"{folder}: a run of kind '{record.kind}', not a reward model (train "
                         "one with stage=rm)")
     method = methods.get(record.method)

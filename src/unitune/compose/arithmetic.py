@@ -112,6 +112,9 @@ def load_inputs(folders: list[Path], combine: str = "paper") -> list[Module]:
     inputs = []
     for folder in folders:
         info = read_finished(folder)
+        if info.kind == "rm":
+            raise UserError(f"{folder}: a reward model (stage=rm); module arithmetic combines "
+                            "language-model adapters")
         family = _family(info.method)
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")) \
             if family != "full" else {}

@@ -79,10 +79,7 @@ def _replies(record) -> list[tuple[Conversation, str, bool]]:
     """(prompt, answer, desirable) for each answer of a record."""
     if isinstance(record, PreferencePair):
         return [(record.prompt, record.chosen, True), (record.prompt, record.rejected, False)]
-    if not record.turns or record.turns[-1].role != "assistant":
-        raise UserError(f"{record.where}: the conversation ends without an assistant reply to "
-                        "judge")
-    return [(record.prompt(), record.answer, feedback_label(record))]
+    return [(record.prompt(), record.answer, feedback_label(record))]  # (ends with a reply)
 
 
 def _reply_end(labels: list[int]) -> tuple[int, int]:
@@ -94,12 +91,10 @@ def _reply_end(labels: list[int]) -> tuple[int, int]:
 def _encode_batch(batch: dict, tokenizer, template: Template, max_length: int,
                   form: str) -> dict:
     records = [from_row(r) for r in rows_of(batch)]
-    if form != "unpaired":
-        for rec in records:
-            if not isinstance(rec, PreferencePair):
-                raise UserError(f"{rec.where}: a conversation; this stage trains on preference "
-                                "pairs (a prompt with 'chosen' and 'rejected' answers)")
     replies = [reply for rec in records for reply in _replies(rec)]
+    if form == "unpaired":  # the desirable answers, then the undesirable ones: KTO's KL term
+        # takes each answer with the next row's prompt, so never with its own pair's prompt
+        replies = [r for r in replies if r[2]] + [r for r in replies if not r[2]]
     rows = encode_rows([answered(p, a) for p, a, _ in replies], tokenizer, template,
                        max_length, "last")
     out: dict[str, list] = {key: [] for key in (*_FEATURES[form], *_STATUS)}
@@ -136,8 +131,16 @@ def _encode_batch(batch: dict, tokenizer, template: Template, max_length: int,
         if form == "sequences":
             emit(state, chosen_ids=c_ids[:c_end], rejected_ids=r_ids[:r_end])
             continue
-        # what both texts share before either reply (a prompt cut differently, or tokens that
-        # merge across the reply's first character, leave the rest to each side)
+        c_prompt, r_prompt = c_ids[:c_start], r_ids[:r_start]
+        if c_prompt != r_prompt and (state["prompt_truncated"] or state["turns_dropped"]):
+            # fitted differently (each around its own reply): both take the shorter window,
+            # which fits beside either reply
+            prompt = min(c_prompt, r_prompt, key=len)
+            emit(state, prompt_ids=prompt, chosen_ids=c_ids[c_start:c_end],
+                 rejected_ids=r_ids[r_start:r_end])
+            continue
+        # what both texts share before either reply (tokens that merge across the reply's
+        # first character leave the rest to each side)
         shared = min(common_prefix(c_ids, r_ids), c_start, r_start)
         emit(state, prompt_ids=c_ids[:shared], chosen_ids=c_ids[shared:c_end],
              rejected_ids=r_ids[shared:r_end])
@@ -181,15 +184,14 @@ def encode_preferences(records: Records, tokenizer, template: Template, max_leng
 
 
 def _prompt_of(record) -> tuple[Conversation, str]:
+    """(the prompt, the reference answer) of a pair or a (training) conversation."""
     if isinstance(record, PreferencePair):
         return record.prompt, record.chosen
-    if record.turns and record.turns[-1].role == "assistant":
-        return record.prompt(), record.answer
-    return record, ""
+    return record.prompt(), record.answer
 
 
 def prompt_rows(records: Records, tokenizer, template: Template, max_length: int,
-                out: Path) -> tuple[datasets.Dataset, EncodeReport]:
+                out: Path, progress: bool = False) -> tuple[datasets.Dataset, EncodeReport]:
     """GRPO / RLOO prompts (``prompt``, ``messages``, ``answer``); a prompt of ``max_length``
     tokens or more leaves no room to answer and is dropped (counted)."""
     from unitune.data.encode import tokenize_ids
@@ -207,7 +209,7 @@ def prompt_rows(records: Records, tokenizer, template: Template, max_length: int
                 "dropped": ["prompt fills max_length: no room for an answer"
                             if n >= max_length else "" for n in lengths]}
 
-    with progress_bars(len(records) >= 50_000):
+    with progress_bars(progress and len(records) >= 50_000):
         table = records.table.map(batch_rows, batched=True, batch_size=1_000,
                                   remove_columns=records.table.column_names,
                                   cache_file_name=str(out), load_from_cache_file=False,

@@ -254,12 +254,19 @@ def _alpaca(obj: dict, where: str, src: str, line: int) -> Conversation:
         if key not in obj:
             raise UserError(f"{where}: {key}: missing (an Alpaca record needs 'instruction' and "
                             "'output'; 'input', 'system' and 'history' are optional)")
-    instruction = _str_field(obj, "instruction", where)
+    prompt = _alpaca_prompt(obj, where, src, line)
     output = _str_field(obj, "output", where)
-    if not instruction.strip():
-        raise UserError(f"{where}: instruction: empty")
     if not output.strip():
         raise UserError(f"{where}: output: empty; a training example needs an answer")
+    return replace(prompt, turns=prompt.turns + (Turn("assistant", output),))
+
+
+def _alpaca_prompt(obj: dict, where: str, src: str, line: int) -> Conversation:
+    """An Alpaca record's conversation up to its instruction: the history, the system
+    prompt, the instruction and input."""
+    instruction = _str_field(obj, "instruction", where)
+    if not instruction.strip():
+        raise UserError(f"{where}: instruction: empty")
     turns: list[Turn] = []
     history = obj.get("history") or []
     if not isinstance(history, list):
@@ -269,10 +276,10 @@ def _alpaca(obj: dict, where: str, src: str, line: int) -> Conversation:
                 and all(isinstance(x, str) for x in pair)):
             raise UserError(f"{where}: history[{i}]: expected [question, answer] strings")
         turns += [Turn("user", pair[0]), Turn("assistant", pair[1])]
-    turns += [Turn("user", instruction, _str_field(obj, "input", where, False)),
-              Turn("assistant", output)]
+    turns.append(Turn("user", instruction, _str_field(obj, "input", where, False)))
     meta = {k: v for k, v in obj.items()
-            if k not in ("instruction", "input", "output", "system", "history")}
+            if k not in ("instruction", "input", "output", "system", "history", "chosen",
+                         "rejected")}
     return Conversation(tuple(turns), _str_field(obj, "system", where, False), src, line, meta)
 
 
@@ -395,9 +402,7 @@ def _preference(obj: dict, where: str, src: str, line: int) -> PreferencePair:
         field = "messages" if "messages" in obj else "prompt"
         prompt = _conversation(rest, field, where, src, line)
     elif "instruction" in obj:
-        prompt = Conversation((Turn("user", _str_field(obj, "instruction", where),
-                                    _str_field(obj, "input", where, False)),),
-                              _str_field(obj, "system", where, False), src, line)
+        prompt = _alpaca_prompt(obj, where, src, line)
     else:
         prompt = Conversation((Turn("user", _str_field(obj, "prompt", where)),),
                               _str_field(obj, "system", where, False), src, line)
@@ -444,11 +449,11 @@ def to_record(obj: object, fmt: str, where: str, src: str, line: int) -> Record:
     if fmt == "flan":
         return check_conversation(Conversation.single(
             _str_field(obj, "inputs", where), _str_field(obj, "targets", where), source=src,
-            line=line))
-    if fmt == "prompt_completion":
+            line=line, meta={k: v for k, v in obj.items() if k not in ("inputs", "targets")}))
+    if fmt == "prompt_completion":  # (TRL's unpaired feedback: + "label")
         return check_conversation(Conversation.single(
             _str_field(obj, "prompt", where), _str_field(obj, "completion", where), source=src,
-            line=line))
+            line=line, meta={k: v for k, v in obj.items() if k not in ("prompt", "completion")}))
     if fmt == "preference":
         return _preference(obj, where, src, line)
     if fmt == "text":
@@ -523,10 +528,16 @@ def iter_accepted(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool 
     paths = [paths] if isinstance(paths, str | Path) else paths
     for path in paths:
         for rec in iter_records(path, fmt, skip_invalid, problems):
-            if not isinstance(rec, accept):
-                raise UserError(f"{rec.where}: is {_KINDS[type(rec)][0]}; {purpose} needs "
-                                + " or ".join(_KINDS[k][1] for k in accept))
-            yield rec
+            yield check_kind(rec, accept, purpose)
+
+
+def check_kind(record: Record, accept: tuple[type, ...], purpose: str) -> Record:
+    """``record``, if it is of a kind in ``accept``; else an error naming it, what it is and
+    what ``purpose`` needs."""
+    if not isinstance(record, accept):
+        raise UserError(f"{record.where}: is {_KINDS[type(record)][0]}; {purpose} needs "
+                        + " or ".join(_KINDS[k][1] for k in accept))
+    return record
 
 
 def iter_conversations(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,

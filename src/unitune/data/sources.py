@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from unitune.data import catalog, store
-from unitune.data.readers import iter_accepted, to_record
+from unitune.data.readers import check_kind, iter_accepted, to_record
 from unitune.data.schema import Conversation
 from unitune.data.store import Records
 from unitune.errors import UserError
@@ -91,11 +91,7 @@ def iter_hub_dataset(name: str, fmt: str, split: str = "train",
         if row_fmt is None:
             raise UserError(f"{name}:{i}: cannot tell the format from the fields "
                             f"({', '.join(sorted(row))}); set the data format explicitly")
-        rec = to_record(row, row_fmt, f"{name}:{i}", name, i)
-        if not isinstance(rec, accept):
-            raise UserError(f"{name}: rows are {row_fmt}; {purpose} needs other records "
-                            f"({', '.join(k.__name__ for k in accept)})")
-        yield rec
+        yield check_kind(to_record(row, row_fmt, f"{name}:{i}", name, i), accept, purpose)
 
 
 def read_source(name: str, fmt: str, skip_invalid: bool, invalid: Invalid,

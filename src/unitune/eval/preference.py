@@ -72,9 +72,10 @@ def reply_logprobs(model, tokenizer, template, convs, max_length: int,
 
 def evaluate_preferences(target: str, pairs: list[PreferencePair], device: str = "auto",
                          template: str | None = None, trust_remote_code: bool = False,
-                         max_length: int = 1024, batch_size: int = 8, log=print,
+                         max_length: int | None = None, batch_size: int = 8, log=print,
                          keep_samples: int = 5) -> PreferenceResult:
-    """The pairwise accuracy of ``target`` (a reward-model run, or any run or model)."""
+    """The pairwise accuracy of ``target`` (a reward-model run, or any run or model).
+    ``max_length``: a reward model's own; otherwise the run's (1024 for a base model)."""
     from pathlib import Path
 
     from unitune.run import is_run, open_model, read_finished
@@ -90,6 +91,11 @@ def evaluate_preferences(target: str, pairs: list[PreferencePair], device: str =
         model, tokenizer, tmpl = open_model(target, device=device, template=template,
                                             trust_remote_code=trust_remote_code, log=log)
         name = "log-likelihood"
+        if max_length is None:
+            from unitune.train.recipe import stored_config
+
+            max_length = stored_config(Path(target))["max_length"] \
+                if is_run(Path(target)) and (Path(target) / "config.yaml").is_file() else 1024
         scores = reply_logprobs(model, tokenizer, tmpl, chosen + rejected, max_length,
                                 batch_size)
     good, bad = scores[:len(pairs)], scores[len(pairs):]

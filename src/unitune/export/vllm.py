@@ -14,7 +14,7 @@ from pathlib import Path
 
 from unitune import methods
 from unitune.methods import CONFIG_FILE
-from unitune.run import read_finished
+from unitune.run import is_adapter_run, read_finished
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -42,6 +42,8 @@ def vllm_plan(folder: Path) -> tuple[bool, list[str], str]:
             reasons.append(f"rank {max(ranks)} above vLLM's {VLLM_RANKS[-1]}")
     if record.model_patches.get("vocab_size"):
         reasons.append("a grown vocabulary")
+    if is_adapter_run(Path(record.base_model_path or record.base_model)):
+        reasons.append("its base is a run (folded in memory), not a model vLLM can load")
     merged = folder.with_name(folder.name + "-merged")
     if reasons:
         how = f"unitune merge {folder} -o {merged} && vllm serve {merged}" \

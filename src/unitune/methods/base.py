@@ -39,6 +39,8 @@ class Method:
     whole_model: bool = False  # trains and saves every weight: the run folder is a HF model
     shares_init: bool = False  # has adapter weights a later run can start from (init_adapter)
     shardable: bool = True  # trains under FSDP / DeepSpeed (which shard weights and gradients)
+    starts_at_base: bool = False  # a new adapter changes nothing yet (LoRA's zero B, IA3's ones)
+    peft: bool = False  # a PEFT adapter (PEFT saves, loads and can disable it)
 
     def base_quantization(self, cfg) -> str | None:
         """'4bit', '8bit' or None: what the base is loaded in for this config."""

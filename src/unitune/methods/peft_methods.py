@@ -61,16 +61,19 @@ class IA3Section(Section):
 class PeftMethod(Method):
     """A method PEFT implements: build a ``peft`` config, wrap the model, PEFT's file format."""
 
+    peft = True
+
     def peft_config(self, model, cfg, model_type: str | None, task_type: str):
         raise NotImplementedError
 
     def build(self, model, cfg, model_type):
         import peft
 
+        from unitune.models.loading import is_scorer
+
         task = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else \
-            "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else \
-            "CAUSAL_LM"  # (SEQ_CLS: PEFT trains and saves the new scoring head fully)
-        config = self.peft_config(model, cfg, model_type, task)
+            "SEQ_CLS" if is_scorer(model) else "CAUSAL_LM"  # (SEQ_CLS: PEFT trains and saves
+        config = self.peft_config(model, cfg, model_type, task)  # the new scoring head fully)
         if self.base_quantization(cfg):
             model = prepare_quantized(model)
         try:
@@ -126,6 +129,7 @@ class Lora(PeftMethod):
     takes_quantized_base = True
     mergeable = True
     shares_init = True
+    starts_at_base = True
 
     def __init__(self, name: str, summary: str, rslora: bool = False, dora: bool = False,
                  quantized: bool = False):
@@ -244,6 +248,7 @@ class IA3(PeftMethod):
     sections = (("ia3", IA3Section),)
     takes_quantized_base = True
     composable = "ia3"
+    starts_at_base = True
     mergeable = True
     shares_init = True
 

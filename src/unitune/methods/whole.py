@@ -49,7 +49,9 @@ class Freeze(Method):
         for layer in list(layers)[len(layers) - n:]:
             for p in layer.parameters():
                 p.requires_grad_(True)
-        heads = ["score"] if type(model).__name__.endswith("ForSequenceClassification") else []
+        from unitune.models.loading import is_scorer
+
+        heads = ["score"] if is_scorer(model) else []
         unfreeze(model, cfg.freeze.modules + cfg.modules_to_save + heads)  # (a new head trains)
         return model, []
 

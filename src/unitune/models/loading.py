@@ -130,18 +130,28 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
     return model if quantize or is_deepspeed_zero3_enabled() else model.to(device)
 
 
+def is_scorer(model) -> bool:
+    """Whether ``model`` carries a scoring head (a reward model) rather than a language-model
+    head."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
 def model_fingerprint(path: str) -> str:
-    """What identifies a local model (or a run's adapter) without reading its weights: its
-    config and the names and sizes of its weight files (a hub id is its name)."""
+    """What identifies a local model without reading its weights (its config and the names
+    and sizes of its weight files), or a run's adapter (its config and the content of its
+    weights, which are small and may be retrained at the same size); a hub id is its name."""
     import hashlib
 
     folder = Path(path)
     config = next((folder / name for name in ("config.json", "adapter_config.json")
-                   if (folder / name).is_file()), None)  # (a run's adapter: its config)
+                   if (folder / name).is_file()), None)
     if config is None:
         return path
     parts = [config.read_text(encoding="utf-8")]
-    parts += [f"{p.name}:{p.stat().st_size}" for p in sorted(folder.glob("*.safetensors"))]
+    for weights in sorted(folder.glob("*.safetensors")):
+        parts.append(f"{weights.name}:{weights.stat().st_size}")
+        if config.name == "adapter_config.json":
+            parts.append(hashlib.sha256(weights.read_bytes()).hexdigest())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 

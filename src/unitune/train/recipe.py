@@ -37,6 +37,7 @@ from unitune.run import (
     RunRecord,
     Staging,
     base_config,
+    check_foldable,
     check_replaceable,
     describe,
     grow_vocabulary,
@@ -179,6 +180,8 @@ class Recipe:
         check_replaceable(self.staging.out, cfg.overwrite)
         if is_run(Path(cfg.base_model)):  # a run to start from: finished, of a kind that fits
             self.stage.check_base(read_finished(cfg.base_model).kind, cfg.base_model)
+            check_foldable(Path(cfg.base_model), bool(self.method.base_quantization(cfg)),
+                           bool(cfg.rope_scaling), bool(cfg.deepspeed))
         for spec in [*cfg.data, *cfg.validation_data]:  # a missing file fails before any work
             resolve_files(spec.path, cfg.data_dir)
         if cfg.template != "auto":

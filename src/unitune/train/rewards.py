@@ -17,6 +17,7 @@ Answers are cut at the template's end-of-turn markers before any reward sees the
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -90,20 +91,23 @@ class RewardModel:
                           for m, c in zip(messages, completions, strict=True))
 
 
+@functools.cache
 def _user_function(spec: str) -> Callable:
+    """The function ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION`` names (imported once)."""
     where, _, name = spec.rpartition(":")
+    path = Path(where)
+    if where.endswith(".py") and not path.is_file():
+        raise UserError(f"rl.reward={spec}: no such file {where}")
     try:
         if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise UserError(f"rl.reward={spec}: no such file {where}")
             module_spec = importlib.util.spec_from_file_location(f"_reward_{path.stem}", path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
-    except ImportError as exc:
-        raise UserError(f"rl.reward={spec}: cannot import {where}: {exc}") from None
+    except Exception as exc:  # (the user's code: any error it raises while importing)
+        raise UserError(f"rl.reward={spec}: importing {where} failed: "
+                        f"{type(exc).__name__}: {exc}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise UserError(f"rl.reward={spec}: {where} has no function '{name}'")

@@ -1,8 +1,7 @@
 """Training stages: the registry of what can be trained (``base.Stage``): the language-modelling
 stages ``sft`` and ``pt`` (``supervised``) and the preference stages after SFT (``preference``:
 reward modelling, DPO and its loss variants, KTO, GRPO, RLOO, ORPO, CPO on TRL). ``get(name)``
-returns one;
-``config_sections()`` gives the config sections they read."""
+returns one; ``config_sections()`` gives the config sections they read."""
 
 from __future__ import annotations
 

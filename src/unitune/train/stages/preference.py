@@ -1,19 +1,21 @@
 """The stages after SFT, on TRL's trainers: reward modelling (``rm``), direct preference
-optimisation with its loss variants (``dpo``), unpaired feedback (``kto``), and on-policy RL
-from a reward (``grpo``, ``rloo``).
+optimisation with its loss variants (``dpo``), unpaired feedback (``kto``), on-policy RL from
+a reward (``grpo``, ``rloo``), and the reference-free ``orpo`` and ``cpo``.
 
-Each brings its config section (``rm:``, ``dpo:``, ``kto:``, ``rl:``), its data (preference
-pairs, unpaired feedback or prompts, read, mixed and split by ``data/sources.py`` and encoded by
-``data/preference.py`` with the run's template and truncation policy, cached like SFT data),
-and TRL's trainer with what we change of it:
+Each brings its config section (``rm:``, ``dpo:``, ``kto:``, ``rl:``, ``orpo:``, ``cpo:``),
+its data (preference pairs, unpaired feedback or prompts, read, mixed and split by
+``data/sources.py`` and encoded by ``data/preference.py`` with the run's template and
+truncation policy, cached like SFT data), and TRL's trainer with what we change of it:
 
 - the data arrives tokenised: the DPO and KTO trainers skip their own tokenisation (the reward
   trainer does so by itself for tokenised rows), GRPO and RLOO tokenise prompts exactly as the
-  inference engine does (``encode.tokenize_ids``, BOS as the template leaves it), and stop
-  generating at the template's end-of-turn token as well as at EOS;
-- the reference model of a PEFT adapter run is the base with the adapter disabled (TRL would
-  keep a frozen copy of a pre-trained adapter; ours is new, so that copy is dropped), and of a
-  whole-model or bottleneck run a frozen copy of the starting weights;
+  inference engine does (``encode.tokenize_ids``, BOS as the template leaves it), and end an
+  answer at the template's end-of-turn token as well as at EOS; what TRL's trainers map while
+  they set up stays out of the shared prepared-data cache;
+- the reference model of a new LoRA or (IA)3 adapter is the base with the adapter disabled
+  (TRL keeps a frozen copy of a PEFT adapter; one that starts as the identity is the base
+  itself, so that copy is dropped; prompt tuning's and an ``init_adapter``'s is kept), and of
+  a whole-model or bottleneck run a frozen copy of the starting weights;
 - rewards for GRPO / RLOO come from ``train/rewards.py`` (a reward-model run, built-in checks,
   or the user's Python function).
 
@@ -25,6 +27,8 @@ encoded pairs in the layout they collate. TRL 1.16 has no PPO (docs/PREFERENCE.m
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -33,7 +37,7 @@ from unitune.data.encode import IGNORE
 from unitune.data.schema import Conversation, PreferencePair
 from unitune.errors import UserError, did_you_mean
 from unitune.sections import Section
-from unitune.train.stages.base import POLICY_KINDS, Stage
+from unitune.train.stages.base import Stage
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
               "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft",
@@ -99,7 +103,7 @@ class CpoSection(Section):
     """stage=cpo: contrastive preference optimisation and SimPO, reference-free
     (trl.experimental)."""
 
-    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = Field(
+    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo"] = Field(
         "sigmoid", description="simpo: SimPO (length-normalised, a target margin)")
     beta: float = Field(0.1, gt=0)
     cpo_alpha: float = Field(1.0, ge=0, description="the weight of the chosen answers' NLL "
@@ -119,13 +123,15 @@ class RlSection(Section):
     num_generations: int = Field(4, ge=2, description="answers sampled per prompt (the group)")
     max_new_tokens: int = Field(64, gt=0, description="the longest answer sampled")
     decoding: str | None = Field(None, description="an inference decoding preset (unitune "
-                                 "generate --preset) whose sampling settings are used")
+                                 "generate --preset) whose sampling settings are used instead "
+                                 "of temperature, top_p, top_k, repetition_penalty")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0: off")
     repetition_penalty: float = Field(1.0, gt=0)
     epsilon: float = Field(0.2, gt=0, description="the clipping range of the policy ratio")
-    loss_type: str = Field("dapo", description="grpo: grpo, dapo, dr_grpo, bnpo, ... (TRL's)")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"] = Field(
+        "dapo", description="grpo: how token losses are aggregated (TRL's)")
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="grpo: divide advantages by the std of the group, batch, or not")
 
@@ -135,16 +141,52 @@ class RlSection(Section):
         return _comma_list(value)
 
 
-def _ref_copy(model):
-    """A frozen copy of the starting weights: the reference of a run that is not a PEFT
-    adapter (whole-model training, bottleneck adapters)."""
+def _reference(cfg, model, precomputed: bool) -> dict:
+    """The DPO / KTO trainer's reference: for a PEFT adapter TRL's (the adapter disabled, or a
+    copy of an adapter that does not start at the base); else a frozen copy of the starting
+    weights (whole-model training, bottleneck adapters), unless the reference is scored once
+    before training (``precomputed``: the policy then is the reference) or DeepSpeed shards
+    the model (TRL loads it from the base's folder, which ``check_method`` allows only for a
+    base model)."""
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        return None  # (the base with the adapter disabled)
+    kwargs = {"drop_reference": _starts_at_base(cfg)}
+    if isinstance(model, PeftModel) or precomputed or cfg.deepspeed:
+        return {**kwargs, "ref_model": None}
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
-    return ref
+    return {**kwargs, "ref_model": ref}
+
+
+class _SetUp:
+    """What every TRL trainer of ours does around TRL's own set-up: its maps of the training
+    set kept out of the prepared-data cache (``_datasets_in_memory``), and TRL's copy of a new
+    adapter dropped when that adapter starts at the base (``drop_reference``)."""
+
+    def __init__(self, *args, drop_reference: bool = False, **kwargs):
+        with _datasets_in_memory():
+            super().__init__(*args, **kwargs)
+        if drop_reference:
+            _drop_reference_adapter(self.model)
+
+
+@contextmanager
+def _datasets_in_memory():
+    """TRL's trainers map the training set while they set up (KL completions, ORPO / CPO's
+    layout, precomputed reference log-probabilities): those results stay in memory or in
+    temporary files, never beside the shared prepared-data cache."""
+    import datasets
+
+    from unitune.data.encode import progress_bars
+
+    was = datasets.is_caching_enabled()
+    datasets.disable_caching()
+    try:
+        with progress_bars(False):
+            yield
+    finally:
+        if was:
+            datasets.enable_caching()
 
 
 class _Preference(Stage):
@@ -169,8 +211,31 @@ class _Preference(Stage):
                             "the augment keys")
         self.check_method(cfg)
 
+    def copies_adapter(self, cfg) -> bool:
+        """Whether TRL keeps a copy of a PEFT adapter as the reference."""
+        return False
+
+    def reference_from_folder(self, cfg) -> bool:
+        """Whether TRL loads the reference of a non-PEFT run from the base's folder."""
+        return False
+
     def check_method(self, cfg) -> None:
         """Refuse a method the stage cannot train."""
+        from unitune import methods
+        from unitune.run import is_run
+
+        method = methods.get(cfg.method)
+        if method.name == "adalora" and self.copies_adapter(cfg):
+            raise UserError(f"stage={self.name} keeps a copy of the adapter as its reference, "
+                            "and PEFT holds one AdaLoRA adapter only; use method=lora")
+        if not method.peft and self.reference_from_folder(cfg):
+            why = "a run" if is_run(Path(cfg.base_model)) else "a grown vocabulary" \
+                if cfg.tokenizer else "RoPE-scaled" if cfg.rope_scaling else None
+            if why:
+                raise UserError(f"stage={self.name} with method={cfg.method} loads its "
+                                "reference model from the base's folder, which cannot be "
+                                f"{why}; use a PEFT method (lora, ...), or start from a "
+                                "merged model")
 
     def loss(self, cfg):
         return "last", False  # the reply (and its end-of-turn marker) of each answer
@@ -206,7 +271,6 @@ class RewardModelling(_Preference):
     head = "reward"
     teaches_chat_format = True
     sections = (("rm", RewardSection),)
-    starts_from = (*POLICY_KINDS, "rm")
     metrics = ("eval_accuracy", "eval_margin", "accuracy", "margin")
     purpose = "reward modelling (stage=rm)"
     form = "sequences"
@@ -251,7 +315,8 @@ class DirectPreference(_Preference):
 
         return DPOConfig
 
-    def trl_arguments(self, cfg):
+    def check(self, cfg, seq2seq):
+        super().check(cfg, seq2seq)
         d = cfg.dpo
         if "exo_pair" in d.loss_type and not d.label_smoothing:
             raise UserError("dpo.loss_type=exo_pair needs dpo.label_smoothing > 0 (the EXO "
@@ -259,6 +324,15 @@ class DirectPreference(_Preference):
         if d.loss_weights is not None and len(d.loss_weights) != len(d.loss_type):
             raise UserError(f"dpo.loss_weights: {len(d.loss_weights)} weights for "
                             f"{len(d.loss_type)} loss types; give one per loss type")
+
+    def copies_adapter(self, cfg):
+        return True
+
+    def reference_from_folder(self, cfg):
+        return bool(cfg.deepspeed)
+
+    def trl_arguments(self, cfg):
+        d = cfg.dpo
         return {"max_length": None, "loss_type": d.loss_type, "loss_weights": d.loss_weights,
                 "beta": d.beta, "label_smoothing": d.label_smoothing, "ld_alpha": d.ld_alpha,
                 "use_weighting": d.use_weighting,
@@ -267,13 +341,8 @@ class DirectPreference(_Preference):
     def trainer_class(self):
         from trl import DPOTrainer
 
-        class TokenisedDPOTrainer(DPOTrainer):
-            """TRL's DPO on rows ``data/preference.py`` tokenised, the reference being the
-            base with our new adapter disabled."""
-
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                _drop_reference_adapter(self.model)
+        class TokenisedDPOTrainer(_SetUp, DPOTrainer):
+            """TRL's DPO on rows ``data/preference.py`` tokenised."""
 
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
                 return dataset
@@ -281,7 +350,7 @@ class DirectPreference(_Preference):
         return TokenisedDPOTrainer
 
     def trainer_kwargs(self, cfg, model, tokenizer, template, log):
-        return {"ref_model": _ref_copy(model)}
+        return _reference(cfg, model, cfg.dpo.precompute_ref_log_probs)
 
 
 class UnpairedFeedback(_Preference):
@@ -304,6 +373,12 @@ class UnpairedFeedback(_Preference):
             raise UserError("stage=kto estimates its KL term from the other answers of a batch: "
                             "give batch_size >= 2 per process")
 
+    def copies_adapter(self, cfg):
+        return True
+
+    def reference_from_folder(self, cfg):
+        return bool(cfg.deepspeed)
+
     def config_class(self):
         from trl import KTOConfig
 
@@ -318,13 +393,9 @@ class UnpairedFeedback(_Preference):
     def trainer_class(self):
         from trl import KTOTrainer
 
-        class TokenisedKTOTrainer(KTOTrainer):
+        class TokenisedKTOTrainer(_SetUp, KTOTrainer):
             """TRL's KTO on rows ``data/preference.py`` tokenised; the KL completions are
             added as TRL adds them (each batch's answers rotated by one)."""
-
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                _drop_reference_adapter(self.model)
 
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
                 if not self.calculate_KL:
@@ -334,16 +405,13 @@ class UnpairedFeedback(_Preference):
                     ids = batch["completion_ids"]
                     return {"KL_completion_ids": ids[-1:] + ids[:-1]}
 
-                from unitune.data.encode import progress_bars
-
-                with progress_bars(False):
-                    return dataset.map(rotate, batched=True,
-                                       batch_size=args.per_device_train_batch_size)
+                return dataset.map(rotate, batched=True,
+                                   batch_size=args.per_device_train_batch_size)
 
         return TokenisedKTOTrainer
 
     def trainer_kwargs(self, cfg, model, tokenizer, template, log):
-        return {"ref_model": _ref_copy(model)}
+        return _reference(cfg, model, False)
 
 
 def _as_legacy_pairs(feature: dict) -> dict:
@@ -363,8 +431,14 @@ class _ReferenceFree(DirectPreference):
     """ORPO and CPO / SimPO from ``trl.experimental``: pairs, no reference model. They tokenise
     with their own older code path (``tokenize_row``), which here only lays out our rows."""
 
-    metrics = ("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies",
-               "rewards/margins")
+    def check(self, cfg, seq2seq):
+        _Preference.check(self, cfg, seq2seq)
+
+    def copies_adapter(self, cfg):
+        return False
+
+    def reference_from_folder(self, cfg):
+        return False
 
     def trainer_kwargs(self, cfg, model, tokenizer, template, log):
         return {}
@@ -377,7 +451,7 @@ class _ReferenceFree(DirectPreference):
         return self.experimental()[0]
 
     def trainer_class(self):
-        class TokenisedTrainer(self.experimental()[1]):
+        class TokenisedTrainer(_SetUp, self.experimental()[1]):
             def tokenize_row(self, feature, model=None):
                 return _as_legacy_pairs(feature)
 
@@ -424,9 +498,19 @@ class Contrastive(_ReferenceFree):
                 "label_smoothing": c.label_smoothing}
 
 
+def _starts_at_base(cfg) -> bool:
+    """Whether the new adapter starts as the identity (LoRA's zero B, (IA)3's ones), so the
+    reference is the base with the adapter disabled: not from another run's adapter
+    (``init_adapter``), not virtual tokens (prefix / prompt tuning)."""
+    from unitune import methods
+
+    return methods.get(cfg.method).starts_at_base and not cfg.init_adapter
+
+
 def _drop_reference_adapter(model) -> None:
-    """TRL keeps a frozen copy of a PEFT model's adapter as the reference ("ref"); ours starts
-    new, so the reference is the base with the adapter disabled, without that copy."""
+    """TRL keeps a frozen copy of a PEFT model's adapter as the reference ("ref"); when the
+    adapter starts at the base (``_starts_at_base``) that copy is the base itself, so it is
+    dropped and the reference is the base with the adapter disabled."""
     config = getattr(model, "peft_config", None)
     if config and "ref" in config:
         model.delete_adapter("ref")
@@ -446,6 +530,7 @@ class _Reinforce(_Preference):
     def check(self, cfg, seq2seq):
         super().check(cfg, seq2seq)
         rl = cfg.rl
+        self.sampling(cfg)  # (a preset that cannot be used fails here)
         if not rl.reward:
             raise UserError(f"stage={self.name} needs rl.reward: a reward-model run "
                             "(stage=rm), a built-in (exact_match, brevity) or FILE.py:FUNCTION")
@@ -457,6 +542,12 @@ class _Reinforce(_Preference):
                             f"of rl.num_generations={rl.num_generations} (each prompt's answers "
                             "are compared within one batch)")
 
+    def copies_adapter(self, cfg):
+        return cfg.rl.beta > 0
+
+    def reference_from_folder(self, cfg):
+        return cfg.rl.beta > 0
+
     def check_tokenizer(self, cfg, tokenizer):
         from unitune.train.rewards import check_rewards
 
@@ -465,18 +556,27 @@ class _Reinforce(_Preference):
     def encode(self, records, tokenizer, template, cfg, seq2seq, out, progress):
         from unitune.data.preference import prompt_rows
 
-        return prompt_rows(records, tokenizer, template, cfg.max_length, out)
+        return prompt_rows(records, tokenizer, template, cfg.max_length, out, progress)
 
     def sampling(self, cfg) -> dict:
+        """The sampling settings: ``rl``'s own, or those of the preset ``rl.decoding``."""
         rl = cfg.rl
-        values = {"temperature": rl.temperature, "top_p": rl.top_p, "top_k": rl.top_k,
-                  "repetition_penalty": rl.repetition_penalty}
-        if rl.decoding:
-            from unitune.infer.generate import preset
+        keys = ("temperature", "top_p", "top_k", "repetition_penalty")
+        if not rl.decoding:
+            return {k: getattr(rl, k) for k in keys}
+        from unitune.infer.generate import preset
 
-            chosen = preset(rl.decoding)
-            values = {k: getattr(chosen, k) for k in values}
-        return values
+        chosen = preset(rl.decoding)
+        if set(keys) & rl.model_fields_set:
+            raise UserError(f"rl.decoding={rl.decoding} sets the sampling; leave out rl."
+                            f"{', rl.'.join(sorted(set(keys) & rl.model_fields_set))}")
+        if not chosen.do_sample:
+            raise UserError(f"rl.decoding={rl.decoding} does not sample, and stage={self.name} "
+                            "compares sampled answers; pick a sampling preset")
+        extra = {"no_repeat_ngram_size": chosen.no_repeat_ngram_size} \
+            if chosen.no_repeat_ngram_size else {}
+        return {**{k: getattr(chosen, k) for k in keys},
+                **({"generation_kwargs": extra} if extra else {})}
 
     def trl_arguments(self, cfg):
         rl = cfg.rl
@@ -485,48 +585,38 @@ class _Reinforce(_Preference):
                 "reward_weights": rl.reward_weights, **self.sampling(cfg)}
 
     def trainer_kwargs(self, cfg, model, tokenizer, template, log):
+        from unitune.infer.generate import split_stops
         from unitune.train.rewards import load_rewards
 
         return {"reward_funcs": load_rewards(cfg.rl.reward, tokenizer, template, log,
                                              cfg.trust_remote_code, cfg.device),
                 "add_special_tokens": template.add_special_tokens,
-                "stop_ids": _single_token_stops(template, tokenizer)}
+                "stop_ids": split_stops(tokenizer, template.stop_strings(tokenizer))[0],
+                "drop_reference": _starts_at_base(cfg)}
 
     def trainer_for(self, trainer_cls):
-        from trl.data_utils import is_conversational
-
         from unitune.data.encode import tokenize_ids
 
-        class PromptsAsInference(trainer_cls):
-            """TRL's trainer with prompts tokenised as the inference engine tokenises them,
-            and generation stopped at the template's end-of-turn token as well as EOS."""
+        class PromptsAsInference(_SetUp, trainer_cls):
+            """TRL's trainer with prompts tokenised as the inference engine tokenises them, an
+            answer ending at the template's end-of-turn token as at EOS (TRL masks what
+            follows the first of its ``eos_token_ids``, read from the model's generation
+            config), and the reference copy of a new adapter dropped."""
 
-            def __init__(self, *args, add_special_tokens: bool, stop_ids: list[int], **kwargs):
+            def __init__(self, *args, add_special_tokens: bool, stop_ids: list[int],
+                         drop_reference: bool, **kwargs):
                 self._add_special_tokens = add_special_tokens
-                super().__init__(*args, **kwargs)
-                eos = self.generation_config.eos_token_id
+                config = kwargs["model"].generation_config
+                eos = config.eos_token_id
                 eos = [eos] if isinstance(eos, int) else list(eos or [])
-                self.generation_config.eos_token_id = [*eos, *(i for i in stop_ids
-                                                               if i not in eos)]
-                self.generation_kwargs["eos_token_id"] = self.generation_config.eos_token_id
+                config.eos_token_id = [*eos, *(i for i in stop_ids if i not in eos)]
+                super().__init__(*args, drop_reference=drop_reference, **kwargs)
 
             def _tokenize_prompts(self, prompts):
-                if is_conversational({"prompt": prompts[0]}):
-                    return super()._tokenize_prompts(prompts)
                 return tokenize_ids(prompts, self.processing_class,
                                     self._add_special_tokens), None, {}
 
         return PromptsAsInference
-
-
-def _single_token_stops(template, tokenizer) -> list[int]:
-    """The template's end-of-turn markers that are one token (generation stops on ids)."""
-    ids = []
-    for stop in template.stop_strings(tokenizer):
-        piece = tokenizer(stop, add_special_tokens=False)["input_ids"]
-        if len(piece) == 1:
-            ids.append(piece[0])
-    return ids
 
 
 class GroupRelative(_Reinforce):
@@ -553,6 +643,9 @@ class LeaveOneOut(_Reinforce):
     name = "rloo"
     summary = "REINFORCE leave-one-out from a reward (rl.reward)"
     purpose = "reinforcement learning (stage=rloo)"
+
+    def copies_adapter(self, cfg):
+        return True  # (TRL's RLOO copies a PEFT adapter whatever rl.beta is)
 
     def check(self, cfg, seq2seq):
         super().check(cfg, seq2seq)
