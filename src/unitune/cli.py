@@ -873,8 +873,9 @@ def _add_data(sub) -> None:
                             parser_class=Parser)
     s = dsub.add_parser("synth", help="write the synthetic instruction-task suite",
                         description="Deterministic synthetic tasks with exact answers, in "
-                        "Alpaca JSON: train/validation/test splits plus a raw pre-training "
-                        "corpus.")
+                        "Alpaca JSON: train/validation/test splits, preference pairs on the "
+                        "train and validation inputs (the exact answer chosen; a wrong or wordy "
+                        "one rejected), and a raw pre-training corpus.")
     s.add_argument("--out", default="data/synth", help="output folder (default data/synth)")
     s.add_argument("--families", default=None,
                    help="comma-separated task families (default: the quickstart's)")
