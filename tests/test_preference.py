@@ -366,3 +366,62 @@ def test_bad_pairs_and_mismatched_tokenizers_are_one_line_errors(tmp_path, rm_ru
         check_rewards(["exact_mach"])
     with pytest.raises(UserError, match="has no function 'nope'"):
         check_rewards(["unitune.train.rewards:nope"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["dpo", "grpo"])
+def test_torchrun_two_processes_train_a_preference_stage(tmp_path, sft_run, synth_data, stage):
+    """DDP over gloo: DPO's losses match one process with the same global batch; GRPO's
+    groups are split over the processes and still finish, written once."""
+    import os
+    import subprocess
+    import sys
+
+    data = synth_data["preference_train" if stage == "dpo" else "train"]
+    args = [f"stage={stage}", "--base-model", str(sft_run), "--data", str(data),
+            "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2", "--no-progress",
+            "logging_steps=1", "lora.r=4", "lora.dropout=0", "device=cpu", "template=alpaca",
+            "rl.reward=exact_match", "rl.num_generations=2", "rl.max_new_tokens=4"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert main(["train", *args, "-o", str(single)]) == 0
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "unitune.cli", "train", *args, "-o",
+                           str(double)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("finished:") == 2 and proc.stdout.count("trainable parameters") == 1
+    record = read_run(double)
+    assert record.world_size == 2 and record.status == "finished" and record.kind == stage
+    if stage == "dpo":
+        logged = [[json.loads(line).get("loss") for line in (run / "metrics.jsonl").open()]
+                  for run in (single, double)]
+        steps = [[v for v in losses if v is not None] for losses in logged]
+        assert steps[1] == pytest.approx(steps[0], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "freeze", "ia3", "prefix", "adapter_seq"])
+def test_dpo_trains_every_kind_of_method(tmp_path, sft_run, synth_data, method):
+    """Whole-model and bottleneck runs get a frozen copy as the reference, prompt tuning
+    TRL's copy of its starting adapter, (IA)3 the base with the adapter disabled."""
+    from unitune.train.recipe import Recipe
+
+    cfg = TrainConfig(**{**TINY, "base_model": str(sft_run), "method": method}, stage="dpo",
+                      data=[str(synth_data["preference_train"])], output_dir=str(tmp_path / "d"),
+                      max_steps=2)
+    recipe = Recipe(cfg, lambda *a: None, False, [])
+    recipe.setup(False, False)
+    try:
+        peft_config = getattr(recipe.trainer.model, "peft_config", {})
+        if method in ("full", "freeze", "adapter_seq"):
+            assert recipe.trainer.ref_model is not None and not peft_config
+        else:
+            assert recipe.trainer.ref_model is None
+            assert ("ref" in peft_config) == (method == "prefix")
+        recipe.train()
+        out = recipe.save()
+    finally:
+        recipe.close()
+    assert read_run(out).kind == "dpo"
+    model, _, _ = open_model(out, device="cpu")  # (reopens as trained, in eval mode)
+    assert not model.training
