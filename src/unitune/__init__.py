@@ -41,7 +41,10 @@ _API = {  # name: (module, name there)
     "load_study": ("unitune.eval.study", "load_study"),
     "run_study": ("unitune.eval.study", "run_study"),
     "compare_results": ("unitune.eval.study", "compare_results"),
+    "evaluate_preferences": ("unitune.eval.preference", "evaluate_preferences"),
+    "RewardModel": ("unitune.train.rewards", "RewardModel"),
     "Conversation": ("unitune.data.schema", "Conversation"),
+    "PreferencePair": ("unitune.data.schema", "PreferencePair"),
     "read_conversations": ("unitune.data.readers", "read_conversations"),
     "UserError": ("unitune.errors", "UserError"),
 }

@@ -229,7 +229,7 @@ def describe_keys(schema: type[BaseModel]) -> list[str]:
             continue
         ann = field.annotation
         default = "required" if field.is_required() else \
-            "[]" if field.default_factory is list else repr(field.default)
+            repr(field.get_default(call_default_factory=True))
         choices = "|".join(map(str, get_args(ann))) if get_origin(ann) is Literal else None
         lines.append(f"  {key} ({default})"
                      + (f" [{choices}]" if choices else "")
