@@ -1,0 +1,7 @@
+"""``python -m unitune.cli``."""
+
+import sys
+
+from unitune.cli import main
+
+sys.exit(main())
