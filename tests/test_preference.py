@@ -370,13 +370,10 @@ def test_bad_pairs_and_mismatched_tokenizers_are_one_line_errors(tmp_path, rm_ru
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["dpo", "grpo"])
-def test_torchrun_two_processes_train_a_preference_stage(tmp_path, sft_run, synth_data, stage):
+def test_torchrun_two_processes_train_a_preference_stage(tmp_path, sft_run, synth_data, stage,
+                                                         torchrun):
     """DDP over gloo: DPO's losses match one process with the same global batch; GRPO's
     groups are split over the processes and still finish, written once."""
-    import os
-    import subprocess
-    import sys
-
     data = synth_data["preference_train" if stage == "dpo" else "train"]
     args = [f"stage={stage}", "--base-model", str(sft_run), "--data", str(data),
             "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2", "--no-progress",
@@ -384,12 +381,7 @@ def test_torchrun_two_processes_train_a_preference_stage(tmp_path, sft_run, synt
             "rl.reward=exact_match", "rl.num_generations=2", "rl.max_new_tokens=4"]
     single, double = tmp_path / "one", tmp_path / "two"
     assert main(["train", *args, "-o", str(single)]) == 0
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "unitune.cli", "train", *args, "-o",
-                           str(double)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("finished:") == 2 and proc.stdout.count("trainable parameters") == 1
+    torchrun([*args, "-o", str(double)])
     record = read_run(double)
     assert record.world_size == 2 and record.status == "finished" and record.kind == stage
     if stage == "dpo":

@@ -349,20 +349,14 @@ def test_world_size_that_does_not_divide_the_batch(tmp_path, data, monkeypatch, 
     assert not (tmp_path / "o.partial").exists()
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path, test_preset, data):
+def test_torchrun_two_processes_match_one_process(tmp_path, test_preset, data, torchrun):
     """DDP over gloo: the same global batch gives the same losses, artefacts written once."""
     args = ["--data", data, "--base-model", "tiny-llama-test", "--max-steps", "6",
             "--batch-size", "4", "--lr", "1e-2", "--no-progress", "logging_steps=1",
             "lora.r=4", "lora.dropout=0", "device=cpu", "template=alpaca", "save_steps=3"]
     single, double = tmp_path / "one", tmp_path / "two"
     assert main(["train", *args, "-o", str(single)]) == 0
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "unitune.cli", "train", *args, "-o",
-                           str(double)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("finished:") == 2  # both processes finish...
-    assert proc.stdout.count("trainable parameters") == 1  # ...only the main one reports
+    torchrun([*args, "-o", str(double)])
 
     def losses(folder):
         return read_metrics(folder / "metrics.jsonl", "loss")[0]
