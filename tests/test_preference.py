@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from unitune.cli import main
 from unitune.config import TrainConfig
 from unitune.data.encode import IGNORE, encode_rows
-from unitune.data.preference import answered, encode_preferences, prompt_rows
+from unitune.data.preference import encode_preferences, prompt_rows
 from unitune.data.readers import read_records
 from unitune.data.schema import Conversation, PreferencePair, Turn
 from unitune.data.store import Records
@@ -77,7 +77,7 @@ def test_pairs_encode_like_sft_with_a_shared_prompt(tmp_path, family_tokenizer):
     (row,) = rows
     # the same ids as instruction tuning on prompt + answer, split where the reply starts
     for answer, key in (("3", "chosen_ids"), ("three", "rejected_ids")):
-        (sft,) = encode_rows([answered(prompt, answer)], tok, template, 256, "last")
+        (sft,) = encode_rows([prompt.with_reply(answer)], tok, template, 256, "last")
         trained = [i for i, label in enumerate(sft["labels"]) if label != IGNORE]
         assert row["prompt_ids"] + row[key] == sft["input_ids"][:trained[-1] + 1]
         assert len(row["prompt_ids"]) <= trained[0]

@@ -303,11 +303,9 @@ def load_model_at(path: str, dtype, device, trust_remote_code: bool = False,
     if not is_adapter_run(folder):
         return load_base(path, dtype, device, trust_remote_code, quantization, rope_scaling,
                          head)
-    check_foldable(folder, bool(quantization), bool(rope_scaling))
-    record = read_finished(folder)
-    method = methods.get(record.method)
-    model = method.load(open_base(folder, record, dtype, device, None, trust_remote_code, log,
-                                  progress), folder).merge_and_unload()
+    record = check_foldable(folder, bool(quantization), bool(rope_scaling))
+    base = open_base(folder, record, dtype, device, None, trust_remote_code, log, progress)
+    model = methods.get(record.method).load(base, folder).merge_and_unload()
     if head == "reward":  # the folded network under a new scoring head
         from transformers import AutoModelForSequenceClassification
 
@@ -321,16 +319,16 @@ def load_model_at(path: str, dtype, device, trust_remote_code: bool = False,
 
 
 def check_foldable(folder: Path, quantized: bool = False, rope_scaling: bool = False,
-                   sharded: bool = False) -> None:
-    """Refuse, before anything loads, a run with an adapter that cannot be folded into its
-    base in memory for a new run to start from (``quantized``, ``rope_scaling``, ``sharded``:
-    what the new run asks of that base)."""
+                   sharded: bool = False) -> RunRecord:
+    """The record of a run a new run starts from; refused, before anything loads, when it has
+    an adapter that cannot be folded into its base in memory (``quantized``,
+    ``rope_scaling``, ``sharded``: what the new run asks of that base)."""
     from unitune import methods
 
     record = read_finished(folder)
     method = methods.get(record.method)
     if method.whole_model:
-        return
+        return record
     if record.kind == "rm":
         raise UserError(f"{folder}: a reward model, not a language model to start from")
     if not method.mergeable:
@@ -344,6 +342,7 @@ def check_foldable(folder: Path, quantized: bool = False, rope_scaling: bool = F
         raise UserError(f"{folder}: a run is folded into its base in memory, which {why} "
                         f"cannot take; `unitune merge {folder}` it first and start from the "
                         "merged run")
+    return record
 
 
 def base_config(path: str, trust_remote_code: bool = False):

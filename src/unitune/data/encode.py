@@ -369,21 +369,17 @@ def encode_conversations(convs: Sequence[Conversation], tokenizer, template: Tem
     return kept, report
 
 
-_ENCODED = datasets.Features({
-    "input_ids": datasets.Sequence(datasets.Value("int32")),
-    "labels": datasets.Sequence(datasets.Value("int32")),
-    "dropped": datasets.Value("string"),
-    "prompt_truncated": datasets.Value("bool"),
-    "turns_dropped": datasets.Value("bool"),
-    "tokens": datasets.Value("int32"),
-})
+STATUS = {"dropped": datasets.Value("string"), "prompt_truncated": datasets.Value("bool"),
+          "turns_dropped": datasets.Value("bool"), "tokens": datasets.Value("int32")}
+_IDS = datasets.Sequence(datasets.Value("int32"))
+_ENCODED = {"input_ids": _IDS, "labels": _IDS}
 
 
 def _encode_table(batch: dict, tokenizer, template: Template, max_length: int, masking: str,
                   seq2seq: bool) -> dict:
     rows = _rows([from_row(r) for r in rows_of(batch)], tokenizer, template, max_length,
                  masking, seq2seq)
-    return {key: [r[key] for r in rows] for key in _ENCODED}
+    return {key: [r[key] for r in rows] for key in (*_ENCODED, *STATUS)}
 
 
 BAR_FROM = 50_000  # records from which tokenising shows a progress bar
@@ -415,35 +411,47 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 def encode_records(records: Records, tokenizer, template: Template, max_length: int,
                    masking: str, seq2seq: bool, out: Path, workers: int | None = None,
                    progress: bool = False) -> tuple[datasets.Dataset, EncodeReport]:
-    """``encode_conversations`` for an Arrow-backed set of any size: encoded in batches by
-    ``datasets.map`` (in ``workers`` processes; by default one per 50,000 records, up to one
-    per CPU) into the Arrow file ``out``, read back memory-mapped. Returns the rows that fit
-    (columns ``input_ids``, ``labels``) and the report."""
+    """``encode_conversations`` for an Arrow-backed set of any size (``encode_table``).
+    Returns the rows that fit (columns ``input_ids``, ``labels``) and the report."""
     check_masking(masking)
+    return encode_table(records, _encode_table, _ENCODED,
+                        {"tokenizer": tokenizer, "template": template, "max_length": max_length,
+                         "masking": masking, "seq2seq": seq2seq}, out, workers, progress)
+
+
+def encode_table(records: Records, encode_batch, columns: dict, fn_kwargs: dict, out: Path,
+                 workers: int | None = None, progress: bool = False,
+                 rows_are_records: bool = True) -> tuple[datasets.Dataset, EncodeReport]:
+    """``encode_batch`` (a batch of record rows, ``fn_kwargs`` -> the ``columns`` and the
+    ``STATUS`` columns of each encoded row) over ``records``, in batches by ``datasets.map``
+    (in ``workers`` processes; by default one per 50,000 records, up to one per CPU) into the
+    Arrow file ``out``, read back memory-mapped. Returns the rows that fit (``columns`` only)
+    and the report; ``rows_are_records``: it names the first records dropped."""
     workers = map_workers(len(records), workers)
     with progress_bars(progress and len(records) >= BAR_FROM):  # a bar only where it helps
         table = records.table.map(
-            _encode_table, batched=True, batch_size=1_000, features=_ENCODED,
+            encode_batch, batched=True, batch_size=1_000,
+            features=datasets.Features({**columns, **STATUS}),
             remove_columns=records.table.column_names, num_proc=workers if workers > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length,
-                       "masking": masking, "seq2seq": seq2seq},
-            cache_file_name=str(out), load_from_cache_file=False,
+            fn_kwargs=fn_kwargs, cache_file_name=str(out), load_from_cache_file=False,
             new_fingerprint=uuid.uuid4().hex, desc=f"tokenizing {out.stem}")
     dropped = table.data.column("dropped")
     reasons = Counter({str(v["values"]): int(v["counts"])
                        for v in pc.value_counts(dropped).to_pylist() if v["values"]})
     fits = pc.equal(dropped, "").to_numpy(zero_copy_only=False)
-    kept, first_dropped = np.flatnonzero(fits), np.flatnonzero(~fits)[:10]
+    kept = np.flatnonzero(fits)
+
+    def among_kept(column: str) -> int:
+        return int(table.data.column(column).to_numpy(zero_copy_only=False)[fits].sum())
+
     report = EncodeReport(
-        kept=len(kept),
-        prompt_truncated=int(pc.sum(table.data.column("prompt_truncated")).as_py() or 0),
-        turns_dropped=int(pc.sum(table.data.column("turns_dropped")).as_py() or 0),
-        dropped=reasons, examples_dropped=[records[int(i)].where for i in first_dropped],
+        kept=len(kept), prompt_truncated=among_kept("prompt_truncated"),
+        turns_dropped=among_kept("turns_dropped"), dropped=reasons,
+        examples_dropped=[records[int(i)].where for i in np.flatnonzero(~fits)[:10]]
+        if rows_are_records else [],
         lengths=table.data.column("tokens").to_numpy().astype(np.int64))
-    rows = table.select_columns(["input_ids", "labels"])
-    if len(kept) < len(table):
-        rows = rows.select(kept)
-    return rows, report
+    rows = table.select_columns(list(columns))
+    return (rows.select(kept) if len(kept) < len(table) else rows), report
 
 
 def row_lengths(rows) -> np.ndarray:

@@ -26,23 +26,19 @@ Owns
 from __future__ import annotations
 
 import json
-import uuid
-from collections import Counter
 from pathlib import Path
 
 import datasets
-import numpy as np
-import pyarrow.compute as pc
 
 from unitune.data.encode import (
     IGNORE,
+    STATUS,
     EncodeReport,
     common_prefix,
     encode_rows,
-    map_workers,
-    progress_bars,
+    encode_table,
 )
-from unitune.data.schema import Conversation, PreferencePair, Turn
+from unitune.data.schema import Conversation, PreferencePair
 from unitune.data.store import Records, from_row, rows_of
 from unitune.data.templates import Template
 from unitune.errors import UserError
@@ -54,8 +50,6 @@ _FEATURES = {
     "pairs": {"prompt_ids": _IDS, "chosen_ids": _IDS, "rejected_ids": _IDS},
     "unpaired": {"prompt_ids": _IDS, "completion_ids": _IDS, "label": datasets.Value("bool")},
 }
-_STATUS = {"dropped": datasets.Value("string"), "prompt_truncated": datasets.Value("bool"),
-           "turns_dropped": datasets.Value("bool"), "tokens": datasets.Value("int32")}
 
 
 def feedback_label(conv: Conversation) -> bool:
@@ -70,11 +64,6 @@ def feedback_label(conv: Conversation) -> bool:
                     "boolean 'label' (or 'kto_tag') on each conversation, or preference pairs")
 
 
-def answered(prompt: Conversation, reply: str) -> Conversation:
-    return Conversation(prompt.turns + (Turn("assistant", reply),), prompt.system,
-                        prompt.source, prompt.line, prompt.meta, prompt.tools)
-
-
 def _replies(record) -> list[tuple[Conversation, str, bool]]:
     """(prompt, answer, desirable) for each answer of a record."""
     if isinstance(record, PreferencePair):
@@ -82,7 +71,7 @@ def _replies(record) -> list[tuple[Conversation, str, bool]]:
     return [(record.prompt(), record.answer, feedback_label(record))]  # (ends with a reply)
 
 
-def _reply_end(labels: list[int]) -> tuple[int, int]:
+def reply_span(labels: list[int]) -> tuple[int, int]:
     """(the first trained position, one past the last) of an encoded reply."""
     trained = [i for i, label in enumerate(labels) if label != IGNORE]
     return trained[0], trained[-1] + 1
@@ -95,9 +84,9 @@ def _encode_batch(batch: dict, tokenizer, template: Template, max_length: int,
     if form == "unpaired":  # the desirable answers, then the undesirable ones: KTO's KL term
         # takes each answer with the next row's prompt, so never with its own pair's prompt
         replies = [r for r in replies if r[2]] + [r for r in replies if not r[2]]
-    rows = encode_rows([answered(p, a) for p, a, _ in replies], tokenizer, template,
+    rows = encode_rows([p.with_reply(a) for p, a, _ in replies], tokenizer, template,
                        max_length, "last")
-    out: dict[str, list] = {key: [] for key in (*_FEATURES[form], *_STATUS)}
+    out: dict[str, list] = {key: [] for key in (*_FEATURES[form], *STATUS)}
 
     def emit(status: dict, **ids) -> None:
         for key, value in {**ids, **status}.items():
@@ -116,7 +105,7 @@ def _encode_batch(batch: dict, tokenizer, template: Template, max_length: int,
             if row["dropped"]:
                 emit(status([row]), **{k: empty[k] for k in _FEATURES[form]})
                 continue
-            start, end = _reply_end(row["labels"])
+            start, end = reply_span(row["labels"])
             emit(status([row]), prompt_ids=row["input_ids"][:start],
                  completion_ids=row["input_ids"][start:end], label=desirable)
         return out
@@ -125,8 +114,8 @@ def _encode_batch(batch: dict, tokenizer, template: Template, max_length: int,
         if state["dropped"]:
             emit(state, **{k: empty[k] for k in _FEATURES[form]})
             continue
-        (c_start, c_end), (r_start, r_end) = _reply_end(chosen["labels"]), \
-            _reply_end(rejected["labels"])
+        (c_start, c_end), (r_start, r_end) = reply_span(chosen["labels"]), \
+            reply_span(rejected["labels"])
         c_ids, r_ids = chosen["input_ids"], rejected["input_ids"]
         if form == "sequences":
             emit(state, chosen_ids=c_ids[:c_end], rejected_ids=r_ids[:r_end])
@@ -155,32 +144,10 @@ def encode_preferences(records: Records, tokenizer, template: Template, max_leng
     dropped and why)."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
-    workers = map_workers(len(records), workers)
-    features = datasets.Features({**_FEATURES[form], **_STATUS})
-    with progress_bars(progress and len(records) >= 50_000):
-        table = records.table.map(
-            _encode_batch, batched=True, batch_size=1_000, features=features,
-            remove_columns=records.table.column_names, num_proc=workers if workers > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length,
-                       "form": form},
-            cache_file_name=str(out), load_from_cache_file=False,
-            new_fingerprint=uuid.uuid4().hex, desc=f"tokenizing {out.stem}")
-    dropped = table.data.column("dropped")
-    fits = pc.equal(dropped, "").to_numpy(zero_copy_only=False)
-    kept = np.flatnonzero(fits)
-    def among_kept(column: str) -> int:
-        return int(table.data.column(column).to_numpy(zero_copy_only=False)[fits].sum())
-
-    report = EncodeReport(
-        kept=len(kept), prompt_truncated=among_kept("prompt_truncated"),
-        turns_dropped=among_kept("turns_dropped"),
-        dropped=Counter({str(v["values"]): int(v["counts"])
-                         for v in pc.value_counts(dropped).to_pylist() if v["values"]}),
-        lengths=table.data.column("tokens").to_numpy().astype(np.int64))
-    if form != "unpaired":  # (unpaired rows are answers, not records: name the records)
-        report.examples_dropped = [records[int(i)].where for i in np.flatnonzero(~fits)[:10]]
-    rows = table.select_columns(list(_FEATURES[form]))
-    return (rows.select(kept) if len(kept) < len(table) else rows), report
+    return encode_table(records, _encode_batch, _FEATURES[form],
+                        {"tokenizer": tokenizer, "template": template,
+                         "max_length": max_length, "form": form}, out, workers, progress,
+                        rows_are_records=form != "unpaired")  # (unpaired rows are answers)
 
 
 def _prompt_of(record) -> tuple[Conversation, str]:
@@ -190,37 +157,27 @@ def _prompt_of(record) -> tuple[Conversation, str]:
     return record.prompt(), record.answer
 
 
+def _prompt_batch(batch: dict, tokenizer, template: Template, max_length: int) -> dict:
+    from unitune.data.encode import tokenize_ids
+
+    prompts = [_prompt_of(from_row(r)) for r in rows_of(batch)]
+    texts = [template.render_prompt(conv, tokenizer) for conv, _ in prompts]
+    lengths = [len(ids) for ids in tokenize_ids(texts, tokenizer, template.add_special_tokens)]
+    return {"prompt": texts,
+            "messages": [json.dumps(conv.messages(), ensure_ascii=False) for conv, _ in prompts],
+            "answer": [answer for _, answer in prompts],
+            "tokens": lengths, "prompt_truncated": [False] * len(texts),
+            "turns_dropped": [False] * len(texts),
+            "dropped": ["prompt fills max_length: no room for an answer" if n >= max_length
+                        else "" for n in lengths]}
+
+
 def prompt_rows(records: Records, tokenizer, template: Template, max_length: int,
                 out: Path, progress: bool = False) -> tuple[datasets.Dataset, EncodeReport]:
     """GRPO / RLOO prompts (``prompt``, ``messages``, ``answer``); a prompt of ``max_length``
     tokens or more leaves no room to answer and is dropped (counted)."""
-    from unitune.data.encode import tokenize_ids
-
-    def batch_rows(batch: dict) -> dict:
-        prompts = [_prompt_of(from_row(r)) for r in rows_of(batch)]
-        texts = [template.render_prompt(conv, tokenizer) for conv, _ in prompts]
-        lengths = [len(ids) for ids in tokenize_ids(texts, tokenizer,
-                                                    template.add_special_tokens)]
-        return {"prompt": texts,
-                "messages": [json.dumps(conv.messages(), ensure_ascii=False)
-                             for conv, _ in prompts],
-                "answer": [answer for _, answer in prompts],
-                "tokens": lengths,
-                "dropped": ["prompt fills max_length: no room for an answer"
-                            if n >= max_length else "" for n in lengths]}
-
-    with progress_bars(progress and len(records) >= 50_000):
-        table = records.table.map(batch_rows, batched=True, batch_size=1_000,
-                                  remove_columns=records.table.column_names,
-                                  cache_file_name=str(out), load_from_cache_file=False,
-                                  new_fingerprint=uuid.uuid4().hex,
-                                  desc=f"rendering {out.stem}")
-    fits = pc.equal(table.data.column("dropped"), "").to_numpy(zero_copy_only=False)
-    kept = np.flatnonzero(fits)
-    report = EncodeReport(kept=len(kept), dropped=Counter(
-        {"prompt fills max_length: no room for an answer": int((~fits).sum())}
-        if (~fits).any() else {}),
-        examples_dropped=[records[int(i)].where for i in np.flatnonzero(~fits)[:10]],
-        lengths=np.asarray(table["tokens"], dtype=np.int64))
-    rows = table.select_columns(["prompt", "messages", "answer"])
-    return (rows.select(kept) if len(kept) < len(table) else rows), report
+    text = datasets.Value("string")
+    return encode_table(records, _prompt_batch, {"prompt": text, "messages": text,
+                                                 "answer": text},
+                        {"tokenizer": tokenizer, "template": template,
+                         "max_length": max_length}, out, progress=progress)

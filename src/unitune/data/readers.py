@@ -258,7 +258,7 @@ def _alpaca(obj: dict, where: str, src: str, line: int) -> Conversation:
     output = _str_field(obj, "output", where)
     if not output.strip():
         raise UserError(f"{where}: output: empty; a training example needs an answer")
-    return replace(prompt, turns=prompt.turns + (Turn("assistant", output),))
+    return prompt.with_reply(output)
 
 
 def _alpaca_prompt(obj: dict, where: str, src: str, line: int) -> Conversation:

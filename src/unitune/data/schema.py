@@ -78,6 +78,10 @@ class Conversation:
         return self.turns[-1].content if self.turns and self.turns[-1].role == "assistant" \
             else ""
 
+    def with_reply(self, reply: str) -> Conversation:
+        """The conversation with ``reply`` as a final assistant turn."""
+        return replace(self, turns=self.turns + (Turn("assistant", reply),))
+
     def prompt(self) -> Conversation:
         """The conversation without its final assistant turn (what a model is asked)."""
         if self.turns and self.turns[-1].role == "assistant":

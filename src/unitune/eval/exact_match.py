@@ -71,9 +71,7 @@ def evaluate_exact_match(model, tokenizer, template: Template, records: list[Con
     per_family = {fam: sum(v) / len(v) for fam, v in hits.items()}
     mean_reward = None
     if reward is not None:
-        from unitune.data.preference import answered
-
-        scores = [s for s in reward([answered(r.prompt(), p) for r, p in
+        scores = [s for s in reward([r.prompt().with_reply(p) for r, p in
                                      zip(records, preds, strict=True)]) if s is not None]
         mean_reward = sum(scores) / max(1, len(scores))
     return ExactMatch(sum(total) / max(1, len(total)), len(total), per_family, samples,

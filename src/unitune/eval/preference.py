@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unitune.data.encode import IGNORE, encode_rows
-from unitune.data.preference import answered
+from unitune.data.encode import IGNORE, Collator, encode_rows
 from unitune.data.schema import PreferencePair
 
 
@@ -50,19 +49,14 @@ def reply_logprobs(model, tokenizer, template, convs, max_length: int,
     out: list[float | None] = [None] * len(rows)
     todo = [i for i, r in enumerate(rows) if not r["dropped"]]
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
+    collate = Collator(tokenizer.pad_token_id)
     for start in range(0, len(todo), batch_size):
         part = todo[start:start + batch_size]
-        width = max(len(rows[i]["input_ids"]) for i in part)
-        ids = torch.tensor([rows[i]["input_ids"] + [pad] * (width - len(rows[i]["input_ids"]))
-                            for i in part], device=device)
-        labels = torch.tensor([rows[i]["labels"] + [IGNORE] * (width - len(rows[i]["labels"]))
-                               for i in part], device=device)
-        lengths = torch.tensor([len(rows[i]["input_ids"]) for i in part], device=device)
-        mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in part]).items()}
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = labels[:, 1:]
+        target = batch["labels"][:, 1:]
         picked = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
         sums = (picked * (target != IGNORE)).sum(-1)
         for i, value in zip(part, sums.tolist(), strict=True):
@@ -80,8 +74,8 @@ def evaluate_preferences(target: str, pairs: list[PreferencePair], device: str =
 
     from unitune.run import is_run, open_model, read_finished
 
-    chosen = [answered(p.prompt, p.chosen) for p in pairs]
-    rejected = [answered(p.prompt, p.rejected) for p in pairs]
+    chosen = [p.prompt.with_reply(p.chosen) for p in pairs]
+    rejected = [p.prompt.with_reply(p.rejected) for p in pairs]
     if is_run(Path(target)) and read_finished(target).kind == "rm":
         from unitune.train.rewards import RewardModel
 

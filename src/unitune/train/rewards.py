@@ -61,33 +61,29 @@ class RewardModel:
     @torch.no_grad()
     def score(self, conversations) -> list[float | None]:
         """The reward of each conversation's last reply (None: it cannot fit max_length)."""
-        from unitune.data.encode import IGNORE, encode_rows
+        from unitune.data.encode import Collator, encode_rows
+        from unitune.data.preference import reply_span
 
         rows = encode_rows(list(conversations), self.tokenizer, self.template,
                            self.max_length, "last")
         scores: list[float | None] = [None] * len(rows)
-        todo = [(i, r["input_ids"][:max(j for j, lab in enumerate(r["labels"])
-                                         if lab != IGNORE) + 1])
+        todo = [(i, r["input_ids"][:reply_span(r["labels"])[1]])  # (scored at the reply's end)
                 for i, r in enumerate(rows) if not r["dropped"]]
         device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id
+        collate = Collator(self.tokenizer.pad_token_id)
         for start in range(0, len(todo), self.batch_size):
             part = todo[start:start + self.batch_size]
-            width = max(len(ids) for _, ids in part)
-            ids = torch.tensor([ids + [pad] * (width - len(ids)) for _, ids in part],
-                               device=device)
-            mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, ids in part],
-                                device=device)
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+            batch = collate([{"input_ids": ids, "labels": []} for _, ids in part])
+            logits = self.model(input_ids=batch["input_ids"].to(device),
+                                attention_mask=batch["attention_mask"].to(device)).logits[:, 0]
             for (i, _), value in zip(part, logits.float().tolist(), strict=True):
                 scores[i] = value
         return scores
 
     def __call__(self, prompts, completions, messages, **_) -> list[float | None]:
-        from unitune.data.preference import answered
         from unitune.data.readers import conversation_from_messages
 
-        return self.score(answered(conversation_from_messages(json.loads(m)), c)
+        return self.score(conversation_from_messages(json.loads(m)).with_reply(c)
                           for m, c in zip(messages, completions, strict=True))
 
 

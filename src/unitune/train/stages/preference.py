@@ -269,7 +269,6 @@ class RewardModelling(_Preference):
     name = "rm"
     summary = "a reward model (a scoring head) from preference pairs"
     head = "reward"
-    teaches_chat_format = True
     sections = (("rm", RewardSection),)
     metrics = ("eval_accuracy", "eval_margin", "accuracy", "margin")
     purpose = "reward modelling (stage=rm)"
@@ -301,12 +300,32 @@ class RewardModelling(_Preference):
         return RewardTrainer
 
 
-class DirectPreference(_Preference):
+PAIR_METRICS = ("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies",
+                "rewards/margins")
+
+
+class _AgainstReference(_Preference):
+    """DPO and KTO: trained against a frozen reference, which ``_reference`` provides."""
+
+    def copies_adapter(self, cfg):
+        return True
+
+    def reference_from_folder(self, cfg):
+        return bool(cfg.deepspeed)
+
+    def precomputed(self, cfg) -> bool:
+        """Whether the reference is scored once, before training."""
+        return False
+
+    def trainer_kwargs(self, cfg, model, tokenizer, template, log):
+        return _reference(cfg, model, self.precomputed(cfg))
+
+
+class DirectPreference(_AgainstReference):
     name = "dpo"
     summary = "direct preference optimisation on pairs (dpo.loss_type: sigmoid, ipo, ...)"
     sections = (("dpo", DpoSection),)
-    metrics = ("eval_rewards/accuracies", "eval_rewards/margins", "rewards/accuracies",
-               "rewards/margins")
+    metrics = PAIR_METRICS
     purpose = "preference optimisation (stage=dpo)"
     form = "pairs"
 
@@ -325,11 +344,8 @@ class DirectPreference(_Preference):
             raise UserError(f"dpo.loss_weights: {len(d.loss_weights)} weights for "
                             f"{len(d.loss_type)} loss types; give one per loss type")
 
-    def copies_adapter(self, cfg):
-        return True
-
-    def reference_from_folder(self, cfg):
-        return bool(cfg.deepspeed)
+    def precomputed(self, cfg):
+        return cfg.dpo.precompute_ref_log_probs
 
     def trl_arguments(self, cfg):
         d = cfg.dpo
@@ -349,11 +365,8 @@ class DirectPreference(_Preference):
 
         return TokenisedDPOTrainer
 
-    def trainer_kwargs(self, cfg, model, tokenizer, template, log):
-        return _reference(cfg, model, cfg.dpo.precompute_ref_log_probs)
 
-
-class UnpairedFeedback(_Preference):
+class UnpairedFeedback(_AgainstReference):
     name = "kto"
     summary = "Kahneman-Tversky optimisation on unpaired feedback (good / bad answers)"
     sections = (("kto", KtoSection),)
@@ -372,12 +385,6 @@ class UnpairedFeedback(_Preference):
         if cfg.kto.loss_type == "kto" and cfg.batch_size // distributed.world_size() < 2:
             raise UserError("stage=kto estimates its KL term from the other answers of a batch: "
                             "give batch_size >= 2 per process")
-
-    def copies_adapter(self, cfg):
-        return True
-
-    def reference_from_folder(self, cfg):
-        return bool(cfg.deepspeed)
 
     def config_class(self):
         from trl import KTOConfig
@@ -410,9 +417,6 @@ class UnpairedFeedback(_Preference):
 
         return TokenisedKTOTrainer
 
-    def trainer_kwargs(self, cfg, model, tokenizer, template, log):
-        return _reference(cfg, model, False)
-
 
 def _as_legacy_pairs(feature: dict) -> dict:
     """A ``pairs`` row in the layout TRL's experimental ORPO / CPO trainers collate."""
@@ -426,22 +430,12 @@ def _as_legacy_pairs(feature: dict) -> dict:
     return out
 
 
-
-class _ReferenceFree(DirectPreference):
+class _ReferenceFree(_Preference):
     """ORPO and CPO / SimPO from ``trl.experimental``: pairs, no reference model. They tokenise
     with their own older code path (``tokenize_row``), which here only lays out our rows."""
 
-    def check(self, cfg, seq2seq):
-        _Preference.check(self, cfg, seq2seq)
-
-    def copies_adapter(self, cfg):
-        return False
-
-    def reference_from_folder(self, cfg):
-        return False
-
-    def trainer_kwargs(self, cfg, model, tokenizer, template, log):
-        return {}
+    metrics = PAIR_METRICS
+    form = "pairs"
 
     def experimental(self):
         """(config class, trainer class) of ``trl.experimental``."""
