@@ -115,7 +115,8 @@ def test_every_scoring_mode_gives_100_when_right_and_0_when_wrong(bench_dir, tmp
             assert metrics and all(v == expected for v in metrics.values()), (name, metrics)
 
 
-def test_readers_find_every_subject_and_check_rows(bench_dir, tmp_path, capsys):
+def test_readers_find_every_subject_and_check_rows(bench_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (a default report would land in the working directory)
     from unitune.eval.benchmarks import read_bbh, read_ceval, read_cmmlu, read_crass, read_mmlu
 
     mmlu = read_mmlu(bench_dir / "mmlu")

@@ -591,6 +591,25 @@ def read_benchmarks(names: list[str], data_dir: str | Path, log=print
             for name in names}
 
 
+def check_shots(benchmarks: dict[str, list[Subtask]], shots: int | None) -> None:
+    """Refuse ``shots`` (None: each benchmark's own count) where a subject has fewer examples
+    to take them from (cheap: ``evaluate`` asks before any model loads)."""
+    for name, subtasks in benchmarks.items():
+        n_shots = _shots(name, shots)
+        for sub in subtasks:
+            pool = len(sub.fewshot) - (1 if sub.fewshot is sub.test else 0)
+            if n_shots > pool and sub.kind != "pair":
+                raise UserError(f"{name}: {n_shots} shots asked for, {sub.name} has {pool} "
+                                f"examples to take them from ({sub.source}); use --shots "
+                                f"{pool} or fewer")
+    return benchmarks
+
+
+def _shots(name: str, shots: int | None) -> int:
+    """The shots a benchmark is asked with: ``shots``, else its own count; HHH has none."""
+    return get_benchmark(name).shots if shots is None or name == "hhh" else shots
+
+
 def write_tasks(benchmarks: dict[str, list[Subtask]], out: Path, protocol: str = "harness",
                 shots: int | None = None, max_new_tokens: int = 256) -> TaskSet:
     """Writes the harness task folder ``out`` for ``benchmarks`` (``read_benchmarks``): a group
@@ -600,12 +619,13 @@ def write_tasks(benchmarks: dict[str, list[Subtask]], out: Path, protocol: str =
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol '{protocol}'{did_you_mean(protocol, PROTOCOLS)}; "
                         f"protocols: {', '.join(PROTOCOLS)}")
+    check_shots(benchmarks, shots)
     out.mkdir(parents=True, exist_ok=True)
     (out / "unitune_tasks.py").write_text(_FUNCTIONS, encoding="utf-8")
     groups, kinds, used_shots, sources = {}, {}, {}, {}
     for name, subtasks in benchmarks.items():
         bench = get_benchmark(name)
-        n_shots = bench.shots if shots is None or name == "hhh" else shots  # HHH: no shots
+        n_shots = _shots(name, shots)
         group = f"local_{name}"
         tasks = []
         for sub in subtasks:
@@ -635,11 +655,6 @@ def write_tasks(benchmarks: dict[str, list[Subtask]], out: Path, protocol: str =
             else:
                 config.update(_drop_config(), fewshot_split="dev",
                               fewshot_config={"sampler": "first_n"})
-            pool = len(sub.fewshot) - (1 if sub.fewshot is sub.test else 0)
-            if n_shots > pool and sub.kind != "pair":
-                raise UserError(f"{name}: {n_shots} shots asked for, {sub.name} has {pool} "
-                                f"examples to take them from ({sub.source}); use --shots "
-                                f"{pool} or fewer")
             config["num_fewshot"] = n_shots
             if "generation_kwargs" in config:
                 gen = config["generation_kwargs"]

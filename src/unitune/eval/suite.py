@@ -139,12 +139,14 @@ def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> d
 def _harness(target: str, s: EvalSettings, tasks: list[str], stem: Path, endpoint: bool,
              log) -> dict:
     """The benchmarks lm-evaluation-harness scores, on the model or the endpoint."""
-    from unitune.eval.benchmarks import read_benchmarks, write_tasks
+    from unitune.eval.benchmarks import check_shots, read_benchmarks, write_tasks
     from unitune.eval.harness import endpoint_model, local_model, run_tasks
 
     cache = Path(f"{stem}.cache")
-    benchmarks = read_benchmarks(tasks, s.data_dir, log)  # (bad files fail before any model
-    if endpoint:                                          # loads)
+    # bad files and too few examples for the shots fail before any model loads
+    benchmarks = read_benchmarks(tasks, s.data_dir, log)
+    check_shots(benchmarks, s.shots)
+    if endpoint:
         lm, key = endpoint_model(target, s.served_model, s.tokenizer, s.api_key,
                                  s.max_length or 2048)
     else:
