@@ -18,8 +18,6 @@ from unitune.errors import UserError
 
 
 def add_eval(sub) -> None:
-    from unitune.eval.suite import TASKS
-
     p = sub.add_parser("eval", help="evaluate a run, a base model or an endpoint: benchmarks "
                        "(MMLU, CMMLU, C-Eval, MMCU, BBH, CRASS, HHH, DROP, HumanEval, "
                        "Belle-Eval), perplexity, exact match on a file",
@@ -50,7 +48,16 @@ def add_eval(sub) -> None:
     p.add_argument("--stride", type=int, default=512,
                    help="--perplexity: new tokens per window (< --window: overlapping "
                    "context, as in the module-arithmetic paper's protocol)")
-    p.add_argument("--tasks", help=f"benchmark tasks, comma-separated: {', '.join(TASKS)}")
+    tasks = p.add_argument("--tasks")
+    help_without_tasks = p.format_help
+
+    def format_help() -> str:  # the benchmarks' module is imported only when help is asked for
+        from unitune.eval.suite import TASKS
+
+        tasks.help = f"benchmark tasks, comma-separated: {', '.join(TASKS)}"
+        return help_without_tasks()
+
+    p.format_help = format_help
     p.add_argument("--data-dir", help="--tasks: the directory holding the benchmarks' files")
     p.add_argument("--protocol", choices=["harness", "instructeval"], default="harness",
                    help="harness: lm-evaluation-harness's prompts and log-likelihood scoring; "

@@ -45,18 +45,13 @@ HEADER = ("You are asked to come up with a set of diverse task instructions. The
 def read_seed_tasks(path: str | Path) -> list[dict]:
     """Self-instruct seed tasks (``instruction`` and ``instances`` of ``input``/``output``), or
     any Alpaca file."""
+    from unitune.data.readers import iter_objects
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
-    from unitune.eval.judge import read_jsonl
-
     tasks = []
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
-    for n, row in enumerate(rows, 1):
+    for n, (_, row) in enumerate(iter_objects(path), 1):  # (a JSON array or JSON lines)
         instance = (row.get("instances") or [row])[0] if isinstance(row, dict) else {}
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) \
                 or not isinstance(instance.get("output"), str):

@@ -18,6 +18,7 @@ from pathlib import Path
 from unitune.errors import UserError
 from unitune.eval.answers import collect_answers, collect_dialogues, read_prompts
 from unitune.eval.arena import judge_messages, parse_verdict
+from unitune.eval.belle import evaluate_belle
 from unitune.eval.judge import Grades, Judge, read_jsonl
 
 DOWNLOADS = {
@@ -257,4 +258,5 @@ def grade_winrate(target: str, data_dir: Path, judge: Judge, out: Path, decoding
             "judge": {"url": judge.url, "model": judge.model, **judge.usage}}
 
 
-GRADED = {"impact": grade_impact, "mt_bench": grade_mt_bench, "winrate": grade_winrate}
+GRADED = {"belle_eval": evaluate_belle, "impact": grade_impact, "mt_bench": grade_mt_bench,
+          "winrate": grade_winrate}  # (every task an LLM judge grades: suite.JUDGED)

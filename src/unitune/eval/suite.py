@@ -19,7 +19,9 @@ from unitune.eval.benchmarks import BENCHMARKS, PROTOCOLS, benchmark_folder
 from unitune.models.rope import parse as parse_rope
 from unitune.sections import Section
 
-JUDGED = ("belle_eval", "impact", "mt_bench", "winrate")  # graded by an LLM judge
+# graded by an LLM judge: the keys of grading.GRADED, named here so that checking a task name
+# (and the CLI) need not import the graders
+JUDGED = ("belle_eval", "impact", "mt_bench", "winrate")
 TASKS = (*BENCHMARKS, "humaneval", *JUDGED)
 
 
@@ -108,13 +110,11 @@ def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
         if task == "humaneval":
             report["benchmarks"][task] = _humaneval(target, s, folder, stem, log)
         elif task in JUDGED:
-            from unitune.eval.belle import evaluate_belle
             from unitune.eval.grading import GRADED
             from unitune.eval.judge import Judge
             from unitune.infer.generate import Decoding
 
-            grade = GRADED.get(task, evaluate_belle)
-            report["benchmarks"][task] = grade(  # (judges explain before they rate)
+            report["benchmarks"][task] = GRADED[task](  # (judges explain before they rate)
                 target, folder, Judge(s.judge_url, s.judge_model, s.judge_key,
                                       max_tokens=2048), stem.with_name(f"{stem.name}.{task}"),
                 Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, s.device, log=log,
