@@ -188,7 +188,7 @@ def generate(seed_file: str | Path, teacher, out: Path, count: int, prompt_tasks
                 if len(kept) >= count:
                     break
     report = {"output": str(out), "tasks": len(kept), **stats,
-              "teacher": {"url": teacher.url, "model": teacher.model, **teacher.usage}}
+              "teacher": teacher.report()}
     if len(kept) < count:
         log(f"stopped after {stats['requests']} requests with {len(kept)} of {count} tasks "
             f"({stats['replies_without_tasks']} replies held no task); rerun to continue")

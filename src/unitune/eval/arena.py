@@ -126,7 +126,7 @@ def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: P
         reply = judge.ask(judge_messages(questions[i], answers[a][i], answers[b][i]))
         record(out, item, reply, parse_verdict(reply), judge.model)
     report = summarize(list(models), questions, answers, out,
-                       {"url": judge.url, "model": judge.model, **judge.usage}, rounds, seed)
+                       judge.report(), rounds, seed)
     log(f"arena: {report['comparisons']} comparisons ({report['unparsed_verdicts']} replies "
         f"without a verdict), judge tokens {judge.usage['prompt_tokens']} in / "
         f"{judge.usage['completion_tokens']} out -> {out / 'leaderboard.md'}")

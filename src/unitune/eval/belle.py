@@ -80,7 +80,7 @@ def evaluate_belle(target: str, data_dir: str | Path, judge: Judge, out: Path, d
               "score": sum(r["score"] for r in scored) / len(scored) if scored else None,
               "by_class": {c: sum(v) / len(v) for c, v in sorted(by_class.items())},
               "mean_answer_chars": sum(map(len, answers)) / max(1, len(answers)),
-              "judge": {"url": judge.url, "model": judge.model, **judge.usage}}
+              "judge": judge.report()}
     (out / "belle_eval.json").write_text(json.dumps(report, indent=1, ensure_ascii=False),
                                          encoding="utf-8")
     return report

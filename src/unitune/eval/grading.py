@@ -134,7 +134,7 @@ def grade_impact(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
     report["by_category"] = {c: {a: _mean(ratings[a].get(c, [])) for a in IMPACT_ASPECTS}
                              for c in sorted({c for c, _ in prompts})}
     report["mean_answer_chars"] = _mean([len(a) for a in answers])
-    report["judge"] = {"url": judge.url, "model": judge.model, **judge.usage}
+    report["judge"] = judge.report()
     return report
 
 
@@ -205,7 +205,7 @@ def grade_mt_bench(target: str, data_dir: Path, judge: Judge, out: Path, decodin
             "by_category": {c: _mean(v) for c, v in sorted(by_category.items())},
             "unparsed": unparsed,
             "mean_answer_chars": _mean([len(a) for turns in answers for a in turns]),
-            "judge": {"url": judge.url, "model": judge.model, **judge.usage}}
+            "judge": judge.report()}
 
 
 def _reference_outputs(data_dir: Path) -> tuple[str, list[dict]]:
@@ -255,7 +255,7 @@ def grade_winrate(target: str, data_dir: Path, judge: Judge, out: Path, decoding
             "unparsed": unparsed,
             "answer_chars": {"model": _mean([len(a) for a in answers]),
                              reference: _mean([len(r["output"]) for r in rows])},
-            "judge": {"url": judge.url, "model": judge.model, **judge.usage}}
+            "judge": judge.report()}
 
 
 GRADED = {"belle_eval": evaluate_belle, "impact": grade_impact, "mt_bench": grade_mt_bench,

@@ -45,6 +45,10 @@ class Judge:
         self.timeout_s, self.max_tokens, self.temperature = timeout_s, max_tokens, temperature
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
 
+    def report(self) -> dict:
+        """Who answered and what it cost, as every report records it."""
+        return {"url": self.url, "model": self.model, **self.usage}
+
     def ask(self, messages: list[dict]) -> str:
         body = json.dumps({"model": self.model, "messages": messages,
                            "temperature": self.temperature,
