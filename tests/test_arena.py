@@ -63,11 +63,12 @@ def test_positions_are_randomised_and_mapped_back(tmp_path):
     out = tmp_path / "arena"
     out.mkdir()
     questions = [f"q{i}" for i in range(40)]
-    from unitune.eval.answers import answer_key
+    from unitune.eval.answers import answer_key, answerer
 
+    by = answerer("unused", Decoding(), {})
     (out / "answers.jsonl").write_text("".join(
         json.dumps({"model": m, "index": i, "answer": f"{m} {i}",
-                    "key": answer_key("unused", [f"q{i}"])}) + "\n"
+                    "key": answer_key(by, [f"q{i}"])}) + "\n"
         for m in ("x", "y") for i in range(40)))
     judge = AlwaysFirst("http://unused/v1", "judge")
     report = run_arena({"x": "unused", "y": "unused"}, questions, judge, out, Decoding())
@@ -173,15 +174,73 @@ def test_a_person_s_votes_are_judgments_and_move_the_leaderboard(tmp_path):
     arena = HumanArena(["x", "y"], questions, answers, tmp_path, seed=3)
     seen = []
     for _ in range(3):
-        question, a, b, progress = arena.shown()
+        position, question, a, b, progress = arena.shown()
         seen.append(question)
         assert a != b and {a.split()[0], b.split()[0]} == {"x", "y"}
-        arena.vote("A" if a.startswith("x") else "B")  # the person always prefers x
-    assert sorted(seen) == questions and arena.shown()[3] == "3 of 3 comparisons judged"
-    assert arena.shown()[0] == "All comparisons are judged."
+        arena.vote(position, "A" if a.startswith("x") else "B")  # the person prefers x
+    assert sorted(seen) == questions and arena.shown()[4] == "3 of 3 comparisons judged"
+    assert arena.shown()[:2] == (None, "All comparisons are judged.")
     rows = [json.loads(line) for line in (tmp_path / "judgments.jsonl").read_text().splitlines()]
     assert {r["judge"] for r in rows} == {"human"} and len(rows) == 3
     board = json.loads((tmp_path / "leaderboard.json").read_text())["leaderboard"]
     assert board[0]["model"] == "x" and board[0]["wins"] == 3
     assert main(["arena", "--model", "a=x", "--model", "b=y", "--prompts", "p.txt", "-o",
                  str(tmp_path)]) == 2  # neither an LLM judge nor --human
+
+
+def test_a_vote_counts_for_the_comparison_on_the_person_s_screen(tmp_path):
+    from unitune.serve.web import HumanArena
+
+    questions = ["q0", "q1"]
+    answers = {m: [f"{m} says {i}" for i in range(2)] for m in ("x", "y")}
+    arena = HumanArena(["x", "y"], questions, answers, tmp_path)
+    first_page = arena.shown()
+    second_page = arena.shown()  # another tab shows the same comparison
+    assert first_page == second_page
+    arena.vote(second_page[0], "A")
+    arena.vote(first_page[0], "B")  # a second opinion on the same comparison, not the next
+    rows = [json.loads(line) for line in (tmp_path / "judgments.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [rows[0]["index"]] * 2
+    assert arena.shown()[4] == "1 of 2 comparisons judged"
+    again = HumanArena(["x", "y"], questions, answers, tmp_path)  # the page restarted
+    assert again.shown()[0] != first_page[0] and len(again.pending()) == 1
+
+
+def test_judgments_are_asked_anew_for_changed_answers_or_another_judge(tmp_path):
+    from unitune.eval.answers import answer_key, answerer
+
+    questions = ["q0", "q1"]
+    by = answerer("unused", Decoding(), {})
+
+    def answers(text):
+        (tmp_path / "answers.jsonl").write_text("".join(
+            json.dumps({"key": answer_key(by, [q]), "answer": f"{m} {text}"}) + "\n"
+            for m in ("x", "y") for q in questions))
+
+    answers("first")
+    judge = AlwaysFirst("http://unused/v1", "judge")
+    run_arena({"x": "unused", "y": "unused"}, questions, judge, tmp_path, Decoding())
+    run_arena({"x": "unused", "y": "unused"}, questions, judge, tmp_path, Decoding())
+    assert judge.usage["calls"] == 2  # the second run came from the cache
+    answers("second")  # answers changed: their old judgments no longer count
+    report = run_arena({"x": "unused", "y": "unused"}, questions, judge, tmp_path, Decoding())
+    assert judge.usage["calls"] == 4 and report["comparisons"] == 2
+    other = AlwaysFirst("http://unused/v1", "another judge")
+    report = run_arena({"x": "unused", "y": "unused"}, questions, other, tmp_path, Decoding())
+    assert other.usage["calls"] == 2 and report["comparisons"] == 2  # one judge per board
+    assert report["judge"]["model"] == "another judge"
+
+
+def test_answers_are_asked_anew_for_other_decoding_settings_or_a_retrained_run(tmp_path):
+    from unitune.eval.answers import answerer
+    from unitune.run import RunRecord, write_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run(run, RunRecord(method="lora", base_model="b", started=1.0))
+    by = answerer(str(run), Decoding(), {})
+    assert by == answerer(str(run), Decoding(), {})
+    assert by != answerer(str(run), Decoding(max_new_tokens=7), {})
+    assert by != answerer(str(run), Decoding(), {"template": "alpaca"})
+    write_run(run, RunRecord(method="lora", base_model="b", started=2.0))  # retrained
+    assert by != answerer(str(run), Decoding(), {})

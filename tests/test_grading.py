@@ -31,12 +31,13 @@ class Scripted(Judge):
 def cached_answers(out, dialogues: list[list[str]]) -> None:
     """The answers of model 'unused', already in the cache (so no model is loaded):
     'answer i.t'."""
-    from unitune.eval.answers import answer_key
+    from unitune.eval.answers import answer_key, answerer
 
+    by = answerer("unused", Decoding(), {})
     out.mkdir(parents=True, exist_ok=True)
     (out / "answers.jsonl").write_text("".join(
         json.dumps({"model": "model", "index": i, "turn": t, "answer": f"answer {i}.{t}",
-                    "key": answer_key("unused", turns[:t + 1])}) + "\n"
+                    "key": answer_key(by, turns[:t + 1])}) + "\n"
         for i, turns in enumerate(dialogues) for t in range(len(turns))))
 
 

@@ -171,7 +171,8 @@ def test_a_person_judges_the_arena_in_headless_chromium(chat_run, tmp_path):
         progress = lambda d: d.find_element(By.ID, "progress").text  # noqa: E731
         wait.until(lambda d: "0 of 2 comparisons judged" in progress(d))
         question = driver.find_element(By.CSS_SELECTOR, "#question textarea")
-        assert question.get_attribute("value") in ("Count the letters. a b", "Sort 3 1 2.")
+        on_screen = question.get_attribute("value")
+        assert on_screen in ("Count the letters. a b", "Sort 3 1 2.")
         driver.find_element(By.ID, "vote-a").click()
         wait.until(lambda d: "1 of 2 comparisons judged" in progress(d))
         driver.find_element(By.ID, "vote-tie").click()
@@ -185,4 +186,5 @@ def test_a_person_judges_the_arena_in_headless_chromium(chat_run, tmp_path):
         proc.wait(timeout=30)
     rows = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert [r["verdict"] for r in rows] == ["A", "C"] and {r["judge"] for r in rows} == {"human"}
+    assert rows[0]["index"] == ["Count the letters. a b", "Sort 3 1 2."].index(on_screen)
     assert json.loads((out / "leaderboard.json").read_text())["comparisons"] == 2

@@ -25,20 +25,39 @@ def read_prompts(path: str | Path) -> list[str]:
     return [c.turns[0].user_text() for c in read_conversations(str(path))]
 
 
-def answer_key(target: str, turns: list[str]) -> str:
-    """What an answer depends on: the model and the user turns up to this one."""
+def answerer(target: str, decoding, engine: dict) -> list:
+    """Everything an answer depends on besides the question: the model (a run by its path
+    and when it was trained, so a run retrained in place is asked again), the decoding and
+    the engine's settings (template, RoPE scaling, ...)."""
+    from dataclasses import asdict
+
+    from unitune.run import is_run, read_run
+
+    model: list = [target]
+    if Path(target).exists():
+        model = [str(Path(target).resolve())]
+        if is_run(Path(target)):
+            record = read_run(target)
+            model += [record.started, record.ended]
+    return [model, asdict(decoding), {k: engine[k] for k in sorted(engine)}]
+
+
+def answer_key(answered_by: list, turns: list[str]) -> str:
+    """The cache key of an answer: who answered how (``answerer``) and the user turns up to
+    this one."""
     import hashlib
 
-    target = str(Path(target).resolve()) if Path(target).exists() else target
-    return hashlib.sha256(json.dumps([target, turns]).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps([answered_by, turns], default=str).encode()
+                          ).hexdigest()[:20]
 
 
 def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: Path, decoding,
                       device: str = "auto", log=print, **engine) -> dict[str, list[list[str]]]:
     """Every model's answer to every user turn of every dialogue, each turn asked after the
     model's own earlier answers (MT-bench's second turns); cached by model and dialogue, so
-    a changed prompt file or another model is never answered from the cache. ``engine``:
-    more ``Engine`` settings (template, trust_remote_code, rope_scaling)."""
+    a changed prompt file, another model, a retrained run or other decoding or engine
+    settings are never answered from the cache. ``engine``: more ``Engine`` settings
+    (template, trust_remote_code, rope_scaling)."""
     from unitune.infer.engine import Engine, Request
 
     out.mkdir(parents=True, exist_ok=True)
@@ -48,9 +67,10 @@ def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: P
     with path.open("a", encoding="utf-8") as f:
         for name, target in models.items():
             have = answers.setdefault(name, {})
+            answered_by = answerer(target, decoding, engine)
             for i, turns in enumerate(dialogues):
                 for t in range(len(turns)):
-                    key = answer_key(target, turns[:t + 1])
+                    key = answer_key(answered_by, turns[:t + 1])
                     if key in cached:
                         have[i, t] = cached[key]
             missing = [i for i, turns in enumerate(dialogues)
@@ -75,7 +95,8 @@ def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: P
                     for i, job in jobs.items():
                         have[i, turn] = job.result().seqs[0].text.strip()
                         f.write(json.dumps({"model": name, "index": i, "turn": turn,
-                                            "key": answer_key(target, dialogues[i][:turn + 1]),
+                                            "key": answer_key(answered_by,
+                                                          dialogues[i][:turn + 1]),
                                             "answer": have[i, turn]}, ensure_ascii=False)
                                 + "\n")
                         f.flush()

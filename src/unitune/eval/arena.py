@@ -7,8 +7,10 @@ prompt and pair of models the two answers are shown to the judge in a seeded ran
 (``unitune serve`` included), asked with MT-bench's pairwise prompt and its verdict format
 (``[[A]]``, ``[[B]]``, ``[[C]]`` for a tie), or a person on the arena page (``serve/web.py``),
 whose votes are recorded the same way. Judge calls are retried with backoff, cached in
-``judgments.jsonl`` (a rerun asks nothing twice), and their token usage is counted; a reply
-with no verdict is recorded as unparsed and left out of the ratings.
+``judgments.jsonl`` by judge, models, prompt and both answers (a rerun asks nothing twice;
+a changed answer or another judge is judged anew), and their token usage is counted; a
+reply with no verdict is recorded as unparsed and left out of the ratings. A leaderboard
+counts one judge's verdicts.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def parse_verdict(text: str) -> str | None:
     return {"A": "A", "B": "B", "C": "C", "TIE": "C"}.get(bare)
 
 
-def schedule(models: list[str], n_questions: int, seed: int = 0
-             ) -> list[tuple[int, str, str, bool]]:
+Comparison = tuple[int, str, str, bool]  # (question, first, second, swap)
+
+
+def schedule(models: list[str], n_questions: int, seed: int = 0) -> list[Comparison]:
     """Every comparison of the arena, (question, first, second, swap): ``swap`` shows
     ``second`` as A. Seeded, so a rerun and a person's page show the same order."""
     rng = random.Random(seed)
@@ -61,11 +65,29 @@ def schedule(models: list[str], n_questions: int, seed: int = 0
             for first, second in itertools.combinations(models, 2)]
 
 
-def record(out: Path, item: tuple[int, str, str, bool], reply: str, verdict: str | None,
+def shown(item: Comparison, questions: list[str], answers: dict[str, list[str]]
+          ) -> tuple[str, str, str]:
+    """(question, answer A, answer B) of a comparison, in the order the judge sees them."""
+    i, first, second, swap = item
+    a, b = (second, first) if swap else (first, second)
+    return questions[i], answers[a][i], answers[b][i]
+
+
+def comparison_key(item: Comparison, questions: list[str], answers: dict[str, list[str]],
+                   judge: str) -> str:
+    """What a judgment depends on: who judged, the two models and what was shown, so a
+    changed prompt or answer, or another judge, is judged anew."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(
+        [judge, item[1], item[2], *shown(item, questions, answers)]).encode()).hexdigest()[:20]
+
+
+def record(out: Path, item: Comparison, key: str, reply: str, verdict: str | None,
            judge: str) -> dict:
     """Appends one judgment to ``judgments.jsonl`` (a reply, its verdict, who judged)."""
     i, first, second, swap = item
-    row = {"index": i, "first": first, "second": second,
+    row = {"key": key, "index": i, "first": first, "second": second,
            "a": second if swap else first, "b": first if swap else second,
            "reply": reply, "verdict": verdict, "judge": judge}
     with (out / "judgments.jsonl").open("a", encoding="utf-8") as f:
@@ -73,22 +95,23 @@ def record(out: Path, item: tuple[int, str, str, bool], reply: str, verdict: str
     return row
 
 
-def judgments(out: Path) -> dict[tuple[int, str, str], dict]:
-    """The judgments made so far, by (question, first, second); a later one replaces an
+def judgments(out: Path) -> dict[str, dict]:
+    """The judgments made so far, by their ``comparison_key``; a later one replaces an
     earlier (a person may change their mind)."""
-    return {(r["index"], r["first"], r["second"]): r
-            for r in read_jsonl(out / "judgments.jsonl")}
+    return {r["key"]: r for r in read_jsonl(out / "judgments.jsonl") if "key" in r}
 
 
 def summarize(models: list[str], questions: list[str], answers: dict[str, list[str]],
-              out: Path, judge: dict, rounds: int = 200, seed: int = 0) -> dict:
-    """The leaderboard of the judgments so far (``leaderboard.md/.json/.png`` in ``out``)."""
+              out: Path, judge: dict, done: dict[str, dict], rounds: int = 200,
+              seed: int = 0) -> dict:
+    """The leaderboard of this arena's judgments by ``judge['model']`` among ``done``
+    (``leaderboard.md/.json/.png`` in ``out``)."""
     from unitune.eval.ratings import leaderboard, markdown, plot
 
     comparisons, unparsed = [], 0
-    for row in judgments(out).values():
-        if row["first"] not in models or row["second"] not in models \
-                or row["index"] >= len(questions):
+    for item in schedule(models, len(questions), seed):
+        row = done.get(comparison_key(item, questions, answers, judge["model"]))
+        if row is None:
             continue
         if row["verdict"] is None:
             unparsed += 1
@@ -119,14 +142,12 @@ def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: P
     answers = collect_answers(models, questions, out, decoding, device, log)
     done = judgments(out)
     for item in schedule(list(models), len(questions), seed):
-        i, first, second, swap = item
-        if (i, first, second) in done:
-            continue
-        a, b = (second, first) if swap else (first, second)
-        reply = judge.ask(judge_messages(questions[i], answers[a][i], answers[b][i]))
-        record(out, item, reply, parse_verdict(reply), judge.model)
-    report = summarize(list(models), questions, answers, out,
-                       judge.report(), rounds, seed)
+        key = comparison_key(item, questions, answers, judge.model)
+        if key not in done:
+            reply = judge.ask(judge_messages(*shown(item, questions, answers)))
+            done[key] = record(out, item, key, reply, parse_verdict(reply), judge.model)
+    report = summarize(list(models), questions, answers, out, judge.report(), done, rounds,
+                       seed)
     log(f"arena: {report['comparisons']} comparisons ({report['unparsed_verdicts']} replies "
         f"without a verdict), judge tokens {judge.usage['prompt_tokens']} in / "
         f"{judge.usage['completion_tokens']} out -> {out / 'leaderboard.md'}")

@@ -80,8 +80,9 @@ class Judge:
 
 
 class Grades:
-    """A judge's replies for one task, cached in ``<out>/grades.jsonl`` by their messages: the
-    same question, answer and prompt are never asked twice, and a changed one is asked anew."""
+    """A judge's replies for one task, cached in ``<out>/grades.jsonl`` by the judge and their
+    messages: the same question, answer and prompt are never asked twice, and a changed one
+    or another judge is asked anew."""
 
     def __init__(self, out: Path, judge: Judge):
         out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ class Grades:
         """The judge's reply to ``messages``; ``key`` names the item in the file."""
         import hashlib
 
-        key = f"{key}:{hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:20]}"
+        key = f"{key}:{hashlib.sha256(json.dumps([self.judge.model, messages]).encode()).hexdigest()[:20]}"
         if key not in self.rows:
             self.rows[key] = {"key": key, "reply": self.judge.ask(messages)}
             with self.path.open("a", encoding="utf-8") as f:

@@ -99,55 +99,65 @@ def build_ui(engine: Engine, decoding: Decoding, model: str | None = None):
 class HumanArena:
     """The arena's comparisons for a person: the next one not yet judged (in a seeded
     shuffled order, so prompts and pairs are mixed), and each vote recorded as a judgment
-    with the leaderboard rewritten."""
+    of the comparison the person saw, with the leaderboard rewritten. The page owns
+    ``judgments.jsonl`` while it runs: it is read once, then kept in step with every vote."""
+
+    JUDGE = "human"
 
     def __init__(self, models: list[str], questions: list[str], answers: dict[str, list[str]],
                  out, seed: int = 0, rounds: int = 200):
         import random
 
-        from unitune.eval.arena import schedule
+        from unitune.eval.arena import comparison_key, judgments, schedule
 
         self.models, self.questions, self.answers = models, questions, answers
         self.out, self.seed, self.rounds = out, seed, rounds
-        self.items = schedule(models, len(questions), seed)
-        random.Random(seed + 1).shuffle(self.items)
+        items = schedule(models, len(questions), seed)
+        random.Random(seed + 1).shuffle(items)
+        self.items = [(item, comparison_key(item, questions, answers, self.JUDGE))
+                      for item in items]
+        self.done = judgments(out)
 
-    def pending(self) -> list[tuple[int, str, str, bool]]:
-        from unitune.eval.arena import judgments
+    def pending(self) -> list[int]:
+        """The positions (in ``items``) of the comparisons not judged yet."""
+        return [n for n, (_, key) in enumerate(self.items) if key not in self.done]
 
-        done = judgments(self.out)
-        return [item for item in self.items if item[:3] not in done]
+    def shown(self) -> tuple[int | None, str, str, str, str]:
+        """(position, question, answer A, answer B, progress) of the next comparison to
+        judge; position None when all are judged."""
+        from unitune.eval.arena import shown
 
-    def shown(self) -> tuple[str, str, str, str]:
-        """(question, answer A, answer B, progress) of the next comparison to judge."""
         pending = self.pending()
         progress = f"{len(self.items) - len(pending)} of {len(self.items)} comparisons judged"
         if not pending:
-            return "All comparisons are judged.", "", "", progress
-        i, first, second, swap = pending[0]
-        a, b = (second, first) if swap else (first, second)
-        return self.questions[i], self.answers[a][i], self.answers[b][i], progress
+            return None, "All comparisons are judged.", "", "", progress
+        return pending[0], *shown(self.items[pending[0]][0], self.questions, self.answers), \
+            progress
 
-    def vote(self, verdict: str) -> str:
-        """Records 'A', 'B' or 'C' (tie) for the current comparison; the leaderboard (Markdown)."""
+    def vote(self, position: int | None, verdict: str) -> str:
+        """Records 'A', 'B' or 'C' (tie) for the comparison at ``position`` (the one on the
+        person's screen; None: nothing was shown); the leaderboard (Markdown)."""
         from unitune.eval.arena import record, summarize
         from unitune.eval.ratings import markdown
 
-        pending = self.pending()
-        if pending:
-            record(self.out, pending[0], f"[[{verdict}]]", verdict, "human")
+        if position is not None:
+            item, key = self.items[position]
+            self.done[key] = record(self.out, item, key, f"[[{verdict}]]", verdict,
+                                    self.JUDGE)
         report = summarize(self.models, self.questions, self.answers, self.out,
-                           {"model": "human"}, self.rounds, self.seed)
+                           {"model": self.JUDGE}, self.done, self.rounds, self.seed)
         return markdown(report["leaderboard"])
 
 
 def build_arena_ui(arena: HumanArena):
     """The page: the question, answers A and B side by side (models hidden), three buttons,
-    the progress and the leaderboard so far."""
+    the progress and the leaderboard so far. Each page remembers which comparison it shows,
+    so a vote counts for what the person read even with several pages open."""
     import gradio as gr
 
     with gr.Blocks(title="unitune arena") as demo:
         gr.Markdown("## unitune arena: which answer is better?")
+        position = gr.State(None)
         progress = gr.Markdown(elem_id="progress")
         question = gr.Textbox(label="prompt", interactive=False, elem_id="question")
         with gr.Row():
@@ -160,13 +170,14 @@ def build_arena_ui(arena: HumanArena):
             tie = gr.Button("tie", elem_id="vote-tie")
             better_b = gr.Button("B is better", elem_id="vote-b")
         board = gr.Markdown(elem_id="leaderboard")
-        shown = [question, answer_a, answer_b, progress]
+        shown = [position, question, answer_a, answer_b, progress]
 
-        def vote(verdict: str):
-            table = arena.vote(verdict)
+        def vote(on_screen: int | None, verdict: str):
+            table = arena.vote(on_screen, verdict)
             return (*arena.shown(), table)
 
         for button, verdict in ((better_a, "A"), (tie, "C"), (better_b, "B")):
-            button.click(lambda v=verdict: vote(v), None, [*shown, board])
+            button.click(lambda on_screen, v=verdict: vote(on_screen, v), position,
+                         [*shown, board])
         demo.load(arena.shown, None, shown)
     return demo
