@@ -23,6 +23,7 @@ from unitune.data.templates import get_template
 from unitune.errors import UserError
 from unitune.run import open_model, read_run
 from unitune.train.recipe import train
+from unitune.train import stages
 from unitune.train.rewards import check_rewards, load_rewards
 
 QUIET = {"log": lambda *a: None, "progress": False}
@@ -325,6 +326,31 @@ def test_rewards_cut_answers_at_the_end_of_turn(family_tokenizer):
     (reward,) = load_rewards(["exact_match"], family_tokenizer, get_template("chatml"))
     assert reward(prompts=["p", "p"], completions=["3<|im_end|>\nmore", "4"],
                   answer=["3", "3"]) == [1.0, 0.0]
+
+
+def test_a_sampled_answer_is_cut_after_a_marker_of_several_tokens(test_preset):
+    from unitune.infer.generate import tokens_through_stop
+    from unitune.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(test_preset))  # no <|im_end|> token: the marker is several
+    marker = get_template("chatml").stop_strings(tok)
+    assert marker == ["<|im_end|>"] and len(tok("<|im_end|>", add_special_tokens=False)
+                                           ["input_ids"]) > 1
+    answer = tok("3<|im_end|>\nmore text", add_special_tokens=False)["input_ids"]
+    kept = tokens_through_stop(tok, answer, marker)
+    assert tok.decode(answer[:kept]).endswith("<|im_end|>") and kept < len(answer)
+    assert tokens_through_stop(tok, answer[:3], marker) == 3  # no marker: all of it
+    assert tokens_through_stop(tok, answer, []) == len(answer)
+
+    class Sampler:  # stands in for TRL's trainer: what its sampling returns, in both shapes
+        def _generate_single_turn(self, *args):
+            return ([answer, answer[:2]], [[0.5] * len(answer), [0.5, 0.5]])
+
+    trainer_cls = stages.get("grpo").trainer_for(Sampler)
+    trainer = object.__new__(trainer_cls)  # (only the sampling hook is exercised)
+    trainer.processing_class, trainer._stop_strings = tok, marker
+    ids, logprobs = trainer._generate_single_turn()
+    assert ids == [answer[:kept], answer[:2]] and [len(x) for x in logprobs] == [kept, 2]
 
 
 # --- bad input: one line, before any weights load -------------------------------------------

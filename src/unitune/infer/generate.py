@@ -106,6 +106,23 @@ def split_stops(tokenizer, stops: list[str]) -> tuple[list[int], list[str]]:
     return ids, strings
 
 
+def tokens_through_stop(tokenizer, ids: list[int], stops: list[str]) -> int:
+    """How many of ``ids`` (a sampled answer) to keep so that it ends with its first stop
+    string, marker included: the fewest tokens whose text holds one (all of them when none
+    does). Cuts at a token boundary, so what is kept is exactly what was sampled."""
+    def holds(n: int) -> bool:
+        text = tokenizer.decode(ids[:n], skip_special_tokens=False)
+        return any(stop in text for stop in stops)
+
+    if not stops or not holds(len(ids)):
+        return len(ids)
+    low, high = 1, len(ids)  # holds(high); find the smallest such n
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if holds(middle) else (middle + 1, high)
+    return high
+
+
 def model_eos_ids(model, tokenizer) -> list[int]:
     """The model's ``generation_config`` EOS ids and the tokenizer's EOS."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -10,7 +10,7 @@ truncation policy, cached like SFT data), and TRL's trainer with what we change 
 - the data arrives tokenised: the DPO and KTO trainers skip their own tokenisation (the reward
   trainer does so by itself for tokenised rows), GRPO and RLOO tokenise prompts exactly as the
   inference engine does (``encode.tokenize_ids``, BOS as the template leaves it), and end an
-  answer at the template's end-of-turn token as well as at EOS; what TRL's trainers map while
+  answer at the template's end-of-turn marker as well as at EOS; what TRL's trainers map while
   they set up stays out of the shared prepared-data cache;
 - the reference model of a new LoRA or (IA)3 adapter is the base with the adapter disabled
   (TRL keeps a frozen copy of a PEFT adapter; one that starts as the identity is the base
@@ -585,21 +585,25 @@ class _Reinforce(_Preference):
         return {"reward_funcs": load_rewards(cfg.rl.reward, tokenizer, template, log,
                                              cfg.trust_remote_code, cfg.device),
                 "add_special_tokens": template.add_special_tokens,
-                "stop_ids": split_stops(tokenizer, template.stop_strings(tokenizer))[0],
+                "stops": split_stops(tokenizer, template.stop_strings(tokenizer)),
                 "drop_reference": _starts_at_base(cfg)}
 
     def trainer_for(self, trainer_cls):
         from unitune.data.encode import tokenize_ids
+        from unitune.infer.generate import tokens_through_stop
 
         class PromptsAsInference(_SetUp, trainer_cls):
             """TRL's trainer with prompts tokenised as the inference engine tokenises them, an
-            answer ending at the template's end-of-turn token as at EOS (TRL masks what
-            follows the first of its ``eos_token_ids``, read from the model's generation
-            config), and the reference copy of a new adapter dropped."""
+            answer ending at the template's end-of-turn marker as at EOS, and the reference
+            copy of a new adapter dropped. A marker that is one token joins the EOS ids (TRL
+            stops there and masks what follows the first of its ``eos_token_ids``, read from
+            the model's generation config); an answer is cut after a longer marker, so
+            nothing sampled past the end of the turn is scored or trained on."""
 
-            def __init__(self, *args, add_special_tokens: bool, stop_ids: list[int],
-                         drop_reference: bool, **kwargs):
+            def __init__(self, *args, add_special_tokens: bool,
+                         stops: tuple[list[int], list[str]], drop_reference: bool, **kwargs):
                 self._add_special_tokens = add_special_tokens
+                stop_ids, self._stop_strings = stops
                 config = kwargs["model"].generation_config
                 eos = config.eos_token_id
                 eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -609,6 +613,16 @@ class _Reinforce(_Preference):
             def _tokenize_prompts(self, prompts):
                 return tokenize_ids(prompts, self.processing_class,
                                     self._add_special_tokens), None, {}
+
+            def _generate_single_turn(self, *args, **kwargs):
+                sampled = super()._generate_single_turn(*args, **kwargs)
+                ids, logprobs = sampled if isinstance(sampled, tuple) else (sampled, None)
+                keep = [tokens_through_stop(self.processing_class, row, self._stop_strings)
+                        for row in ids]
+                ids = [row[:n] for row, n in zip(ids, keep, strict=True)]
+                if logprobs is not None:
+                    logprobs = [row[:n] for row, n in zip(logprobs, keep, strict=True)]
+                return (ids, logprobs) if isinstance(sampled, tuple) else ids
 
         return PromptsAsInference
 
