@@ -17,13 +17,13 @@ from unitune.config import TrainConfig
 from unitune.data.encode import IGNORE, encode_rows
 from unitune.data.preference import encode_preferences, prompt_rows
 from unitune.data.readers import read_records
-from unitune.data.schema import Conversation, PreferencePair, Turn
+from unitune.data.schema import Conversation, PreferencePair, Prompt, Turn
 from unitune.data.store import Records
 from unitune.data.templates import get_template
 from unitune.errors import UserError
 from unitune.run import open_model, read_run
-from unitune.train.recipe import train
 from unitune.train import stages
+from unitune.train.recipe import train
 from unitune.train.rewards import check_rewards, load_rewards
 
 QUIET = {"log": lambda *a: None, "progress": False}
@@ -64,6 +64,48 @@ def test_bad_preference_records_name_the_record_and_field(tmp_path, record, prob
                                        record])
     with pytest.raises(UserError, match=f"{path}:1: .*{problem}"):
         read_records(str(path))
+
+
+@pytest.mark.parametrize("record, system", [
+    ({"prompt": "hi", "answer": "3"}, ""),
+    ({"prompt": "hi", "system": "Be brief.", "solution": 3, "level": "easy"}, "Be brief."),
+    ({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+      "ground_truth": "3"}, "Be brief."),
+])
+def test_prompts_alone_are_read_with_their_reference_answer(tmp_path, record, system):
+    from unitune.data.mixing import dedupe
+    from unitune.data.readers import to_json
+
+    path = write(tmp_path / "p.json", [record, record])
+    prompt, twin = read_records(str(path))
+    assert isinstance(prompt, Prompt) and prompt.where == f"{path}:1"
+    assert (prompt.prompt.turns, prompt.prompt.system, prompt.reference) == \
+        ((Turn("user", "hi"),), system, "3")
+    stored = Records.from_list([prompt, twin])
+    assert list(stored) == [prompt, twin] and len(dedupe(stored)[0]) == 1
+    again = read_records(str(write(tmp_path / "q.json", [to_json(prompt, "prompt")])))
+    assert again[0].prompt.messages() == prompt.prompt.messages()
+    assert again[0].reference == "3"
+
+
+@pytest.mark.parametrize("record, problem", [
+    ({"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]},
+     "prompt: must end with a user turn"),
+    ({"prompt": "hi", "answer": ["3"]}, "answer: expected the reference answer as a string"),
+    ({"prompt": ""}, "turns\\[0\\].content: empty user message"),
+])
+def test_bad_prompt_records_name_the_record_and_field(tmp_path, record, problem):
+    path = write(tmp_path / "p.json", [{"prompt": "ok"}, record])
+    with pytest.raises(UserError, match=f"{path}:1: .*{problem}"):
+        read_records(str(path))
+
+
+def test_rl_prompts_from_prompt_records_carry_their_reference(tmp_path, family_tokenizer):
+    tok, template = family_tokenizer, get_template("alpaca")
+    prompt = Prompt(Conversation((Turn("user", "Count the letters.", "c a t"),)), "3")
+    rows, _ = prompt_rows(Records.from_list([prompt]), tok, template, 128, tmp_path / "r.arrow")
+    assert rows[0]["prompt"] == template.render_prompt(prompt.prompt, tok)
+    assert rows[0]["answer"] == "3"
 
 
 def pairs_table(pairs: list[PreferencePair]) -> Records:
@@ -320,6 +362,36 @@ def test_rl_stages_learn_from_a_reward_model_and_a_python_function(tmp_path, sta
     assert any(f"rewards/{rm_run.name}/mean" in row for row in logged)
     assert main(["generate", str(out), "Count the letters.", "--device", "cpu",
                  "--max-new-tokens", "4"]) == 0
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_prompts_alone_and_rewards_see_their_references(tmp_path, sft_run,
+                                                                       synth_data, capsys):
+    convs = read_records(str(synth_data["train"]))[:16]
+    prompts = write(tmp_path / "prompts.json", [
+        {"prompt": c.turns[0].user_text(), "answer": c.answer} for c in convs])
+    seen = tmp_path / "seen.jsonl"
+    reward_file = tmp_path / "spy.py"
+    reward_file.write_text(
+        "import json\n"
+        "def spy(prompts, completions, answer, **kwargs):\n"
+        f"    with open({str(seen)!r}, 'a') as f:\n"
+        "        f.write(json.dumps(answer) + '\\n')\n"
+        "    return [0.0 for _ in completions]\n")
+    out = tmp_path / "grpo"
+    train(TrainConfig(**{**TINY, "base_model": str(sft_run)}, stage="grpo",
+                      data=[str(prompts)], output_dir=str(out), max_steps=2,
+                      rl={"reward": ["exact_match", f"{reward_file}:spy"],
+                          "num_generations": 2, "max_new_tokens": 4}), **QUIET)
+    assert read_run(out).status == "finished"
+    references = {c.answer for c in convs}
+    answered = [a for line in seen.read_text().splitlines() for a in json.loads(line)]
+    assert answered and set(answered) <= references
+    code = main(["train", "--data", str(prompts), "-o", str(tmp_path / "sft"), "device=cpu",
+                 "--base-model", str(sft_run)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{prompts}:1: is a prompt without an answer" in err
+    assert "Traceback" not in err
 
 
 def test_rewards_cut_answers_at_the_end_of_turn(family_tokenizer):

@@ -45,6 +45,7 @@ _API = {  # name: (module, name there)
     "RewardModel": ("unitune.train.rewards", "RewardModel"),
     "Conversation": ("unitune.data.schema", "Conversation"),
     "PreferencePair": ("unitune.data.schema", "PreferencePair"),
+    "Prompt": ("unitune.data.schema", "Prompt"),
     "read_conversations": ("unitune.data.readers", "read_conversations"),
     "UserError": ("unitune.errors", "UserError"),
 }

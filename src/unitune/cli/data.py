@@ -8,6 +8,7 @@ from pathlib import Path
 from unitune.cli.common import (
     Parser,
 )
+from unitune.data.readers import FORMATS
 
 
 def add_data(sub) -> None:
@@ -46,8 +47,7 @@ def add_data(sub) -> None:
     cv = dsub.add_parser("convert", help="convert a file to another format")
     cv.add_argument("input")
     cv.add_argument("output", help=".jsonl (one record per line) or .json (an array)")
-    cv.add_argument("--to", required=True, help="alpaca, sharegpt, openai, dolly, flan, "
-                    "prompt_completion, preference or text")
+    cv.add_argument("--to", required=True, help=", ".join(FORMATS))
     cv.add_argument("--format", default="auto", help="input format (default: detect)")
     cv.add_argument("--overwrite", action="store_true")
     si = dsub.add_parser("self-instruct", help="generate instruction data from seed tasks "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unitune.data.schema import Conversation, PreferencePair
+from unitune.data.schema import Conversation, PreferencePair, Prompt
 from unitune.data.store import Records
 from unitune.errors import UserError, did_you_mean
 
@@ -166,17 +166,18 @@ def flan_mini_sources(records: dict[str, list], scale: float = 1.0) -> list[Sour
             for name, count in FLAN_MINI_COUNTS.items()]
 
 
-def _digest(record: Conversation | PreferencePair) -> bytes:
-    pair = isinstance(record, PreferencePair)
-    conv = record.prompt if pair else record
+def _digest(record: Conversation | PreferencePair | Prompt) -> bytes:
+    conv = record if isinstance(record, Conversation) else record.prompt
+    answers = (record.chosen, record.rejected) if isinstance(record, PreferencePair) else \
+        (record.reference,) if isinstance(record, Prompt) else ()
     key = [conv.system, conv.tools,
-           [(t.role, t.content, t.input, t.tool_calls) for t in conv.turns],
-           *((record.chosen, record.rejected) if pair else ())]
+           [(t.role, t.content, t.input, t.tool_calls) for t in conv.turns], *answers]
     return hashlib.blake2b(json.dumps(key, ensure_ascii=False).encode(), digest_size=16).digest()
 
 
 def dedupe(records: Sequence[Conversation]) -> tuple[Sequence[Conversation], int]:
-    """Drop exact duplicates (same system and turns; a pair: and answers), keeping the first;
+    """Drop exact duplicates (same system and turns; a pair: and answers; a prompt: and its
+    reference), keeping the first;
     (kept, dropped).
     Holds a 16-byte digest per record, not the records."""
     digests = np.fromiter((_digest(c) for c in records), dtype="S16", count=len(records))

@@ -19,8 +19,9 @@ Owns
   The rows are written by ``datasets.map`` into an Arrow file (of any size, in flat memory).
 - ``prompt_rows`` (GRPO, RLOO): the prompt rendered for generation exactly as the inference
   engine renders it, the prompt conversation as OpenAI messages (JSON, for reward models that
-  render it with their own template) and the reference answer (a conversation's last reply or
-  a pair's chosen answer; empty if there is none) for reward functions that check answers.
+  render it with their own template) and the reference answer (a prompt record's reference,
+  a conversation's last reply or a pair's chosen answer; empty if there is none) for reward
+  functions that check answers.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from unitune.data.encode import (
     encode_rows,
     encode_table,
 )
-from unitune.data.schema import Conversation, PreferencePair
+from unitune.data.schema import Conversation, PreferencePair, Prompt
 from unitune.data.store import Records, from_row, rows_of
 from unitune.data.templates import Template
 from unitune.errors import UserError
@@ -151,7 +152,9 @@ def encode_preferences(records: Records, tokenizer, template: Template, max_leng
 
 
 def _prompt_of(record) -> tuple[Conversation, str]:
-    """(the prompt, the reference answer) of a pair or a (training) conversation."""
+    """(the prompt, the reference answer) of a prompt, a pair or a (training) conversation."""
+    if isinstance(record, Prompt):
+        return record.prompt, record.reference
     if isinstance(record, PreferencePair):
         return record.prompt, record.chosen
     return record.prompt(), record.answer

@@ -3,7 +3,8 @@
 Owns format detection and the readers for Alpaca (with optional ``system`` and ``history``),
 ShareGPT (``conversations`` with ``from``/``value``), OpenAI ``messages``, Dolly
 (``instruction``/``context``/``response``), FLAN (``inputs``/``targets``), prompt/completion,
-preference pairs (``conversations`` + ``chosen``/``rejected``, or plain strings) and plain text
+preference pairs (``conversations`` + ``chosen``/``rejected``, or plain strings), prompts
+alone (TRL's prompt-only ``prompt``, with an optional reference ``answer``) and plain text
 (``.txt`` lines or ``{"text"}`` records), all producing the records of ``schema``. JSON Lines
 are streamed line by line, and a JSON array is decoded element by element from a window of
 the file (so a multi-gigabyte array streams too, and each record knows its line). Every
@@ -23,14 +24,16 @@ from unitune.data.schema import (
     Conversation,
     PlainText,
     PreferencePair,
+    Prompt,
     Turn,
     check_conversation,
 )
 from unitune.errors import UserError, did_you_mean
 
 FORMATS = ("alpaca", "sharegpt", "openai", "dolly", "flan", "prompt_completion", "preference",
-           "text")
-Record = Conversation | PreferencePair | PlainText
+           "prompt", "text")
+Record = Conversation | PreferencePair | Prompt | PlainText
+REFERENCE_FIELDS = ("answer", "solution", "reference", "ground_truth")  # a prompt's answer
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
@@ -233,6 +236,8 @@ def detect_format(obj: object) -> str | None:
         return "alpaca"
     if "prompt" in keys and "completion" in keys:
         return "prompt_completion"
+    if "prompt" in keys:
+        return "prompt"
     if "text" in keys:
         return "text"
     return None
@@ -391,6 +396,34 @@ def conversation_from_messages(messages, tools=None, where: str = "messages") ->
     return conv
 
 
+def _prompt_only(obj: dict, where: str, src: str, line: int) -> Prompt:
+    """A prompt alone: ``prompt`` as a string (with an optional ``system``) or as chat
+    messages ending with a user turn, and its reference answer, the first of
+    ``REFERENCE_FIELDS`` it has; other fields are kept as the record's metadata."""
+    if "prompt" not in obj:
+        raise UserError(f"{where}: prompt: missing (a prompt record needs 'prompt': a string "
+                        "or chat messages)")
+    field = next((f for f in REFERENCE_FIELDS if f in obj), None)
+    reference = "" if field is None else obj[field]
+    if not isinstance(reference, str):
+        if not isinstance(reference, int | float) or isinstance(reference, bool):
+            raise UserError(f"{where}: {field}: expected the reference answer as a string, "
+                            f"got {type(reference).__name__}")
+        reference = str(reference)
+    rest = {k: v for k, v in obj.items() if k != field}
+    if isinstance(obj["prompt"], list):
+        prompt = _conversation(rest, "prompt", where, src, line)
+    else:
+        meta = {k: v for k, v in rest.items() if k not in ("prompt", "system")}
+        prompt = Conversation((Turn("user", _str_field(obj, "prompt", where)),),
+                              _str_field(obj, "system", where, False), src, line, meta)
+    check_conversation(prompt, for_training=False)
+    if prompt.turns[-1].role != "user":
+        raise UserError(f"{where}: prompt: must end with a user turn (the question to answer); "
+                        "a record with its answer is a conversation (prompt + completion)")
+    return Prompt(prompt, reference)
+
+
 def _preference(obj: dict, where: str, src: str, line: int) -> PreferencePair:
     """A preference pair: the prompt as ShareGPT ``conversations``, OpenAI ``messages``, an
     Alpaca ``instruction`` (+ ``input``) or a ``prompt`` (a string or messages), and the
@@ -456,6 +489,8 @@ def to_record(obj: object, fmt: str, where: str, src: str, line: int) -> Record:
             line=line, meta={k: v for k, v in obj.items() if k not in ("prompt", "completion")}))
     if fmt == "preference":
         return _preference(obj, where, src, line)
+    if fmt == "prompt":
+        return _prompt_only(obj, where, src, line)
     if fmt == "text":
         text = _str_field(obj, "text", where)
         if not text.strip():
@@ -517,6 +552,8 @@ _KINDS = {Conversation: ("a conversation", "conversations (Alpaca, ShareGPT, Ope
                                            "Dolly, FLAN, prompt/completion)"),
           PreferencePair: ("a preference pair", "preference pairs (a prompt with 'chosen' and "
                            "'rejected' answers)"),
+          Prompt: ("a prompt without an answer", "prompts ('prompt', with an optional "
+                   "reference 'answer')"),
           PlainText: ("plain text", "plain text")}
 
 
@@ -569,6 +606,17 @@ def to_json(record: Record, fmt: str) -> dict:
         if record.prompt.system:
             out["system"] = record.prompt.system
         return out
+    if isinstance(record, Prompt):
+        if fmt != "prompt":
+            raise UserError(f"{where}: a prompt without an answer converts only to 'prompt'")
+        single = len(record.prompt.turns) == 1 and not record.prompt.tools
+        out = {"prompt": record.prompt.turns[0].user_text() if single
+               else record.prompt.messages()}
+        if single and record.prompt.system:
+            out["system"] = record.prompt.system
+        if record.prompt.tools:
+            out["tools"] = record.prompt.tool_list()
+        return {**out, **({"answer": record.reference} if record.reference else {})}
     conv = record
     if fmt in ("alpaca", "dolly", "flan", "prompt_completion"):
         last_user = conv.turns[-2] if len(conv.turns) >= 2 else None

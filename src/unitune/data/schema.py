@@ -101,6 +101,19 @@ class PreferencePair:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """A question with no answer to train on (what GRPO and RLOO sample answers to), and a
+    reference answer that rewards may check against (empty when there is none)."""
+
+    prompt: Conversation  # ends with a user turn
+    reference: str = ""
+
+    @property
+    def where(self) -> str:
+        return self.prompt.where
+
+
+@dataclass(frozen=True)
 class PlainText:
     text: str
     source: str = "<memory>"

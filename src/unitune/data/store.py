@@ -3,8 +3,9 @@ trains in flat memory.
 
 Owns the row form of a ``Conversation`` (``to_row`` / ``from_row``: the system prompt, the turns
 as a list of ``{role, content, input, tool_calls}``, where it came from, ``meta`` and the tool
-definitions as JSON) and of a ``PreferencePair`` (its prompt conversation's row, with the
-``chosen`` and ``rejected`` answers, null for a conversation), ``write``
+definitions as JSON), of a ``PreferencePair`` (its prompt conversation's row, with the
+``chosen`` and ``rejected`` answers, null for a conversation) and of a ``Prompt`` (its
+conversation's row with the ``reference`` answer, null for the others), ``write``
 (streams records into an Arrow file in fixed-size batches: memory holds one batch, however
 many records there are) and ``Records``, a read-only sequence of ``Conversation``s over such a
 table, memory-mapped by ``datasets``, or over a selection of its rows (``select`` keeps an
@@ -20,7 +21,7 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from unitune.data.schema import Conversation, PreferencePair, Turn
+from unitune.data.schema import Conversation, PreferencePair, Prompt, Turn
 
 SCHEMA = pa.schema([
     ("system", pa.string()),
@@ -32,13 +33,14 @@ SCHEMA = pa.schema([
     ("tools", pa.string()),
     ("chosen", pa.string()),
     ("rejected", pa.string()),
+    ("reference", pa.string()),
 ])
 BATCH = 1_000  # records per Arrow record batch when writing and reading
 
 
-def to_row(record: Conversation | PreferencePair) -> dict:
+def to_row(record: Conversation | PreferencePair | Prompt) -> dict:
     pair = isinstance(record, PreferencePair)
-    conv = record.prompt if pair else record
+    conv = record if isinstance(record, Conversation) else record.prompt
     return {"system": conv.system,
             "turns": [{"role": t.role, "content": t.content, "input": t.input,
                        "tool_calls": t.tool_calls} for t in conv.turns],
@@ -46,16 +48,19 @@ def to_row(record: Conversation | PreferencePair) -> dict:
             "meta": json.dumps(conv.meta, ensure_ascii=False, default=str) if conv.meta else "",
             "tools": conv.tools,
             "chosen": record.chosen if pair else None,
-            "rejected": record.rejected if pair else None}
+            "rejected": record.rejected if pair else None,
+            "reference": record.reference if isinstance(record, Prompt) else None}
 
 
-def from_row(row: dict) -> Conversation | PreferencePair:
+def from_row(row: dict) -> Conversation | PreferencePair | Prompt:
     conv = Conversation(tuple(Turn(t["role"], t["content"], t["input"], t["tool_calls"])
                               for t in row["turns"]),
                         row["system"], row["source"], row["line"],
                         json.loads(row["meta"]) if row["meta"] else {}, row["tools"])
     if row.get("chosen") is not None:
         return PreferencePair(conv, row["chosen"], row["rejected"])
+    if row.get("reference") is not None:
+        return Prompt(conv, row["reference"])
     return conv
 
 
@@ -67,14 +72,14 @@ def rows_of(batch: dict) -> Iterator[dict]:
 
 
 class Records(Sequence):
-    """A sequence of records (``Conversation``s, or ``PreferencePair``s for the preference
-    stages) backed by an Arrow table (``datasets.Dataset``)."""
+    """A sequence of records (``Conversation``s, or ``PreferencePair``s and ``Prompt``s for
+    the preference stages) backed by an Arrow table (``datasets.Dataset``)."""
 
     def __init__(self, table: datasets.Dataset):
         self.table = table
 
     @classmethod
-    def from_list(cls, convs: Iterable[Conversation | PreferencePair]) -> Records:
+    def from_list(cls, convs: Iterable[Conversation | PreferencePair | Prompt]) -> Records:
         rows = [to_row(c) for c in convs]
         return cls(datasets.Dataset(pa.Table.from_pylist(rows, schema=SCHEMA)))
 
@@ -118,6 +123,6 @@ def write_rows(rows: Iterable[dict], path: Path, schema: pa.Schema) -> datasets.
     return datasets.Dataset.from_file(str(path))
 
 
-def write(convs: Iterable[Conversation | PreferencePair], path: Path) -> Records:
+def write(convs: Iterable[Conversation | PreferencePair | Prompt], path: Path) -> Records:
     """Stream records into the Arrow file ``path`` and return them memory-mapped from it."""
     return Records(write_rows(map(to_row, convs), path, SCHEMA))

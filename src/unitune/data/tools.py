@@ -101,7 +101,7 @@ def _check(args) -> int:
             print(problem, file=sys.stderr)
         bad += len(problems)
         names = {"Conversation": "conversations", "PreferencePair": "preference pairs",
-                 "PlainText": "text records"}
+                 "Prompt": "prompts", "PlainText": "text records"}
         what = ", ".join(f"{n} {names[k]}" for k, n in kinds.items()) or "no valid records"
         print(f"{path}: {what}; {len(problems)} invalid")
     return 2 if bad else 0

@@ -93,7 +93,8 @@ class Grades:
         """The judge's reply to ``messages``; ``key`` names the item in the file."""
         import hashlib
 
-        key = f"{key}:{hashlib.sha256(json.dumps([self.judge.model, messages]).encode()).hexdigest()[:20]}"
+        asked = json.dumps([self.judge.model, messages]).encode()
+        key = f"{key}:{hashlib.sha256(asked).hexdigest()[:20]}"
         if key not in self.rows:
             self.rows[key] = {"key": key, "reply": self.judge.ask(messages)}
             with self.path.open("a", encoding="utf-8") as f:

@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from unitune.data.encode import IGNORE
-from unitune.data.schema import Conversation, PreferencePair
+from unitune.data.schema import Conversation, PreferencePair, Prompt
 from unitune.errors import UserError, did_you_mean
 from unitune.sections import Section
 from unitune.train.stages.base import Stage
@@ -515,7 +515,7 @@ class _Reinforce(_Preference):
     """GRPO and RLOO: prompts, rewards, sampling settings."""
 
     sections = (("rl", RlSection),)
-    accept = (Conversation, PreferencePair)
+    accept = (Prompt, Conversation, PreferencePair)
     metrics = ("reward", "reward_std", "kl", "eval_reward")
 
     def trains_on(self, masking):
