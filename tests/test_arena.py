@@ -63,9 +63,9 @@ def test_positions_are_randomised_and_mapped_back(tmp_path):
     out = tmp_path / "arena"
     out.mkdir()
     questions = [f"q{i}" for i in range(40)]
-    from unitune.eval.answers import answer_key, answerer
+    from unitune.eval.answers import Answerer, answer_key
 
-    by = answerer("unused", Decoding(), {})
+    by = Answerer("unused").identity(Decoding())
     (out / "answers.jsonl").write_text("".join(
         json.dumps({"model": m, "index": i, "answer": f"{m} {i}",
                     "key": answer_key(by, [f"q{i}"])}) + "\n"
@@ -207,10 +207,10 @@ def test_a_vote_counts_for_the_comparison_on_the_person_s_screen(tmp_path):
 
 
 def test_judgments_are_asked_anew_for_changed_answers_or_another_judge(tmp_path):
-    from unitune.eval.answers import answer_key, answerer
+    from unitune.eval.answers import Answerer, answer_key
 
     questions = ["q0", "q1"]
-    by = answerer("unused", Decoding(), {})
+    by = Answerer("unused").identity(Decoding())
 
     def answers(text):
         (tmp_path / "answers.jsonl").write_text("".join(
@@ -232,15 +232,15 @@ def test_judgments_are_asked_anew_for_changed_answers_or_another_judge(tmp_path)
 
 
 def test_answers_are_asked_anew_for_other_decoding_settings_or_a_retrained_run(tmp_path):
-    from unitune.eval.answers import answerer
+    from unitune.eval.answers import Answerer
     from unitune.run import RunRecord, write_run
 
     run = tmp_path / "run"
     run.mkdir()
     write_run(run, RunRecord(method="lora", base_model="b", started=1.0))
-    by = answerer(str(run), Decoding(), {})
-    assert by == answerer(str(run), Decoding(), {})
-    assert by != answerer(str(run), Decoding(max_new_tokens=7), {})
-    assert by != answerer(str(run), Decoding(), {"template": "alpaca"})
+    by = Answerer(str(run)).identity(Decoding())
+    assert by == Answerer(str(run)).identity(Decoding())
+    assert by != Answerer(str(run)).identity(Decoding(max_new_tokens=7))
+    assert by != Answerer(str(run), template="alpaca").identity(Decoding())
     write_run(run, RunRecord(method="lora", base_model="b", started=2.0))  # retrained
-    assert by != answerer(str(run), Decoding(), {})
+    assert by != Answerer(str(run)).identity(Decoding())

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from unitune.cli import main
+from unitune.eval.answers import Answerer
 from unitune.eval.grading import grade_impact, grade_mt_bench, grade_winrate, parse_rating
 from unitune.eval.judge import Judge
 from unitune.infer.generate import Decoding
@@ -31,9 +32,9 @@ class Scripted(Judge):
 def cached_answers(out, dialogues: list[list[str]]) -> None:
     """The answers of model 'unused', already in the cache (so no model is loaded):
     'answer i.t'."""
-    from unitune.eval.answers import answer_key, answerer
+    from unitune.eval.answers import Answerer, answer_key
 
-    by = answerer("unused", Decoding(), {})
+    by = Answerer("unused").identity(Decoding())
     out.mkdir(parents=True, exist_ok=True)
     (out / "answers.jsonl").write_text("".join(
         json.dumps({"model": "model", "index": i, "turn": t, "answer": f"answer {i}.{t}",
@@ -62,12 +63,12 @@ def test_impact_means_each_aspect_per_category(tmp_path):
         return "Rating: [[4]]" if "relevance" in messages[0]["content"] else "[[2]]"
 
     judge = Scripted(reply)
-    report = grade_impact("unused", data, judge, out, Decoding())
+    report = grade_impact(Answerer("unused"), data, judge, out, Decoding())
     assert report["prompts"] == 3 and report["unparsed"] == 2
     assert report["relevance"] == 4.0 and report["coherence"] == 2.0
     assert report["by_category"]["creative"] == {"relevance": 4.0, "coherence": 2.0}
     assert report["by_category"]["informative"] == {"relevance": None, "coherence": None}
-    again = grade_impact("unused", data, judge, out, Decoding())
+    again = grade_impact(Answerer("unused"), data, judge, out, Decoding())
     assert judge.usage["calls"] == 6 and again["relevance"] == 4.0  # all from the cache
 
 
@@ -84,7 +85,7 @@ def test_mt_bench_grades_both_turns_with_references_where_due(tmp_path, score):
     out = tmp_path / "out"
     cached_answers(out, [["Write.", "Shorter."], ["2+2?", "Times 3?"]])
     judge = Scripted(lambda m: f"Fine. Rating: [[{score}]]")
-    report = grade_mt_bench("unused", data, judge, out, Decoding())
+    report = grade_mt_bench(Answerer("unused"), data, judge, out, Decoding())
     assert report["rating"] == report["turn_1"] == report["turn_2"] == score
     assert report["by_category"] == {"math": score, "writing": score}
     prompts = [m[-1]["content"] for m in judge.seen]
@@ -117,7 +118,7 @@ def test_winrate_is_1_when_always_preferred_0_when_never_and_half_under_position
                                   ("first", lambda m: "[[A]]", 0.5)):
         out = tmp_path / name
         cached_answers(out, [[r["instruction"]] for r in rows])
-        report = grade_winrate("unused", data, Scripted(reply), out, Decoding())
+        report = grade_winrate(Answerer("unused"), data, Scripted(reply), out, Decoding())
         assert report["win_rate"] == expected, name
         assert report["reference"] == "gpt4" and report["prompts"] == 4
         assert report["answer_chars"]["gpt4"] > report["answer_chars"]["model"]

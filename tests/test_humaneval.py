@@ -82,6 +82,25 @@ def test_eval_humaneval_end_to_end_and_resumed(shared_data, test_preset, tmp_pat
 
 
 @pytest.mark.slow
+def test_one_evaluation_opens_its_model_once_for_every_kind_of_task(shared_data, tmp_path,
+                                                                     monkeypatch):
+    import unitune.run
+
+    opened = []
+    real = unitune.run.open_model
+    monkeypatch.setattr(unitune.run, "open_model",
+                        lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    report = tmp_path / "r.json"
+    args = ["eval", "tiny-llama-test", "--tasks", "mmlu,humaneval", "--data-dir",
+            str(shared_data / "eval"), "--limit", "1", "--shots", "0", "--max-new-tokens", "4",
+            "--device", "cpu", "--report", str(report)]
+    assert main(args) == 0
+    assert opened == ["tiny-llama-test"]  # the harness and the engine share one load
+    assert set(json.loads(report.read_text())["benchmarks"]) == {"mmlu", "humaneval"}
+    assert main(args) == 0 and len(opened) == 2  # a rerun from the caches: still one load
+
+
+@pytest.mark.slow
 def test_eval_perplexity_slides_its_window(test_preset, tmp_path, capsys):
     from unitune.eval.perplexity import perplexity, read_reference, reference_windows
     from unitune.run import open_model

@@ -308,14 +308,16 @@ def cmd_arena(args) -> int:
 
 
 def _human_arena(args, models: dict[str, str], questions: list[str]) -> int:
-    from unitune.eval.answers import collect_answers
+    from unitune.eval.answers import Answerer, collect_answers
     from unitune.serve.web import HumanArena, build_arena_ui
 
     check_host(args)
     if len(models) < 2:
         raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
     out = Path(args.out)
-    answers = collect_answers(models, questions, out, decoding_of(args), args.device, stderr)
+    answers = collect_answers({name: Answerer(target, args.device, stderr)
+                               for name, target in models.items()}, questions, out,
+                              decoding_of(args), stderr)
     arena = HumanArena(list(models), questions, answers, out, args.seed or 0, args.rounds)
     stderr(f"arena page on http://{args.host}:{args.port} ({len(arena.pending())} "
             f"comparisons to judge; votes go to {out / 'judgments.jsonl'})")

@@ -1,6 +1,7 @@
 """Models' answers to prompts and multi-turn dialogues through the chat engine, kept in a
 JSON-lines cache (``answers.jsonl``) so a rerun asks nothing twice: what the arena, the judged
-benchmarks and the win rate grade; and the prompt files they read."""
+benchmarks and the win rate grade; the ``Answerer`` (a model opened once, on first use, for
+every task that needs it); and the prompt files they read."""
 
 from __future__ import annotations
 
@@ -25,52 +26,89 @@ def read_prompts(path: str | Path) -> list[str]:
     return [c.turns[0].user_text() for c in read_conversations(str(path))]
 
 
-def answerer(target: str, decoding, engine: dict) -> list:
-    """Everything an answer depends on besides the question: the model (a run by its path
-    and when it was trained, so a run retrained in place is asked again), the decoding and
-    the engine's settings (template, RoPE scaling, ...)."""
-    from dataclasses import asdict
+class Answerer:
+    """A model that answers: a run or a base model (``target``) and the chat engine's
+    settings (template, trust_remote_code, rope_scaling, static_cache). Its engine opens on
+    first use, so answers that are all cached load nothing. ``keep_open``: the engine stays
+    open for the next task (every task of one evaluation shares one load) until ``close``;
+    otherwise it closes once its answers are in (an arena holds one model at a time)."""
 
-    from unitune.run import is_run, read_run
+    def __init__(self, target: str, device: str = "auto", log=print, keep_open: bool = False,
+                 **settings):
+        self.target, self.device, self.log, self.keep_open = target, device, log, keep_open
+        self.settings = settings
+        self._engine = None
 
-    model: list = [target]
-    if Path(target).exists():
-        model = [str(Path(target).resolve())]
-        if is_run(Path(target)):
-            record = read_run(target)
-            model += [record.started, record.ended]
-    return [model, asdict(decoding), {k: engine[k] for k in sorted(engine)}]
+    def identity(self, decoding) -> list:
+        """Everything an answer depends on besides the question: the model (a run by its
+        path and when it was trained, so a run retrained in place is asked again), the
+        decoding and the engine's settings."""
+        from dataclasses import asdict
+
+        from unitune.run import is_run, read_run
+
+        model: list = [self.target]
+        if Path(self.target).exists():
+            model = [str(Path(self.target).resolve())]
+            if is_run(Path(self.target)):
+                record = read_run(self.target)
+                model += [record.started, record.ended]
+        return [model, asdict(decoding), {k: self.settings[k] for k in sorted(self.settings)}]
+
+    def engine(self):
+        """The chat engine serving the model, opened on the first call."""
+        if self._engine is None:
+            from unitune.infer.engine import Engine
+
+            self._engine = Engine(self.target, device=self.device, log=self.log,
+                                  **self.settings)
+        return self._engine
+
+    @property
+    def served(self) -> str:
+        """The id the engine serves the model under (the run's adapter, or the model)."""
+        engine = self.engine()
+        return engine.adapters[0] if engine.adapters else engine.base_id
+
+    def done(self) -> None:
+        """A task's answers are in: close the engine unless it is kept for the next."""
+        if not self.keep_open:
+            self.close()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
 
-def answer_key(answered_by: list, turns: list[str]) -> str:
-    """The cache key of an answer: who answered how (``answerer``) and the user turns up to
-    this one."""
+def answer_key(identity: list, turns: list[str]) -> str:
+    """The cache key of an answer: who answered how (``Answerer.identity``) and the user
+    turns up to this one."""
     import hashlib
 
-    return hashlib.sha256(json.dumps([answered_by, turns], default=str).encode()
+    return hashlib.sha256(json.dumps([identity, turns], default=str).encode()
                           ).hexdigest()[:20]
 
 
-def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: Path, decoding,
-                      device: str = "auto", log=print, **engine) -> dict[str, list[list[str]]]:
+def collect_dialogues(models: dict[str, Answerer], dialogues: list[list[str]], out: Path,
+                      decoding, log=print) -> dict[str, list[list[str]]]:
     """Every model's answer to every user turn of every dialogue, each turn asked after the
     model's own earlier answers (MT-bench's second turns); cached by model and dialogue, so
     a changed prompt file, another model, a retrained run or other decoding or engine
-    settings are never answered from the cache. ``engine``: more ``Engine`` settings
-    (template, trust_remote_code, rope_scaling)."""
-    from unitune.infer.engine import Engine, Request
+    settings are never answered from the cache."""
+    from unitune.infer.engine import Request
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "answers.jsonl"
     cached = {row["key"]: row["answer"] for row in read_jsonl(path) if "key" in row}
     answers: dict[str, dict[tuple[int, int], str]] = {}
     with path.open("a", encoding="utf-8") as f:
-        for name, target in models.items():
+        for name, answerer in models.items():
             have = answers.setdefault(name, {})
-            answered_by = answerer(target, decoding, engine)
+            identity = answerer.identity(decoding)
             for i, turns in enumerate(dialogues):
                 for t in range(len(turns)):
-                    key = answer_key(answered_by, turns[:t + 1])
+                    key = answer_key(identity, turns[:t + 1])
                     if key in cached:
                         have[i, t] = cached[key]
             missing = [i for i, turns in enumerate(dialogues)
@@ -78,8 +116,8 @@ def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: P
             if not missing:
                 continue
             log(f"{name} answers {len(missing)} prompts")
-            with Engine(target, device=device, log=log, **engine) as running:
-                model = running.adapters[0] if running.adapters else running.base_id
+            running, model = answerer.engine(), answerer.served
+            try:
                 for turn in range(max(len(dialogues[i]) for i in missing)):
                     jobs = {}
                     for i in missing:
@@ -95,18 +133,19 @@ def collect_dialogues(models: dict[str, str], dialogues: list[list[str]], out: P
                     for i, job in jobs.items():
                         have[i, turn] = job.result().seqs[0].text.strip()
                         f.write(json.dumps({"model": name, "index": i, "turn": turn,
-                                            "key": answer_key(answered_by,
-                                                          dialogues[i][:turn + 1]),
+                                            "key": answer_key(identity,
+                                                              dialogues[i][:turn + 1]),
                                             "answer": have[i, turn]}, ensure_ascii=False)
                                 + "\n")
                         f.flush()
+            finally:
+                answerer.done()
     return {name: [[answers[name][i, t] for t in range(len(turns))]
                    for i, turns in enumerate(dialogues)] for name in models}
 
 
-def collect_answers(models: dict[str, str], questions: list[str], out: Path, decoding,
-                    device: str = "auto", log=print, **engine) -> dict[str, list[str]]:
+def collect_answers(models: dict[str, Answerer], questions: list[str], out: Path, decoding,
+                    log=print) -> dict[str, list[str]]:
     """Every model's answer to every single-turn question."""
-    answers = collect_dialogues(models, [[q] for q in questions], out, decoding, device, log,
-                                **engine)
+    answers = collect_dialogues(models, [[q] for q in questions], out, decoding, log)
     return {name: [turns[0] for turns in rows] for name, rows in answers.items()}

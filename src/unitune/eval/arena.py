@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from unitune.errors import UserError
-from unitune.eval.answers import collect_answers
+from unitune.eval.answers import Answerer, collect_answers
 from unitune.eval.judge import Judge, read_jsonl
 
 JUDGE_SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses "
@@ -139,7 +139,9 @@ def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: P
     if len(models) < 2:
         raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
     out.mkdir(parents=True, exist_ok=True)
-    answers = collect_answers(models, questions, out, decoding, device, log)
+    answers = collect_answers({name: Answerer(target, device, log)
+                               for name, target in models.items()}, questions, out, decoding,
+                              log)
     done = judgments(out)
     for item in schedule(list(models), len(questions), seed):
         key = comparison_key(item, questions, answers, judge.model)

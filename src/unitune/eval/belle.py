@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from unitune.errors import UserError
+from unitune.eval.answers import Answerer, collect_answers
 from unitune.eval.judge import Grades, Judge, read_jsonl
 
 DOWNLOAD = ("download eval_set.json and eval_prompt.json from BELLE's eval folder "
@@ -56,15 +57,12 @@ def parse_score(text: str) -> float | None:
     return min(1.0, max(0.0, float(found[-1]))) if found else None
 
 
-def evaluate_belle(target: str, data_dir: str | Path, judge: Judge, out: Path, decoding,
-                   limit: int | None = None, device: str = "auto", log=print,
-                   **engine) -> dict:
-    from unitune.eval.answers import collect_answers
-
+def evaluate_belle(model: Answerer, data_dir: str | Path, judge: Judge, out: Path, decoding,
+                   limit: int | None = None, log=print) -> dict:
     items, prompts = read_belle(data_dir)
     items = items[:limit]
-    answers = collect_answers({"model": target}, [i["question"] for i in items], out,
-                              decoding, device, log, **engine)["model"]
+    answers = collect_answers({"model": model}, [i["question"] for i in items], out,
+                              decoding, log)["model"]
     grades = Grades(out, judge)
     graded = []
     for index, (item, answer) in enumerate(zip(items, answers, strict=True)):

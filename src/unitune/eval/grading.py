@@ -16,7 +16,12 @@ import re
 from pathlib import Path
 
 from unitune.errors import UserError
-from unitune.eval.answers import collect_answers, collect_dialogues, read_prompts
+from unitune.eval.answers import (
+    Answerer,
+    collect_answers,
+    collect_dialogues,
+    read_prompts,
+)
 from unitune.eval.arena import judge_messages, parse_verdict
 from unitune.eval.belle import evaluate_belle
 from unitune.eval.judge import Grades, Judge, read_jsonl
@@ -102,17 +107,16 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def grade_impact(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
-                 limit: int | None = None, device: str = "auto", log=print,
-                 **engine) -> dict:
+def grade_impact(model: Answerer, data_dir: Path, judge: Judge, out: Path, decoding,
+                 limit: int | None = None, log=print) -> dict:
     """IMPACT-style: every prompt of every category file answered, then rated 1-5 for
     relevance and for coherence."""
     prompts: list[tuple[str, str]] = []
     for path in _folder(data_dir, "impact", "*.*"):
         if path.suffix in (".json", ".jsonl", ".txt"):
             prompts += [(path.stem, p) for p in read_prompts(path)[:limit]]
-    answers = collect_answers({"model": target}, [p for _, p in prompts], out, decoding,
-                              device, log, **engine)["model"]
+    answers = collect_answers({"model": model}, [p for _, p in prompts], out, decoding,
+                              log)["model"]
     grades = Grades(out, judge)
     ratings: dict[str, dict[str, list[float]]] = {a: {} for a in IMPACT_ASPECTS}
     unparsed = 0
@@ -156,15 +160,14 @@ def _mt_questions(data_dir: Path) -> tuple[list[dict], dict]:
     return questions, references
 
 
-def grade_mt_bench(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
-                   limit: int | None = None, device: str = "auto", log=print,
-                   **engine) -> dict:
+def grade_mt_bench(model: Answerer, data_dir: Path, judge: Judge, out: Path, decoding,
+                   limit: int | None = None, log=print) -> dict:
     """MT-bench single-answer grading: both turns answered, each rated 1-10 (the second in the
     context of the first); math, reasoning and coding against the reference when there is one."""
     questions, references = _mt_questions(data_dir)
     questions = questions[:limit]
-    answers = collect_dialogues({"model": target}, [q["turns"] for q in questions], out,
-                                decoding, device, log, **engine)["model"]
+    answers = collect_dialogues({"model": model}, [q["turns"] for q in questions], out,
+                                decoding, log)["model"]
     grades = Grades(out, judge)
     scores: dict[int, list[float]] = {}
     by_category: dict[str, list[float]] = {}
@@ -223,15 +226,14 @@ def _reference_outputs(data_dir: Path) -> tuple[str, list[dict]]:
     return (rows[0].get("generator") if rows else None) or path.stem, rows
 
 
-def grade_winrate(target: str, data_dir: Path, judge: Judge, out: Path, decoding,
-                  limit: int | None = None, device: str = "auto", log=print,
-                  **engine) -> dict:
+def grade_winrate(model: Answerer, data_dir: Path, judge: Judge, out: Path, decoding,
+                  limit: int | None = None, log=print) -> dict:
     """The model against a reference model's outputs: every pair judged in both orders
     (MT-bench's pairwise prompt); a win counts 1, a tie 0.5, averaged over the two orders."""
     reference, rows = _reference_outputs(data_dir)
     rows = rows[:limit]
-    answers = collect_answers({"model": target}, [r["instruction"] for r in rows], out,
-                              decoding, device, log, **engine)["model"]
+    answers = collect_answers({"model": model}, [r["instruction"] for r in rows], out,
+                              decoding, log)["model"]
     grades = Grades(out, judge)
     outcomes, unparsed = [], 0
     wins = losses = ties = 0

@@ -1,7 +1,8 @@
 """Benchmarks on EleutherAI's lm-evaluation-harness: the model it scores and the report.
 
-The model is either one ``open_model`` reopened (a base, a run, a composed or merged run:
-lm-evaluation-harness's ``HFLM`` around the model object, adapters and patches included) or an
+The model is either one ``open_model`` reopened (a base, a run, a composed or merged run, as
+the evaluation's ``Answerer`` holds it: lm-evaluation-harness's ``HFLM`` around the model
+object, adapters and patches included) or an
 OpenAI-compatible endpoint (its ``local-completions``, e.g. ``unitune serve``: log-likelihoods
 through ``echo`` + ``logprobs``). The harness does the log-likelihood and generation work; we
 write the task folder (``eval/benchmarks.py``), pick the settings, keep every request's answer
@@ -18,23 +19,20 @@ import logging
 from pathlib import Path
 
 from unitune.errors import UserError
+from unitune.eval.answers import Answerer
 from unitune.eval.benchmarks import TaskSet
 
 
-def local_model(target: str, device: str = "auto", template: str | None = None,
-                trust_remote_code: bool = False, batch_size: int = 8,
-                rope_scaling: dict | None = None, log=print):
-    """(lm-evaluation-harness model, a key naming exactly this model for the cache)."""
+def local_model(model: Answerer, batch_size: int = 8):
+    """(lm-evaluation-harness model, a key naming exactly this model for the cache): the
+    harness's ``HFLM`` around the model the answerer's chat engine holds."""
     from lm_eval.models.huggingface import HFLM
 
-    from unitune.run import open_model
-
-    model, tokenizer, _ = open_model(target, device=device, template=template,
-                                     trust_remote_code=trust_remote_code, log=log,
-                                     rope_scaling=rope_scaling)
+    engine = model.engine()
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)  # (object warning)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return lm, _model_key(target, template, rope_scaling)
+    lm = HFLM(pretrained=engine.model, tokenizer=engine.tokenizer, batch_size=batch_size)
+    return lm, _model_key(model.target, model.settings.get("template"),
+                          model.settings.get("rope_scaling"))
 
 
 def _model_key(target: str, template: str | None, rope_scaling: dict | None) -> str:

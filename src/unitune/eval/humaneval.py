@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from unitune.errors import UserError
+from unitune.eval.answers import Answerer
 
 STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]  # the harness's own
 DOWNLOAD = ("download HumanEval.jsonl.gz from https://github.com/openai/human-eval "
@@ -79,7 +80,7 @@ def score(problems: list[dict], completions: dict[str, list[str]], timeout_s: fl
     return results
 
 
-def evaluate(engine, model: str, data_dir: str, out: Path, n: int = 1,
+def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
              ks: tuple[int, ...] = (1,), temperature: float = 0.8, max_new_tokens: int = 384,
              limit: int | None = None, seed: int = 0, timeout_s: float = 10.0,
              log=print) -> dict:
@@ -110,8 +111,8 @@ def evaluate(engine, model: str, data_dir: str, out: Path, n: int = 1,
         for problem in tqdm(todo, desc="humaneval", unit="problem"):
             have = len(done.get(problem["task_id"], []))
             try:
-                job = engine.generate(Request(model, problem["prompt"], decoding, n=n - have,
-                                              stops=STOPS))
+                job = model.engine().generate(Request(model.served, problem["prompt"],
+                                                      decoding, n=n - have, stops=STOPS))
             except UserError as exc:  # (a prompt over the model's context): a failure, said
                 rows = [{"task_id": problem["task_id"], "completion": "", "passed": False,
                          "error": str(exc)}] * (n - have)
@@ -125,6 +126,7 @@ def evaluate(engine, model: str, data_dir: str, out: Path, n: int = 1,
                 done.setdefault(problem["task_id"], []).append(row)
                 f.write(json.dumps(row) + "\n")
             f.flush()
+    model.done()
     counts = [(len(rows[:n]), sum(r["passed"] for r in rows[:n]))
               for rows in (done[p["task_id"]] for p in problems)]
     errors = sum("error" in r for rows in done.values() for r in rows)

@@ -1,9 +1,10 @@
 """``unitune eval --tasks``: one report for any mix of benchmarks on one model.
 
 ``EvalSettings`` holds every setting a benchmark run depends on (the CLI's flags and a study's
-``eval:`` section map one to one onto it, unknown keys rejected); ``evaluate`` sends each task
-to its engine (the harness benchmarks to lm-evaluation-harness, HumanEval to the sandbox, the
-judged tasks to the judge) and puts their results in one report. Caches and samples sit next
+``eval:`` section map one to one onto it, unknown keys rejected); ``evaluate`` opens the model
+once, when a task first needs it, sends each task to its engine (the harness benchmarks to
+lm-evaluation-harness, HumanEval to the sandbox, the judged tasks to the judge) and puts their
+results in one report. Caches and samples sit next
 to the report (``<stem>.cache/``, ``<stem>.<task>/``), so a rerun continues.
 """
 
@@ -15,6 +16,7 @@ from typing import Literal
 from pydantic import ValidationError, field_validator
 
 from unitune.errors import UserError, did_you_mean
+from unitune.eval.answers import Answerer
 from unitune.eval.benchmarks import BENCHMARKS, PROTOCOLS, benchmark_folder
 from unitune.models.rope import parse as parse_rope
 from unitune.sections import Section
@@ -102,43 +104,45 @@ def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
         raise UserError(f"{', '.join(judged)}: graded by an LLM: give --judge-url and "
                         "--judge-model")
     report: dict = {"model": s.served_model if endpoint else target, "benchmarks": {}}
-    harness = [t for t in s.tasks if t in BENCHMARKS]
-    if harness:
-        report.update(_harness(target, s, harness, stem, endpoint, log))
-    for task in s.tasks:
-        folder = benchmark_folder(s.data_dir, task)
-        if task == "humaneval":
-            report["benchmarks"][task] = _humaneval(target, s, folder, stem, log)
-        elif task in JUDGED:
-            from unitune.eval.grading import GRADED
-            from unitune.eval.judge import Judge
-            from unitune.infer.generate import Decoding
+    # one model for every local task, opened when a task first needs it
+    model = None if endpoint else Answerer(
+        target, s.device, log, keep_open=True, template=s.template,
+        trust_remote_code=s.trust_remote_code, static_cache=s.static_cache,
+        rope_scaling=parse_rope(s.rope))
+    try:
+        harness = [t for t in s.tasks if t in BENCHMARKS]
+        if harness:
+            report.update(_harness(target, model, s, harness, stem, log))
+        for task in s.tasks:
+            folder = benchmark_folder(s.data_dir, task)
+            if task == "humaneval":
+                from unitune.eval.humaneval import evaluate as humaneval
 
-            report["benchmarks"][task] = GRADED[task](  # (judges explain before they rate)
-                target, folder, Judge(s.judge_url, s.judge_model, s.judge_key,
-                                      max_tokens=2048), stem.with_name(f"{stem.name}.{task}"),
-                Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, s.device, log=log,
-                template=s.template, trust_remote_code=s.trust_remote_code,
-                rope_scaling=parse_rope(s.rope))
+                samples = Path(s.samples) if s.samples else \
+                    stem.with_name(stem.name + ".humaneval.jsonl")
+                report["benchmarks"][task] = humaneval(
+                    model, folder, samples, s.n, tuple(s.k), s.temperature,
+                    s.max_new_tokens or 384, s.limit, s.seed, s.timeout, log=log)
+            elif task in JUDGED:
+                from unitune.eval.grading import GRADED
+                from unitune.eval.judge import Judge
+                from unitune.infer.generate import Decoding
+
+                report["benchmarks"][task] = GRADED[task](  # (judges explain, then rate)
+                    model, folder, Judge(s.judge_url, s.judge_model, s.judge_key,
+                                         max_tokens=2048),
+                    stem.with_name(f"{stem.name}.{task}"),
+                    Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, log=log)
+    finally:
+        if model is not None:
+            model.close()
     return report
 
 
-def _humaneval(target: str, s: EvalSettings, folder: Path, stem: Path, log) -> dict:
-    from unitune.eval.humaneval import evaluate as humaneval
-    from unitune.infer.engine import Engine
-
-    samples = Path(s.samples) if s.samples else stem.with_name(stem.name + ".humaneval.jsonl")
-    with Engine(target, {}, device=s.device, template=s.template,
-                trust_remote_code=s.trust_remote_code, static_cache=s.static_cache,
-                rope_scaling=parse_rope(s.rope), log=log) as engine:
-        model = engine.adapters[0] if engine.adapters else engine.base_id
-        return humaneval(engine, model, folder, samples, s.n, tuple(s.k), s.temperature,
-                         s.max_new_tokens or 384, s.limit, s.seed, s.timeout, log=log)
-
-
-def _harness(target: str, s: EvalSettings, tasks: list[str], stem: Path, endpoint: bool,
-             log) -> dict:
-    """The benchmarks lm-evaluation-harness scores, on the model or the endpoint."""
+def _harness(target: str, model: Answerer | None, s: EvalSettings, tasks: list[str],
+             stem: Path, log) -> dict:
+    """The benchmarks lm-evaluation-harness scores, on the model (None: the endpoint
+    ``target``)."""
     from unitune.eval.benchmarks import check_shots, read_benchmarks, write_tasks
     from unitune.eval.harness import endpoint_model, local_model, run_tasks
 
@@ -146,12 +150,11 @@ def _harness(target: str, s: EvalSettings, tasks: list[str], stem: Path, endpoin
     # bad files and too few examples for the shots fail before any model loads
     benchmarks = read_benchmarks(tasks, s.data_dir, log)
     check_shots(benchmarks, s.shots)
-    if endpoint:
+    if model is None:
         lm, key = endpoint_model(target, s.served_model, s.tokenizer, s.api_key,
                                  s.max_length or 2048)
     else:
-        lm, key = local_model(target, s.device, s.template, s.trust_remote_code, s.batch_size,
-                              parse_rope(s.rope), log=log)
+        lm, key = local_model(model, s.batch_size)
     context = min(s.max_length or lm.max_length, lm.max_length)
     cap = min(s.max_new_tokens or 256, context // 2)  # prompt and answer must both fit
     taskset = write_tasks(benchmarks, cache / "tasks" / f"{s.protocol}-"
