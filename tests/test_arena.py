@@ -244,3 +244,19 @@ def test_answers_are_asked_anew_for_other_decoding_settings_or_a_retrained_run(t
     assert by != Answerer(str(run), template="alpaca").identity(Decoding())
     write_run(run, RunRecord(method="lora", base_model="b", started=2.0))  # retrained
     assert by != Answerer(str(run)).identity(Decoding())
+
+
+def test_prompt_files_in_every_layout_the_readers_know(tmp_path):
+    from unitune.errors import UserError
+    from unitune.eval.answers import read_prompts
+
+    (tmp_path / "p.txt").write_text("Sort 3 1 2.\n\n  Count a b.  \n")
+    (tmp_path / "p.jsonl").write_text(
+        '{"prompt": "Sort 3 1 2."}\n{"prompt": "Count a b.", "chosen": "2", "rejected": "3"}\n')
+    (tmp_path / "c.jsonl").write_text('{"instruction": "Sort 3 1 2.", "output": "1 2 3"}\n')
+    assert read_prompts(tmp_path / "p.txt") == ["Sort 3 1 2.", "Count a b."]
+    with pytest.raises(UserError, match="p.jsonl:2: record looks like preference"):
+        read_prompts(tmp_path / "p.jsonl")  # (one format per file)
+    assert read_prompts(tmp_path / "c.jsonl") == ["Sort 3 1 2."]
+    with pytest.raises(UserError, match="missing.txt"):
+        read_prompts(tmp_path / "missing.txt")

@@ -8,22 +8,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unitune.errors import UserError
 from unitune.eval.judge import read_jsonl
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """The prompts of a file: one per line of a .txt, else the first user turn of each
-    conversation (any format the data readers know)."""
-    from unitune.data.readers import read_conversations
+    """The prompts of a file: each line of a .txt, else the first user turn of each record
+    (a conversation, a prompt alone or a preference pair, in any format the readers know)."""
+    from unitune.data.readers import iter_records
+    from unitune.data.schema import Conversation, PlainText
 
-    path = Path(path)
-    if path.suffix == ".txt":
-        if not path.exists():
-            raise UserError(f"{path}: no such file")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()]
-    return [c.turns[0].user_text() for c in read_conversations(str(path))]
+    prompts = []
+    for record in iter_records(path):
+        if isinstance(record, PlainText):
+            prompts.append(record.text.strip())
+        else:
+            conv = record if isinstance(record, Conversation) else record.prompt
+            prompts.append(conv.turns[0].user_text())
+    return prompts
 
 
 class Answerer:

@@ -153,17 +153,25 @@ def tokens_per_character(tokenizer, texts: list[str]) -> float:
 
 
 def sample_texts(path: str | Path, limit: int = 1000) -> list[str]:
-    """The text of a sample file: every turn of its conversations, or a .txt's lines."""
-    path = Path(path)
-    if path.suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip()][:limit]
-    from unitune.data.readers import read_conversations
+    """The text of a sample file's first ``limit`` records: a .txt's lines, plain text, and
+    every turn and answer of conversations, prompts and preference pairs."""
+    from itertools import islice
+
+    from unitune.data.readers import iter_records
+    from unitune.data.schema import Conversation, PlainText, PreferencePair, Prompt
 
     texts = []
-    for conversation in read_conversations(str(path))[:limit]:
-        texts += [t.user_text() for t in conversation.turns if t.user_text().strip()]
-    return texts
+    for record in islice(iter_records(path), limit):
+        if isinstance(record, PlainText):
+            texts.append(record.text)
+            continue
+        conv = record if isinstance(record, Conversation) else record.prompt
+        texts += [t.user_text() for t in conv.turns]
+        if isinstance(record, PreferencePair):
+            texts += [record.chosen, record.rejected]
+        elif isinstance(record, Prompt):
+            texts.append(record.reference)
+    return [t for t in texts if t.strip()]
 
 
 def report(before, after, texts: list[str]) -> dict:
