@@ -101,7 +101,7 @@ def test_what_gguf_cannot_hold_is_refused(synth_data, test_preset, tmp_path, cap
                  str(tmp_path / "adapter")]) == 0
     capsys.readouterr()
     assert main(["export", "gguf", str(tmp_path / "adapter"), "-o", str(out)]) == 2
-    assert "cannot be folded into the weights" in capsys.readouterr().err
+    assert "cannot be folded into its base weights" in capsys.readouterr().err
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(
         str(tmp_path / "gpt2"))
     (tmp_path / "gpt2" / "tokenizer.json").write_bytes((test_preset / "tokenizer.json")

@@ -264,3 +264,15 @@ def test_seq2seq_t5_trains_saves_reloads_and_generates(tmp_path, test_preset, sy
     assert main(["generate", str(out), "Sort the numbers.", "--input", "3 1 2",
                  "--max-new-tokens", "4"]) == 0
     assert "### Response" not in capsys.readouterr().out  # the answer only, not the prompt
+
+
+def test_what_cannot_fold_into_the_base_says_why_and_what_to_do():
+    from unitune import methods
+    from unitune.errors import UserError
+
+    for name in ("lora", "ia3", "adalora", "full", "freeze"):
+        methods.get(name).check_foldable("run", "unused")
+    for name, why in (("prefix", "virtual tokens"), ("adapter_par", "non-linearity")):
+        with pytest.raises(UserError, match=f"^run: method={name} cannot be folded into its "
+                           f"base weights \\(.*{why}.*\\); do this instead$"):
+            methods.get(name).check_foldable("run", "do this instead")

@@ -331,10 +331,8 @@ def check_foldable(folder: Path, quantized: bool = False, rope_scaling: bool = F
         return record
     if record.kind == "rm":
         raise UserError(f"{folder}: a reward model, not a language model to start from")
-    if not method.mergeable:
-        raise UserError(f"{folder}: method={record.method} cannot be folded into its base, so "
-                        "a new run cannot start from it; start from its base, or from a "
-                        "LoRA / (IA)3 / full run")
+    method.check_foldable(str(folder), "a new run cannot start from it; start from its "
+                          "base, or from a LoRA / (IA)3 / full run")
     why = "a quantized base" if quantized or record.quantization else "RoPE scaling" \
         if rope_scaling else "DeepSpeed (which partitions the weights as they load)" \
         if sharded else None

@@ -235,11 +235,8 @@ def export_gguf(target: str, out_dir: Path, kinds: list[str], overwrite: bool = 
         if path.exists() and not overwrite:
             raise UserError(f"{path} exists; pass --overwrite to replace it")
     if is_run(folder):
-        record = read_run(folder)
-        method = methods.get(record.method)
-        if not (method.whole_model or method.mergeable):
-            raise UserError(f"method={record.method} cannot be folded into the weights, and "
-                            "GGUF holds plain weights only; export a LoRA, (IA)3 or full run")
+        methods.get(read_run(folder).method).check_foldable(
+            str(folder), "GGUF holds plain weights only; export a LoRA, (IA)3 or full run")
     model, tokenizer, template = open_model(target, device="cpu", dtype="fp32",
                                             quantization="none",
                                             trust_remote_code=trust_remote_code, log=log)

@@ -30,10 +30,7 @@ def merge(run_dir: Path, out: Path, dtype: str = "auto", overwrite: bool = False
             raise UserError(f"--quantize {quantize} needs a CUDA GPU with bitsandbytes; merge "
                             "without it and quantize at load time on the GPU machine")
     check_replaceable(out, overwrite)
-    if not method.mergeable and not method.whole_model:
-        raise UserError(f"method={info.method} cannot be folded into the base weights "
-                        "(bottleneck adapters have a non-linearity; prompt methods add virtual "
-                        "tokens, not weight updates); use the run folder as it is")
+    method.check_foldable(str(run_dir), "use the run folder as it is")
     if info.quantization:
         log(f"the run trained on a {info.quantization} base: merging into the 16-bit weights "
             "instead (de-quantized), never into the quantized ones")

@@ -36,11 +36,20 @@ class Method:
     packing_ok: bool = True
     composable: str | None = None  # module-arithmetic family: lora, ia3, bottleneck, full
     mergeable: bool = False  # its update folds into the base weights (unitune merge)
+    unfoldable_because: str = "its update is not a change of the base weights"
     whole_model: bool = False  # trains and saves every weight: the run folder is a HF model
     shares_init: bool = False  # has adapter weights a later run can start from (init_adapter)
     shardable: bool = True  # trains under FSDP / DeepSpeed (which shard weights and gradients)
     starts_at_base: bool = False  # a new adapter changes nothing yet (LoRA's zero B, IA3's ones)
     peft: bool = False  # a PEFT adapter (PEFT saves, loads and can disable it)
+
+    def check_foldable(self, where: str, instead: str) -> None:
+        """Refuse, in one line naming ``where`` and what to do ``instead``, to fold this
+        method's update into the base weights when it cannot be (merging, GGUF export, a new
+        run that starts from this one)."""
+        if not (self.whole_model or self.mergeable):
+            raise UserError(f"{where}: method={self.name} cannot be folded into its base "
+                            f"weights ({self.unfoldable_because}); {instead}")
 
     def base_quantization(self, cfg) -> str | None:
         """'4bit', '8bit' or None: what the base is loaded in for this config."""

@@ -148,6 +148,7 @@ class Bottleneck(Method):
     shares_init = True
     native_checkpoints = False  # the HF Trainer knows only PEFT adapters and whole models
     shardable = False  # its own save and load see whole tensors, not FSDP's / ZeRO's shards
+    unfoldable_because = "a non-linearity sits between its projections"
 
     def __init__(self, name: str, kind: str, summary: str):
         self.name, self.kind, self.summary = name, kind, summary

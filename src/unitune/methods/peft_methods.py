@@ -217,6 +217,7 @@ def _adalora_callback(schedule: AdaLoraSection):
 class PromptMethod(PeftMethod):
     sections = (("prompt", PromptSection),)
     packing_ok = False
+    unfoldable_because = "it adds virtual tokens, not weight updates"
 
     def __init__(self, name: str, summary: str):
         self.name, self.summary = name, summary
