@@ -103,8 +103,14 @@ def load(url: str, bodies: list[dict], clients: int, seconds: float,
             "p50_s": round(statistics.median(latencies), 3), "p99_s": round(q[98], 3)}
 
 
-def start_server(args: list[str]) -> tuple[subprocess.Popen, str, list[dict]]:
-    """`unitune serve ARGS` on a free port: (process, base url, its models)."""
+def start_server(args: list[str], timeout_s: float = 600.0
+                 ) -> tuple[subprocess.Popen, str, list[dict]]:
+    """`unitune serve ARGS` on a free port of 127.0.0.1, started as users start it: (process,
+    base url, its models) once it answers. Its output goes to a log file (a pipe nobody
+    reads would stall a chatty server), whose tail is the error if it exits or does not
+    start in ``timeout_s``. The tests start their servers with it too."""
+    import tempfile
+
     import httpx
 
     with socket.socket() as s:
@@ -112,19 +118,30 @@ def start_server(args: list[str]) -> tuple[subprocess.Popen, str, list[dict]]:
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # (works without an install, too)
         [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    server = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
-                               "SystemExit(main())", "serve", *args, "--port", str(port)],
-                              stderr=subprocess.PIPE, text=True, env=env)
+    fd, log = tempfile.mkstemp(prefix="unitune-serve-", suffix=".log")
+    with os.fdopen(fd, "w") as out:
+        server = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
+                                   "SystemExit(main())", "serve", *args, "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(3000):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"the server exited: {server.stderr.read()}")
+            break
         try:
-            return server, url, httpx.get(f"{url}/v1/models", timeout=1).json()["data"]
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                key = args[args.index("--api-key") + 1] if "--api-key" in args else None
+                return server, url, httpx.get(f"{url}/v1/models", headers={
+                    "Authorization": f"Bearer {key}"} if key else {}).json()["data"]
         except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the server did not start in 10 minutes")
+            pass
+        time.sleep(0.2)
+    else:
+        server.kill()
+    server.wait()
+    tail = Path(log).read_text(encoding="utf-8", errors="replace")[-3000:]
+    raise RuntimeError(f"`unitune serve {' '.join(args)}` "
+                       f"{'exited' if server.returncode else 'did not start'}:\n{tail}")
 
 
 def main() -> None:

@@ -113,35 +113,16 @@ def judge_model(test_preset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def start_server():
-    """Starts `unitune serve ARGS` (on the CPU, a free port of 127.0.0.1) as users start it;
-    returns (process, base url) once /health answers."""
-    import socket
-    import subprocess
+    """Starts `unitune serve ARGS` (on the CPU, a free port of 127.0.0.1) as users start it,
+    with the serving benchmark's starter; returns (process, base url) once it answers."""
     import sys
-    import time
 
-    import httpx
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from serve_load import start_server as start_serving
 
     def start(args: list[str]):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; "
-                                 "raise SystemExit(main())", "serve", *args, "--port", str(port),
-                                 "--device", "cpu"], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"the server exited: {proc.stdout.read()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        proc.kill()
-        raise AssertionError("the server did not start")
+        proc, url, _ = start_serving([*args, "--device", "cpu"], timeout_s=120)
+        return proc, url
 
     return start
 
