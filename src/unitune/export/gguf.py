@@ -1,15 +1,17 @@
 """``unitune export gguf``: a run (its adapter merged first) or a model folder as a GGUF file for
 llama.cpp, written with the maintained ``gguf`` package, and an Ollama ``Modelfile`` beside it.
 
-Llama-architecture models (Llama, Mistral) only: llama.cpp's own converter knows dozens of
-architectures, and a model we cannot map exactly is refused rather than written wrong. The
-mapping follows llama.cpp's ``convert_hf_to_gguf.py``: tensor names from ``gguf``'s own
-name map, the query and key projections permuted into GGML's rotary layout, 1-D tensors
-(norms) in f32, the rest in f16 or quantized to Q8_0 by ``gguf.quants``; the metadata has the
-shapes, RoPE (theta and any scaling the run recorded), the tokenizer (a SentencePiece model,
-or its tokenizer.json conversion, as ``llama``; a byte-level BPE as ``gpt2`` with its merges),
-the special ids and the chat template. The file is written under a temporary name and renamed
-when complete.
+The architectures of ``ARCHITECTURES`` (Llama and Mistral as llama.cpp's ``llama``; Qwen2
+with its attention biases; Qwen3 with its query and key norms): llama.cpp's own converter
+knows dozens more, and a model we cannot map exactly is refused rather than written wrong. The
+mapping follows llama.cpp's ``convert_hf_to_gguf.py``: tensor names from ``gguf``'s own name
+map, the query and key projections of ``llama`` permuted into GGML's interleaved rotary layout
+(Qwen's rotary layout is llama.cpp's NEOX one, HF's own), 1-D tensors (norms, biases) in f32,
+the rest in f16 or quantized to Q8_0 by ``gguf.quants``; the metadata has the shapes, RoPE
+(theta and any scaling the run recorded), the tokenizer (a SentencePiece model, or its
+tokenizer.json conversion, as ``llama``; a byte-level BPE as ``gpt2`` with its merges and
+the name of its pre-tokenizer), the special ids and the chat template. The file is written
+under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import numpy as np
 from unitune.errors import UserError
 
 TYPES = ("f16", "q8_0", "f32")
-ARCHITECTURES = ("llama", "mistral")
+# HF model_type -> (llama.cpp architecture, query/key rows permuted into GGML's rotary layout)
+ARCHITECTURES = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True),
+                 "qwen2": ("QWEN2", False), "qwen3": ("QWEN3", False)}
 
 
 def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
@@ -31,15 +35,18 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-_LLAMA3_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
+_WORDS_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
 
 
 def _pre_tokenizer(spec: dict, log) -> str:
     """llama.cpp's name for a byte-level BPE's pre-tokenizer (how text is split before the
-    merges): Llama 3's, GPT-2's, or its default with a warning."""
-    pre = json.dumps(spec.get("pre_tokenizer") or {})
-    if _LLAMA3_SPLIT in pre.replace("\\\\", "\\"):
+    merges): Llama 3's (numbers in runs of up to three digits), Qwen2's (one digit at a
+    time), GPT-2's, or its default with a warning."""
+    pre = json.dumps(spec.get("pre_tokenizer") or {}).replace("\\\\", "\\")
+    if _WORDS_SPLIT + "{1,3}|" in pre:
         return "llama-bpe"
+    if _WORDS_SPLIT + "|" in pre:
+        return "qwen2"
     if (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel":
         return "gpt-2"
     log("warning: llama.cpp does not know this tokenizer's pre-tokenizer and splits text with "
@@ -145,7 +152,8 @@ def _rope_metadata(writer, config) -> None:
 
 def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str,
                log=print) -> None:
-    """Writes ``model`` (a merged Llama-architecture model) to ``out`` as ``kind``."""
+    """Writes ``model`` (a merged model of one of the ``ARCHITECTURES``) to ``out`` as
+    ``kind``."""
     import gguf
     import torch
 
@@ -153,12 +161,14 @@ def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str,
     if config.model_type not in ARCHITECTURES:
         raise UserError(f"GGUF export supports {', '.join(ARCHITECTURES)} models; this is "
                         f"'{config.model_type}' (llama.cpp's convert_hf_to_gguf.py knows more)")
+    arch, permuted = ARCHITECTURES[config.model_type]
+    arch = gguf.MODEL_ARCH[arch]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                  "f32": gguf.LlamaFileType.ALL_F32}[kind]
     tmp = out.with_name(out.name + ".partial")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
     try:
         writer.add_name(name)
         writer.add_context_length(config.max_position_embeddings)
@@ -177,7 +187,7 @@ def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str,
         _rope_metadata(writer, config)
         _tokenizer_metadata(writer, tokenizer, folder,
                             model.get_input_embeddings().weight.shape[0], log)
-        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+        names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
         tied = getattr(config, "tie_word_embeddings", False)
         for hf_name, tensor in model.state_dict().items():
             if tied and hf_name == "lm_head.weight":
@@ -188,9 +198,9 @@ def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str,
             if target is None:
                 raise UserError(f"GGUF export: no GGUF name for tensor {hf_name}")
             data = tensor.detach().to(torch.float32).cpu().numpy()
-            if hf_name.endswith("q_proj.weight"):
+            if permuted and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
                 data = _permute(data, heads)
-            elif hf_name.endswith("k_proj.weight"):
+            elif permuted and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
                 data = _permute(data, kv_heads)
             if data.ndim == 1 or kind == "f32":
                 writer.add_tensor(target, data.astype(np.float32))
