@@ -485,3 +485,23 @@ def test_the_package_exports_its_api():
 
     with pytest.raises(UserError, match="unknown method 'lorra'"):
         methods.get("lorra")
+
+
+def test_adalora_resumes_bit_for_bit_with_its_rank_allocator(tmp_path, data):
+    """AdaLoRA's importance estimates and rank pattern live outside the weights: a checkpoint
+    carries them, so a resumed run prunes the same ranks as an uninterrupted one."""
+    def cfg(out: Path) -> TrainConfig:
+        return TrainConfig(**{**crash_args(data, out), "max_steps": 16, "save_steps": 2,
+                              "method": "adalora", "adalora": {
+                                  "init_r": 6, "target_r": 2, "tinit": 2, "tfinal": 4,
+                                  "delta_t": 1}})
+
+    reference = train(cfg(tmp_path / "reference"), log=lambda *a: None, progress=False)
+    for crash in (7, 14):  # while ranks are pruned, and after the final pattern is fixed
+        out = tmp_path / f"run{crash}"
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(cfg(out), log=lambda *a: None, progress=False, callbacks=[CrashAt(crash)])
+        train(cfg(out), log=lambda *a: None, progress=False, resume_from=True)
+        assert_same_adapter(out, reference)
+        assert json.loads((out / "adapter_config.json").read_text())["rank_pattern"] == \
+            json.loads((reference / "adapter_config.json").read_text())["rank_pattern"]

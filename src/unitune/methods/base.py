@@ -103,6 +103,16 @@ class Method:
         """Put the weights that ``save`` wrote to ``folder`` into ``model`` (a resume)."""
         raise NotImplementedError
 
+    # Training state beyond the weights (AdaLoRA's rank allocator): written into each
+    # checkpoint after the Trainer's files, and restored on resume.
+    def save_training_state(self, model, folder: Path) -> None:
+        """Write what a resume needs besides the Trainer's checkpoint (nothing by default)."""
+
+    def load_training_state(self, model, folder: Path) -> bool:
+        """Restore what ``save_training_state`` wrote; True when that restored the weights
+        too (the checkpoint's own weights are then not loaded)."""
+        return False
+
 
 def unfreeze(model, names: list[str]) -> None:
     """Make the named modules (a full name or a name suffix) trainable."""

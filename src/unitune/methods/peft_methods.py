@@ -10,6 +10,7 @@ every optimizer step with the Trainer's own step count, and QLoRA's base prepara
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -180,18 +181,64 @@ class AdaLora(Lora):
     def callbacks(self, cfg) -> list:
         return [_adalora_callback(cfg.adalora)]
 
+    STATE_FILE = "adalora_state.safetensors"
+    _ALLOCATOR = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def save_training_state(self, model, folder: Path) -> None:
+        """The allocator's importance estimates, the rank pattern so far and the adapter
+        untrimmed (PEFT's save drops the pruned ranks, which may still come back before the
+        final pattern, and a model of the initial ranks cannot load it)."""
+        from safetensors.torch import save_file
+
+        model = _peft_model(model)
+        allocator = model.base_model.rankallocator
+        tensors = {f"weights/{n}": p.detach().cpu().contiguous()
+                   for n, p in model.named_parameters() if "lora_" in n}
+        for kind in self._ALLOCATOR:
+            tensors.update({f"{kind}/{n}": t.detach().cpu().contiguous()
+                            for n, t in getattr(allocator, kind).items()})
+        config = next(iter(model.peft_config.values()))
+        save_file(tensors, str(folder / self.STATE_FILE),
+                  metadata={"rank_pattern": json.dumps(config.rank_pattern)})
+
+    def load_training_state(self, model, folder: Path) -> bool:
+        from safetensors import safe_open
+
+        path = folder / self.STATE_FILE
+        if not path.is_file():
+            return False
+        model = _peft_model(model)
+        parameters = dict(model.named_parameters())
+        device = next(iter(parameters.values())).device
+        allocator = model.base_model.rankallocator
+        state: dict[str, dict] = {kind: {} for kind in self._ALLOCATOR}
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                kind, name = key.split("/", 1)
+                if kind == "weights":
+                    with torch.no_grad():
+                        parameters[name].copy_(f.get_tensor(key))
+                else:
+                    state[kind][name] = f.get_tensor(key).to(device)
+            pattern = json.loads(f.metadata()["rank_pattern"])
+        for kind, values in state.items():
+            setattr(allocator, kind, values)
+        next(iter(model.peft_config.values())).rank_pattern = pattern
+        return True
+
 
 def _steps(value: float, total: int) -> int:
     return int(value) if value >= 1 else max(1, int(value * total))
 
 
+def _peft_model(model):
+    while not hasattr(model, "peft_config"):  # unwrap DDP / accelerate wrappers
+        model = model.module
+    return model
+
+
 def _adalora_callback(schedule: AdaLoraSection):
     from transformers import TrainerCallback
-
-    def peft_model(model):
-        while not hasattr(model, "peft_config"):  # unwrap DDP / accelerate wrappers
-            model = model.module
-        return model
 
     class AdaLoraAllocator(TrainerCallback):
         """Gives AdaLoRA the Trainer's step count when training begins, then calls its rank
@@ -199,7 +246,7 @@ def _adalora_callback(schedule: AdaLoraSection):
         commonly forget: without it AdaLoRA is plain LoRA with a larger rank)."""
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            config = next(iter(peft_model(model).peft_config.values()))
+            config = next(iter(_peft_model(model).peft_config.values()))
             total = state.max_steps
             tinit, tfinal = _steps(schedule.tinit, total), _steps(schedule.tfinal, total)
             if tinit >= total - tfinal:
@@ -209,7 +256,7 @@ def _adalora_callback(schedule: AdaLoraSection):
             config.total_step, config.tinit, config.tfinal = total, tinit, tfinal
 
         def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-            peft_model(model).base_model.update_and_allocate(state.global_step)
+            _peft_model(model).base_model.update_and_allocate(state.global_step)
 
     return AdaLoraAllocator()
 

@@ -595,10 +595,20 @@ def with_method_checkpoints(trainer_class: type) -> type:
                 self.method.save(model, Path(output_dir), state_dict)
             return None
 
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                self.method.save_training_state(
+                    self.accelerator.unwrap_model(self.model),
+                    Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}")
+
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            folder = Path(resume_from_checkpoint)
+            if self.method.load_training_state(model or self.model, folder):
+                return None
             if self.method.native_checkpoints:
                 return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            self.method.load_weights(model or self.model, Path(resume_from_checkpoint))
+            self.method.load_weights(model or self.model, folder)
             return None
 
     RunTrainer.__name__ = RunTrainer.__qualname__ = f"Run{trainer_class.__name__}"
