@@ -394,6 +394,24 @@ def test_grpo_trains_on_prompts_alone_and_rewards_see_their_references(tmp_path,
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+def test_rl_stages_train_a_whole_model_from_a_run_against_its_starting_weights(
+        tmp_path, stage, sft_run, synth_data):
+    """TRL loads the reference of a whole model from the base's folder; from a LoRA run
+    that would be the base without the run's adapter. The reference is the run's folded
+    weights instead: at the first step the policy is the reference, so the KL is 0."""
+    out = tmp_path / stage
+    train(TrainConfig(**{**TINY, "base_model": str(sft_run), "lr": 1e-4}, stage=stage,
+                      method="full", data=[str(synth_data["train"])], output_dir=str(out),
+                      max_steps=2, rl={"reward": ["exact_match"], "num_generations": 2,
+                                       "max_new_tokens": 4, "beta": 0.1}), **QUIET)
+    assert read_run(out).status == "finished"
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    kls = [row["kl"] for row in logged if "kl" in row]
+    assert kls and kls[0] == 0.0
+
+
 def test_rewards_cut_answers_at_the_end_of_turn(family_tokenizer):
     (reward,) = load_rewards(["exact_match"], family_tokenizer, get_template("chatml"))
     assert reward(prompts=["p", "p"], completions=["3<|im_end|>\nmore", "4"],

@@ -222,7 +222,7 @@ def detect_format(obj: object) -> str | None:
     if not isinstance(obj, dict):
         return None
     keys = set(obj)
-    if {"chosen", "rejected"} <= keys:
+    if keys & {"chosen", "rejected"}:  # (a pair missing one is a pair to point at)
         return "preference"
     if "conversations" in keys:
         return "sharegpt"

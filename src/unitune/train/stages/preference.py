@@ -158,6 +158,24 @@ def _reference(cfg, model, precomputed: bool) -> dict:
     return {**kwargs, "ref_model": ref}
 
 
+@contextmanager
+def _reference_is(trainer_cls, reference):
+    """While ``trainer_cls`` sets up, its loading of a reference model from a folder hands it
+    ``reference`` instead (nothing changes when that is None)."""
+    import inspect
+
+    module = inspect.getmodule(trainer_cls)
+    if reference is None:
+        yield
+        return
+    load = module.create_model_from_path
+    module.create_model_from_path = lambda *args, **kwargs: reference
+    try:
+        yield
+    finally:
+        module.create_model_from_path = load
+
+
 class _SetUp:
     """What every TRL trainer of ours does around TRL's own set-up: its maps of the training
     set kept out of the prepared-data cache (``_datasets_in_memory``), and TRL's copy of a new
@@ -540,7 +558,8 @@ class _Reinforce(_Preference):
         return cfg.rl.beta > 0
 
     def reference_from_folder(self, cfg):
-        return cfg.rl.beta > 0
+        # (otherwise a frozen copy of the starting weights is handed to TRL: trainer_for)
+        return cfg.rl.beta > 0 and bool(cfg.deepspeed)
 
     def check_tokenizer(self, cfg, tokenizer):
         from unitune.train.rewards import check_rewards
@@ -586,7 +605,9 @@ class _Reinforce(_Preference):
                                              cfg.trust_remote_code, cfg.device),
                 "add_special_tokens": template.add_special_tokens,
                 "stops": split_stops(tokenizer, template.stop_strings(tokenizer)),
-                "drop_reference": _starts_at_base(cfg)}
+                "drop_reference": _starts_at_base(cfg),
+                "reference": None if cfg.rl.beta == 0 else
+                _reference(cfg, model, precomputed=False)["ref_model"]}
 
     def trainer_for(self, trainer_cls):
         from unitune.data.encode import tokenize_ids
@@ -598,17 +619,22 @@ class _Reinforce(_Preference):
             copy of a new adapter dropped. A marker that is one token joins the EOS ids (TRL
             stops there and masks what follows the first of its ``eos_token_ids``, read from
             the model's generation config); an answer is cut after a longer marker, so
-            nothing sampled past the end of the turn is scored or trained on."""
+            nothing sampled past the end of the turn is scored or trained on. The reference
+            of a whole model or bottleneck adapters (KL control) is ``reference``, a frozen
+            copy of the starting weights: TRL would load it from the base's folder, which
+            holds neither a run it starts from nor a grown vocabulary."""
 
             def __init__(self, *args, add_special_tokens: bool,
-                         stops: tuple[list[int], list[str]], drop_reference: bool, **kwargs):
+                         stops: tuple[list[int], list[str]], drop_reference: bool,
+                         reference=None, **kwargs):
                 self._add_special_tokens = add_special_tokens
                 stop_ids, self._stop_strings = stops
                 config = kwargs["model"].generation_config
                 eos = config.eos_token_id
                 eos = [eos] if isinstance(eos, int) else list(eos or [])
                 config.eos_token_id = [*eos, *(i for i in stop_ids if i not in eos)]
-                super().__init__(*args, drop_reference=drop_reference, **kwargs)
+                with _reference_is(trainer_cls, reference):
+                    super().__init__(*args, drop_reference=drop_reference, **kwargs)
 
             def _tokenize_prompts(self, prompts):
                 return tokenize_ids(prompts, self.processing_class,
