@@ -107,8 +107,9 @@ def start_server(args: list[str], timeout_s: float = 600.0
                  ) -> tuple[subprocess.Popen, str, list[dict]]:
     """`unitune serve ARGS` on a free port of 127.0.0.1, started as users start it: (process,
     base url, its models) once it answers. Its output goes to a log file (a pipe nobody
-    reads would stall a chatty server), whose tail is the error if it exits or does not
-    start in ``timeout_s``. The tests start their servers with it too."""
+    reads would stall a chatty server), removed once the server is up; the log's tail is the
+    error if it exits or does not start in ``timeout_s``. The tests start their servers with
+    it too."""
     import tempfile
 
     import httpx
@@ -118,6 +119,8 @@ def start_server(args: list[str], timeout_s: float = 600.0
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # (works without an install, too)
         [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    key = next((a.split("=", 1)[1] if "=" in a else args[i + 1]
+                for i, a in enumerate(args) if a.split("=", 1)[0] == "--api-key"), None)
     fd, log = tempfile.mkstemp(prefix="unitune-serve-", suffix=".log")
     with os.fdopen(fd, "w") as out:
         server = subprocess.Popen([sys.executable, "-c", "from unitune.cli import main; raise "
@@ -125,23 +128,26 @@ def start_server(args: list[str], timeout_s: float = 600.0
                                   stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if server.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                key = args[args.index("--api-key") + 1] if "--api-key" in args else None
-                return server, url, httpx.get(f"{url}/v1/models", headers={
-                    "Authorization": f"Bearer {key}"} if key else {}).json()["data"]
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
+    try:
+        while server.poll() is None and time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    models = httpx.get(f"{url}/v1/models", headers={
+                        "Authorization": f"Bearer {key}"} if key else {}).json()["data"]
+                    os.unlink(log)
+                    return server, url, models
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        what = "exited" if server.poll() is not None else f"did not start in {timeout_s:.0f} s"
+    except BaseException:
         server.kill()
+        raise
+    server.kill()
     server.wait()
     tail = Path(log).read_text(encoding="utf-8", errors="replace")[-3000:]
-    raise RuntimeError(f"`unitune serve {' '.join(args)}` "
-                       f"{'exited' if server.returncode else 'did not start'}:\n{tail}")
+    os.unlink(log)
+    raise RuntimeError(f"`unitune serve {' '.join(args)}` {what}:\n{tail}")
 
 
 def main() -> None:

@@ -115,13 +115,15 @@ def judge_model(test_preset, tmp_path_factory) -> Path:
 def start_server():
     """Starts `unitune serve ARGS` (on the CPU, a free port of 127.0.0.1) as users start it,
     with the serving benchmark's starter; returns (process, base url) once it answers."""
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from serve_load import start_server as start_serving
+    spec = importlib.util.spec_from_file_location("serve_load",
+                                                  REPO / "benchmarks" / "serve_load.py")
+    serve_load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_load)
 
     def start(args: list[str]):
-        proc, url, _ = start_serving([*args, "--device", "cpu"], timeout_s=120)
+        proc, url, _ = serve_load.start_server([*args, "--device", "cpu"], timeout_s=120)
         return proc, url
 
     return start

@@ -67,6 +67,15 @@ def test_eval_humaneval_end_to_end_and_resumed(shared_data, test_preset, tmp_pat
     assert main(args) == 0  # a rerun continues: nothing generated again
     assert "3 of 3 problems already done" in capsys.readouterr().err
     assert len((tmp_path / "he.humaneval.jsonl").read_text().splitlines()) == 6
+    assert main([*args, "--temperature", "0.5"]) == 0  # other sampling: sampled anew
+    assert "already done" not in capsys.readouterr().err
+    assert len((tmp_path / "he.humaneval.jsonl").read_text().splitlines()) == 12
+    missing = tmp_path / "no-such-model"
+    assert main(["eval", str(missing), "--tasks", "humaneval", "--data-dir", data_dir,
+                 "--limit", "3", "--report", str(tmp_path / "bad.json")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "bad.humaneval.jsonl").exists() or \
+        not (tmp_path / "bad.humaneval.jsonl").read_text()  # no failures recorded for it
     assert main(["eval", "tiny-llama-test", "--tasks", "humanevl", "--data-dir", data_dir]) == 2
     assert "did you mean 'humaneval'" in capsys.readouterr().err
     assert main(["eval", "tiny-llama-test", "--tasks", "humaneval", "--data-dir",

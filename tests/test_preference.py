@@ -68,6 +68,7 @@ def test_bad_preference_records_name_the_record_and_field(tmp_path, record, prob
 
 @pytest.mark.parametrize("record, system", [
     ({"prompt": "hi", "answer": "3"}, ""),
+    ({"prompt": "hi", "answer": None, "solution": "3"}, ""),  # (a hub row: every column)
     ({"prompt": "hi", "system": "Be brief.", "solution": 3, "level": "easy"}, "Be brief."),
     ({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
       "ground_truth": "3"}, "Be brief."),

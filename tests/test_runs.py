@@ -489,10 +489,11 @@ def test_the_package_exports_its_api():
 
 def test_adalora_resumes_bit_for_bit_with_its_rank_allocator(tmp_path, data):
     """AdaLoRA's importance estimates and rank pattern live outside the weights: a checkpoint
-    carries them, so a resumed run prunes the same ranks as an uninterrupted one."""
+    carries them, so a resumed run prunes the same ranks as an uninterrupted one (and its
+    fully trained modules come back too)."""
     def cfg(out: Path) -> TrainConfig:
         return TrainConfig(**{**crash_args(data, out), "max_steps": 16, "save_steps": 2,
-                              "method": "adalora", "adalora": {
+                              "method": "adalora", "modules_to_save": ["lm_head"], "adalora": {
                                   "init_r": 6, "target_r": 2, "tinit": 2, "tfinal": 4,
                                   "delta_t": 1}})
 

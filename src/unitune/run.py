@@ -11,7 +11,8 @@ Owns
   ``overwrite``) or is empty, never anything else;
 - ``open_model``, the one way any command gets (model, tokenizer, template) for a run or a
   base model, reopening a run exactly as it was trained, and ``open_tokenizer`` for commands
-  that need no weights.
+  that need no weights;
+- ``identity``: what names exactly one model, for the caches of its answers.
 """
 
 from __future__ import annotations
@@ -87,6 +88,22 @@ class RunRecord(BaseModel):
                 data.setdefault("kind", "merge")
                 data["sources"] = data.pop("merged_from")
         return data
+
+
+def identity(target: str) -> list[str]:
+    """What names exactly this model, for the caches of its answers: a folder by its resolved
+    path and the size and modification time of its record, config and weights (a run
+    retrained or a model replaced in place is another model); a hub id by itself."""
+    folder = Path(target)
+    if not folder.exists():
+        return [target]
+    parts = [str(folder.resolve())]
+    for name in (RUN_FILE, "config.json", "adapter_model.safetensors", "model.safetensors",
+                 "model.safetensors.index.json"):
+        if (folder / name).exists():
+            stat = (folder / name).stat()
+            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return parts
 
 
 def is_run(folder: Path) -> bool:

@@ -318,7 +318,8 @@ def _human_arena(args, models: dict[str, str], questions: list[str]) -> int:
     answers = collect_answers({name: Answerer(target, args.device, stderr)
                                for name, target in models.items()}, questions, out,
                               decoding_of(args), stderr)
-    arena = HumanArena(list(models), questions, answers, out, args.seed or 0, args.rounds)
+    arena = HumanArena(list(models), questions, answers, out, args.seed or 0, args.rounds,
+                       stderr)
     stderr(f"arena page on http://{args.host}:{args.port} ({len(arena.pending())} "
             f"comparisons to judge; votes go to {out / 'judgments.jsonl'})")
     build_arena_ui(arena).queue().launch(

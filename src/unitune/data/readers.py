@@ -399,11 +399,12 @@ def conversation_from_messages(messages, tools=None, where: str = "messages") ->
 def _prompt_only(obj: dict, where: str, src: str, line: int) -> Prompt:
     """A prompt alone: ``prompt`` as a string (with an optional ``system``) or as chat
     messages ending with a user turn, and its reference answer, the first of
-    ``REFERENCE_FIELDS`` it has; other fields are kept as the record's metadata."""
+    ``REFERENCE_FIELDS`` it has that is not null; other fields are kept as the record's
+    metadata."""
     if "prompt" not in obj:
         raise UserError(f"{where}: prompt: missing (a prompt record needs 'prompt': a string "
                         "or chat messages)")
-    field = next((f for f in REFERENCE_FIELDS if f in obj), None)
+    field = next((f for f in REFERENCE_FIELDS if obj.get(f) is not None), None)
     reference = "" if field is None else obj[field]
     if not isinstance(reference, str):
         if not isinstance(reference, int | float) or isinstance(reference, bool):
@@ -579,7 +580,8 @@ def check_kind(record: Record, accept: tuple[type, ...], purpose: str) -> Record
 
 def iter_conversations(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool = False,
                        problems: list[str] | None = None) -> Iterator[Conversation]:
-    """Stream records for instruction tuning; preference pairs and plain text are refused."""
+    """Stream records for instruction tuning; preference pairs, prompts alone and plain text
+    are refused."""
     yield from iter_accepted(paths, fmt, skip_invalid, problems)
 
 

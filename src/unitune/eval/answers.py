@@ -41,20 +41,16 @@ class Answerer:
         self._engine = None
 
     def identity(self, decoding) -> list:
-        """Everything an answer depends on besides the question: the model (a run by its
-        path and when it was trained, so a run retrained in place is asked again), the
-        decoding and the engine's settings."""
+        """Everything an answer depends on besides the question: the model (``run.identity``:
+        a run retrained in place is asked again), the decoding and the engine settings that
+        change what it says (not ``static_cache``, which changes only how fast)."""
         from dataclasses import asdict
 
-        from unitune.run import is_run, read_run
+        from unitune.run import identity
 
-        model: list = [self.target]
-        if Path(self.target).exists():
-            model = [str(Path(self.target).resolve())]
-            if is_run(Path(self.target)):
-                record = read_run(self.target)
-                model += [record.started, record.ended]
-        return [model, asdict(decoding), {k: self.settings[k] for k in sorted(self.settings)}]
+        settings = {k: v for k, v in sorted(self.settings.items())
+                    if v is not None and k != "static_cache"}
+        return [identity(self.target), asdict(decoding), settings]
 
     def engine(self):
         """The chat engine serving the model, opened on the first call."""
@@ -77,9 +73,17 @@ class Answerer:
             self.close()
 
     def close(self) -> None:
+        """Close the engine and free its model (the next model loads into that memory)."""
         if self._engine is not None:
+            import gc
+
+            import torch
+
             self._engine.close()
             self._engine = None
+            gc.collect()  # (the engine and its worker thread refer to each other)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def answer_key(identity: list, turns: list[str]) -> str:
@@ -140,6 +144,7 @@ def collect_dialogues(models: dict[str, Answerer], dialogues: list[list[str]], o
                                 + "\n")
                         f.flush()
             finally:
+                del running  # (so that an arena never holds two models at once)
                 answerer.done()
     return {name: [[answers[name][i, t] for t in range(len(turns))]
                    for i, turns in enumerate(dialogues)] for name in models}

@@ -95,10 +95,15 @@ def record(out: Path, item: Comparison, key: str, reply: str, verdict: str | Non
     return row
 
 
-def judgments(out: Path) -> dict[str, dict]:
+def judgments(out: Path, log=print) -> dict[str, dict]:
     """The judgments made so far, by their ``comparison_key``; a later one replaces an
-    earlier (a person may change their mind)."""
-    return {r["key"]: r for r in read_jsonl(out / "judgments.jsonl") if "key" in r}
+    earlier (a person may change their mind). Judgments written before they had a key are
+    not counted, and said so."""
+    rows = read_jsonl(out / "judgments.jsonl")
+    if legacy := sum("key" not in r for r in rows):
+        log(f"{out / 'judgments.jsonl'}: {legacy} judgments from an earlier unitune (without "
+            "the answers they judged) are not counted; those comparisons are judged again")
+    return {r["key"]: r for r in rows if "key" in r}
 
 
 def summarize(models: list[str], questions: list[str], answers: dict[str, list[str]],
@@ -142,7 +147,7 @@ def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: P
     answers = collect_answers({name: Answerer(target, device, log)
                                for name, target in models.items()}, questions, out, decoding,
                               log)
-    done = judgments(out)
+    done = judgments(out, log)
     for item in schedule(list(models), len(questions), seed):
         key = comparison_key(item, questions, answers, judge.model)
         if key not in done:

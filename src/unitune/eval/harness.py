@@ -36,13 +36,9 @@ def local_model(model: Answerer, batch_size: int = 8):
 
 
 def _model_key(target: str, template: str | None, rope_scaling: dict | None) -> str:
-    folder = Path(target)
-    parts = [str(folder.resolve()) if folder.exists() else target, str(template),
-             json.dumps(rope_scaling, sort_keys=True)]
-    for name in ("run.json", "config.json", "adapter_model.safetensors"):
-        if (folder / name).exists():
-            stat = (folder / name).stat()
-            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    from unitune.run import identity
+
+    parts = [*identity(target), str(template), json.dumps(rope_scaling, sort_keys=True)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

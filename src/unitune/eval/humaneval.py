@@ -85,7 +85,10 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
              limit: int | None = None, seed: int = 0, timeout_s: float = 10.0,
              log=print) -> dict:
     """Generate ``n`` completions per problem (greedy when n == 1, else sampled), test them,
-    report pass@k; ``out`` (JSON lines) keeps every sample and a rerun continues from it."""
+    report pass@k; ``out`` (JSON lines) keeps every sample, keyed by the model and the
+    decoding, and a rerun continues from the samples of the same model and decoding."""
+    import hashlib
+
     from tqdm import tqdm
 
     from unitune.infer.engine import Request
@@ -95,38 +98,43 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
         raise UserError(f"pass@k needs k <= n samples per problem (k={max(ks)}, n={n}); "
                         f"raise --n")
     problems = read_problems(data_dir)[:limit]
+    decoding = Decoding(max_new_tokens=max_new_tokens, do_sample=n > 1,
+                        temperature=temperature if n > 1 else 1.0, seed=seed)
+    key = hashlib.sha256(json.dumps([model.identity(decoding), STOPS]).encode()
+                         ).hexdigest()[:20]
     done: dict[str, list[dict]] = {}
     if out.exists():
         for line in out.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
+            row = json.loads(line) if line.strip() else {}
+            if row.get("key") == key:  # (another model's or decoding's samples do not count)
                 done.setdefault(row["task_id"], []).append(row)
-    decoding = Decoding(max_new_tokens=max_new_tokens, do_sample=n > 1,
-                        temperature=temperature if n > 1 else 1.0, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = [p for p in problems if len(done.get(p["task_id"], [])) < n]
     if len(todo) < len(problems):
         log(f"{out}: {len(problems) - len(todo)} of {len(problems)} problems already done")
-    with out.open("a", encoding="utf-8") as f:
-        for problem in tqdm(todo, desc="humaneval", unit="problem"):
-            have = len(done.get(problem["task_id"], []))
-            try:
-                job = model.engine().generate(Request(model.served, problem["prompt"],
-                                                      decoding, n=n - have, stops=STOPS))
-            except UserError as exc:  # (a prompt over the model's context): a failure, said
-                rows = [{"task_id": problem["task_id"], "completion": "", "passed": False,
-                         "error": str(exc)}] * (n - have)
-            else:
-                completions = [s.text for s in job.seqs]
-                passed = score([problem], {problem["task_id"]: completions}, timeout_s)
-                rows = [{"task_id": problem["task_id"], "completion": text, "passed": ok}
-                        for text, ok in zip(completions, passed[problem["task_id"]],
-                                            strict=True)]
-            for row in rows:
-                done.setdefault(problem["task_id"], []).append(row)
-                f.write(json.dumps(row) + "\n")
-            f.flush()
-    model.done()
+    try:
+        engine = model.engine() if todo else None  # (a model that cannot load stops here)
+        with out.open("a", encoding="utf-8") as f:
+            for problem in tqdm(todo, desc="humaneval", unit="problem"):
+                have = len(done.get(problem["task_id"], []))
+                try:
+                    job = engine.generate(Request(model.served, problem["prompt"], decoding,
+                                                  n=n - have, stops=STOPS))
+                except UserError as exc:  # (a prompt over the model's context): said
+                    rows = [{"task_id": problem["task_id"], "completion": "", "passed": False,
+                             "error": str(exc)}] * (n - have)
+                else:
+                    completions = [s.text for s in job.seqs]
+                    passed = score([problem], {problem["task_id"]: completions}, timeout_s)
+                    rows = [{"task_id": problem["task_id"], "completion": text, "passed": ok}
+                            for text, ok in zip(completions, passed[problem["task_id"]],
+                                                strict=True)]
+                for row in rows:
+                    done.setdefault(problem["task_id"], []).append(row)
+                    f.write(json.dumps({**row, "key": key}) + "\n")
+                f.flush()
+    finally:
+        model.done()
     counts = [(len(rows[:n]), sum(r["passed"] for r in rows[:n]))
               for rows in (done[p["task_id"]] for p in problems)]
     errors = sum("error" in r for rows in done.values() for r in rows)

@@ -35,18 +35,35 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-_WORDS_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
+# the split patterns llama.cpp knows by name: Llama 3's numbers in runs of up to three digits,
+# Qwen2's one digit at a time
+_SPLITS = {
+    "llama-bpe": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s"
+                 "\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    "qwen2": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}"
+             "\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+}
+
+
+def _split_patterns(node) -> list[str]:
+    """Every ``Split`` regex in a pre-tokenizer spec (nested in ``Sequence``s)."""
+    if isinstance(node, dict):
+        own = [node["pattern"]["Regex"]] if node.get("type") == "Split" and \
+            isinstance(node.get("pattern"), dict) and "Regex" in node["pattern"] else []
+        return own + [p for value in node.values() for p in _split_patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _split_patterns(value)]
+    return []
 
 
 def _pre_tokenizer(spec: dict, log) -> str:
     """llama.cpp's name for a byte-level BPE's pre-tokenizer (how text is split before the
-    merges): Llama 3's (numbers in runs of up to three digits), Qwen2's (one digit at a
-    time), GPT-2's, or its default with a warning."""
-    pre = json.dumps(spec.get("pre_tokenizer") or {}).replace("\\\\", "\\")
-    if _WORDS_SPLIT + "{1,3}|" in pre:
-        return "llama-bpe"
-    if _WORDS_SPLIT + "|" in pre:
-        return "qwen2"
+    merges): Llama 3's or Qwen2's split pattern exactly, GPT-2's, or its default with a
+    warning."""
+    patterns = _split_patterns(spec.get("pre_tokenizer"))
+    for name, pattern in _SPLITS.items():
+        if patterns == [pattern]:
+            return name
     if (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel":
         return "gpt-2"
     log("warning: llama.cpp does not know this tokenizer's pre-tokenizer and splits text with "
@@ -161,6 +178,10 @@ def write_gguf(model, tokenizer, folder: Path, out: Path, kind: str, name: str,
     if config.model_type not in ARCHITECTURES:
         raise UserError(f"GGUF export supports {', '.join(ARCHITECTURES)} models; this is "
                         f"'{config.model_type}' (llama.cpp's convert_hf_to_gguf.py knows more)")
+    if getattr(config, "use_sliding_window", False):
+        raise UserError("GGUF export: this model attends through a sliding window, which the "
+                        "exported file would not hold; llama.cpp's convert_hf_to_gguf.py "
+                        "knows it")
     arch, permuted = ARCHITECTURES[config.model_type]
     arch = gguf.MODEL_ARCH[arch]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads

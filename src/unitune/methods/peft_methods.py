@@ -185,15 +185,16 @@ class AdaLora(Lora):
     _ALLOCATOR = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
     def save_training_state(self, model, folder: Path) -> None:
-        """The allocator's importance estimates, the rank pattern so far and the adapter
-        untrimmed (PEFT's save drops the pruned ranks, which may still come back before the
-        final pattern, and a model of the initial ranks cannot load it)."""
+        """The allocator's importance estimates, the rank pattern so far and every trained
+        weight, the adapter untrimmed (PEFT's save drops the pruned ranks, which may still
+        come back before the final pattern, and a model of the initial ranks cannot load it)
+        and ``modules_to_save`` (a reward model's head) too."""
         from safetensors.torch import save_file
 
         model = _peft_model(model)
         allocator = model.base_model.rankallocator
         tensors = {f"weights/{n}": p.detach().cpu().contiguous()
-                   for n, p in model.named_parameters() if "lora_" in n}
+                   for n, p in model.named_parameters() if p.requires_grad}
         for kind in self._ALLOCATOR:
             tensors.update({f"{kind}/{n}": t.detach().cpu().contiguous()
                             for n, t in getattr(allocator, kind).items()})
@@ -209,7 +210,7 @@ class AdaLora(Lora):
             return False
         model = _peft_model(model)
         parameters = dict(model.named_parameters())
-        device = next(iter(parameters.values())).device
+        inner = dict(model.base_model.model.named_parameters())  # (the allocator's names)
         allocator = model.base_model.rankallocator
         state: dict[str, dict] = {kind: {} for kind in self._ALLOCATOR}
         with safe_open(str(path), "pt") as f:
@@ -219,7 +220,7 @@ class AdaLora(Lora):
                     with torch.no_grad():
                         parameters[name].copy_(f.get_tensor(key))
                 else:
-                    state[kind][name] = f.get_tensor(key).to(device)
+                    state[kind][name] = f.get_tensor(key).to(inner[name].device)
             pattern = json.loads(f.metadata()["rank_pattern"])
         for kind, values in state.items():
             setattr(allocator, kind, values)

@@ -105,8 +105,9 @@ class HumanArena:
     JUDGE = "human"
 
     def __init__(self, models: list[str], questions: list[str], answers: dict[str, list[str]],
-                 out, seed: int = 0, rounds: int = 200):
+                 out, seed: int = 0, rounds: int = 200, log=print):
         import random
+        import threading
 
         from unitune.eval.arena import comparison_key, judgments, schedule
 
@@ -116,7 +117,8 @@ class HumanArena:
         random.Random(seed + 1).shuffle(items)
         self.items = [(item, comparison_key(item, questions, answers, self.JUDGE))
                       for item in items]
-        self.done = judgments(out)
+        self.done = judgments(out, log)
+        self._lock = threading.Lock()  # (votes from several pages: one at a time)
 
     def pending(self) -> list[int]:
         """The positions (in ``items``) of the comparisons not judged yet."""
@@ -140,12 +142,13 @@ class HumanArena:
         from unitune.eval.arena import record, summarize
         from unitune.eval.ratings import markdown
 
-        if position is not None:
-            item, key = self.items[position]
-            self.done[key] = record(self.out, item, key, f"[[{verdict}]]", verdict,
-                                    self.JUDGE)
-        report = summarize(self.models, self.questions, self.answers, self.out,
-                           {"model": self.JUDGE}, self.done, self.rounds, self.seed)
+        with self._lock:
+            if position is not None:
+                item, key = self.items[position]
+                self.done[key] = record(self.out, item, key, f"[[{verdict}]]", verdict,
+                                        self.JUDGE)
+            report = summarize(self.models, self.questions, self.answers, self.out,
+                               {"model": self.JUDGE}, self.done, self.rounds, self.seed)
         return markdown(report["leaderboard"])
 
 

@@ -142,12 +142,12 @@ class RlSection(Section):
 
 
 def _reference(cfg, model, precomputed: bool) -> dict:
-    """The DPO / KTO trainer's reference: for a PEFT adapter TRL's (the adapter disabled, or a
-    copy of an adapter that does not start at the base); else a frozen copy of the starting
-    weights (whole-model training, bottleneck adapters), unless the reference is scored once
-    before training (``precomputed``: the policy then is the reference) or DeepSpeed shards
-    the model (TRL loads it from the base's folder, which ``check_method`` allows only for a
-    base model)."""
+    """The reference of a stage trained against one (DPO, KTO; GRPO and RLOO with KL): for a
+    PEFT adapter TRL's (the adapter disabled, or a copy of an adapter that does not start at
+    the base); else a frozen copy of the starting weights (whole-model training, bottleneck
+    adapters), unless the reference is scored once before training (``precomputed``: the
+    policy then is the reference) or DeepSpeed shards the model (TRL loads it from the base's
+    folder, which ``check_method`` allows only for a base model)."""
     from peft import PeftModel
 
     kwargs = {"drop_reference": _starts_at_base(cfg)}
