@@ -162,3 +162,24 @@ def test_preview_headers_name_the_kept_examples(tmp_path, test_preset, capsys):
                         re.MULTILINE)}
     assert set(shown) == {"1", "3"}
     assert "Say alpha." in shown["1"] and "Say gamma." in shown["3"]
+
+
+def test_preview_shows_pairs_and_prompts_as_their_stages_encode_them(tmp_path, test_preset,
+                                                                       capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "count a b =", "chosen": "2",
+                                 "rejected": "3, since a and b"}) + "\n")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "count a b c =", "answer": "3"}) + "\n"
+                       + json.dumps({"prompt": "max 1 7 ="}) + "\n")
+    args = ["--base-model", "tiny-llama-test", "--template", "alpaca", "--color", "never"]
+    assert main(["data", "preview", str(pairs), *args]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("template: alpaca; preference pairs")
+    assert "chosen: [[2<|eos|>]]" in out and "rejected: [[3, since a and b<|eos|>]]" in out
+    assert "[[" not in out.split("---\n", 1)[1].split("chosen:")[0]  # the prompt: untrained
+    assert main(["data", "preview", str(prompts), *args]) == 0
+    out = capsys.readouterr().out
+    assert "reference answer '3'" in out and "no reference answer" in out
+    assert "### Instruction:\ncount a b c =" in out and "[[" not in out.split("---\n", 1)[1]
+    assert out.rstrip().endswith("### Response:")  # where the sampled answer begins

@@ -74,7 +74,8 @@ def add_data(sub) -> None:
     si.add_argument("--temperature", type=float, default=1.0)
     si.add_argument("--seed", type=int, default=0)
     for name, helptext in (("preview", "render examples through a template and mark the "
-                            "trained tokens"),
+                            "trained tokens (conversations, preference pairs, prompts "
+                            "alone)"),
                            ("stats", "counts, token lengths (histogram PNG), truncation at "
                             "max_length")):
         q = dsub.add_parser(name, help=helptext)

@@ -149,39 +149,102 @@ def _boundaries(row: dict, tokenizer, width: int = 3) -> list[str]:
 
 
 def _preview(args) -> int:
-    from unitune.data.encode import IGNORE, encode_conversations, prompt_mismatches
-    from unitune.data.readers import iter_conversations
+    """Examples as the model sees them: conversations with their trained tokens marked,
+    preference pairs with each answer after the shared prompt, prompts alone as the policy
+    is asked them (each kind in a file is shown as its stage encodes it)."""
+    from unitune.data.readers import iter_accepted
+    from unitune.data.schema import Conversation, PreferencePair, Prompt
     from unitune.run import open_tokenizer
 
     if args.n <= 0:
         raise UserError(f"-n must be > 0, got {args.n}")
-    convs = list(itertools.islice(iter_conversations(args.files, args.format), args.n))
+    records = list(itertools.islice(iter_accepted(
+        args.files, args.format, accept=(Conversation, PreferencePair, Prompt),
+        purpose="a preview"), args.n))
     tokenizer, template = open_tokenizer(args.base_model, args.template)
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    marks = ("\033[42;30m", "\033[0m") if color else ("[[", "]]")
+    shown = "green" if color else "[[...]]"
+    sections = 0
+    for kind, show in ((Conversation, _preview_conversations), (PreferencePair, _preview_pairs),
+                       (Prompt, _preview_prompts)):
+        if chosen := [r for r in records if isinstance(r, kind)]:
+            print("\n" * bool(sections), end="")
+            show(chosen, tokenizer, template, args, marks, shown)
+            sections += 1
+    return 0
+
+
+def _marked(tokenizer, ids: list[int], trained: list[bool], marks: tuple[str, str]) -> str:
+    """The tokens' text, each run of trained tokens between ``marks``."""
+    on, off = marks
+    out, inside = [], False
+    for tok, train in zip(ids, trained, strict=True):
+        if train != inside:
+            out.append(on if train else off)
+            inside = train
+        out.append(tokenizer.decode([tok]))
+    return "".join(out) + (off if inside else "")
+
+
+def _preview_conversations(convs, tokenizer, template, args, marks, shown) -> None:
+    from unitune.data.encode import IGNORE, encode_conversations, prompt_mismatches
+
     rows, report = encode_conversations(convs, tokenizer, template, args.max_length,
                                         args.masking)
-    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-    on, off = ("\033[42;30m", "\033[0m") if color else ("[[", "]]")
-    print(f"template: {template.name}; trained tokens shown as "
-          f"{'green' if color else '[[...]]'}; {report.summary()}")
+    print(f"template: {template.name}; trained tokens shown as {shown}; {report.summary()}")
     dropped = set(report.examples_dropped)  # rows hold only the examples that were kept
     for conv, row in zip([c for c in convs if c.where not in dropped], rows, strict=True):
-        out, trained = [], False
-        for tok, lab in zip(row["input_ids"], row["labels"], strict=True):
-            piece = tokenizer.decode([tok])
-            if (lab != IGNORE) != trained:
-                out.append(on if not trained else off)
-                trained = not trained
-            out.append(piece)
-        if trained:
-            out.append(off)
-        n_trained = sum(lab != IGNORE for lab in row["labels"])
-        print(f"\n--- {conv.where}: {len(row['input_ids'])} tokens, {n_trained} trained ---")
-        print("".join(out))
+        trained = [lab != IGNORE for lab in row["labels"]]
+        print(f"\n--- {conv.where}: {len(row['input_ids'])} tokens, {sum(trained)} trained ---")
+        print(_marked(tokenizer, row["input_ids"], trained, marks))
         if args.ids:
             print("\n".join(_boundaries(row, tokenizer)))
         for problem in prompt_mismatches(conv, tokenizer, template):
             print(f"warning: {conv.where}: {problem}")
-    return 0
+
+
+def _preview_pairs(pairs, tokenizer, template, args, marks, shown) -> None:
+    """Each pair as DPO encodes it: the shared prompt, then each answer (trained)."""
+    from unitune.data.preference import encode_preferences
+    from unitune.data.store import Records
+
+    with tempfile.TemporaryDirectory(prefix="unitune-preview-") as tmp:
+        table, report = encode_preferences(Records.from_list(pairs), tokenizer, template,
+                                           args.max_length, "pairs", Path(tmp) / "pairs.arrow")
+        rows = table.to_list()  # (read before the folder goes)
+    print(f"template: {template.name}; preference pairs, each answer after the shared prompt; "
+          f"trained tokens shown as {shown}; {report.summary()}")
+    dropped = set(report.examples_dropped)
+    for pair, row in zip([p for p in pairs if p.where not in dropped], rows, strict=True):
+        print(f"\n--- {pair.where}: {len(row['prompt_ids'])} prompt tokens; chosen "
+              f"{len(row['chosen_ids'])}, rejected {len(row['rejected_ids'])} trained ---")
+        print(_marked(tokenizer, row["prompt_ids"], [False] * len(row["prompt_ids"]), marks))
+        for side in ("chosen", "rejected"):
+            ids = row[f"{side}_ids"]
+            print(f"{side}: {_marked(tokenizer, ids, [True] * len(ids), marks)}")
+
+
+def _preview_prompts(prompts, tokenizer, template, args, marks, shown) -> None:
+    """Each prompt as GRPO / RLOO ask it (the policy's answer follows; nothing is trained on
+    the prompt), with the reference answer rewards may check."""
+    from unitune.data.encode import tokenize_ids
+    from unitune.data.preference import prompt_rows
+    from unitune.data.store import Records
+
+    with tempfile.TemporaryDirectory(prefix="unitune-preview-") as tmp:
+        table, report = prompt_rows(Records.from_list(prompts), tokenizer, template,
+                                    args.max_length, Path(tmp) / "prompts.arrow")
+        rows = table.to_list()
+    print(f"template: {template.name}; prompts alone, as the policy is asked them (its "
+          f"sampled answer is what trains); {report.summary()}")
+    dropped = set(report.examples_dropped)
+    for prompt, row in zip([p for p in prompts if p.where not in dropped], rows, strict=True):
+        (ids,) = tokenize_ids([row["prompt"]], tokenizer, template.add_special_tokens)
+        reference = f"reference answer {row['answer']!r}" if row["answer"] else \
+            "no reference answer"
+        print(f"\n--- {prompt.where}: {len(ids)} prompt tokens; {reference} ---")
+        print(_marked(tokenizer, ids, [False] * len(ids), marks))
 
 
 def _stats(args) -> int:
