@@ -183,3 +183,20 @@ def test_preview_shows_pairs_and_prompts_as_their_stages_encode_them(tmp_path, t
     assert "reference answer '3'" in out and "no reference answer" in out
     assert "### Instruction:\ncount a b c =" in out and "[[" not in out.split("---\n", 1)[1]
     assert out.rstrip().endswith("### Response:")  # where the sampled answer begins
+
+
+def test_stats_describe_pairs_and_prompts_and_one_kind_at_a_time(synth_data, test_preset,
+                                                                  tmp_path, capsys):
+    args = ["--base-model", "tiny-llama-test", "--template", "alpaca", "--max-length", "64"]
+    assert main(["data", "stats", str(synth_data["preference_train"]), *args]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"records: \d+ preference pairs \(0 invalid", out)
+    assert "tokens per pair (its longer answer with the prompt)" in out
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "count a b c =", "answer": "3"}) + "\n"
+                       + json.dumps({"prompt": "max 1 7 ="}) + "\n")
+    assert main(["data", "stats", str(prompts), *args]) == 0
+    out = capsys.readouterr().out
+    assert "records: 2 prompts (1 with a reference answer;" in out and "prompt tokens" in out
+    assert main(["data", "stats", str(prompts), str(synth_data["train"]), *args]) == 2
+    assert "stats describe one kind of records at a time" in capsys.readouterr().err

@@ -77,7 +77,8 @@ def add_data(sub) -> None:
                             "trained tokens (conversations, preference pairs, prompts "
                             "alone)"),
                            ("stats", "counts, token lengths (histogram PNG), truncation at "
-                            "max_length")):
+                            "max_length (conversations, preference pairs or prompts "
+                            "alone)")):
         q = dsub.add_parser(name, help=helptext)
         q.add_argument("files", nargs="+")
         q.add_argument("--format", default="auto")

@@ -248,36 +248,62 @@ def _preview_prompts(prompts, tokenizer, template, args, marks, shown) -> None:
 
 
 def _stats(args) -> int:
+    """Counts and token lengths of one kind of records, encoded as its stage encodes them:
+    conversations (the whole example), preference pairs (the longer answer with its prompt)
+    or prompts alone (the prompt the policy answers)."""
     import numpy as np
 
     from unitune.data import store
     from unitune.data.encode import encode_records
-    from unitune.data.readers import iter_conversations
+    from unitune.data.preference import encode_preferences, prompt_rows
+    from unitune.data.readers import iter_accepted
+    from unitune.data.schema import Conversation, PreferencePair, Prompt
     from unitune.data.sources import Invalid
     from unitune.run import open_tokenizer
 
     invalid = Invalid()
     tokenizer, template = open_tokenizer(args.base_model, args.template)
     with tempfile.TemporaryDirectory(prefix="unitune-stats-") as tmp:  # streamed: any size
-        convs = store.write(iter_conversations(args.files, args.format, skip_invalid=True,
-                                               problems=invalid), Path(tmp) / "records.arrow")
-        if not len(convs):
+        records = store.write(iter_accepted(
+            args.files, args.format, skip_invalid=True, problems=invalid,
+            accept=(Conversation, PreferencePair, Prompt), purpose="stats"),
+            Path(tmp) / "records.arrow")
+        if not len(records):
             raise UserError(f"no valid records in {', '.join(args.files)}")
-        single = system = 0
-        for c in convs:
-            single += sum(t.role == "assistant" for t in c.turns) == 1
-            system += bool(c.system)
-        _, report = encode_records(convs, tokenizer, template, args.max_length, args.masking,
-                                   False, Path(tmp) / "encoded.arrow", progress=True)
+        kind = type(records[0])
+        if other := next((r for r in records if not isinstance(r, kind)), None):
+            raise UserError(f"{other.where}: stats describe one kind of records at a time, and "
+                            f"this one is not like {records[0].where}; give their files "
+                            "separately")
+        encoded = Path(tmp) / "encoded.arrow"
+        if kind is Conversation:
+            single = sum(sum(t.role == "assistant" for t in c.turns) == 1 for c in records)
+            system = sum(bool(c.system) for c in records)
+            what = [f"{len(records)} conversations", f"{single} single-turn, "
+                    f"{len(records) - single} multi-turn", f"{system} with a system prompt"]
+            measured = "tokens per example"
+            _, report = encode_records(records, tokenizer, template, args.max_length,
+                                       args.masking, False, encoded, progress=True)
+        elif kind is PreferencePair:
+            what = [f"{len(records)} preference pairs"]
+            measured = "tokens per pair (its longer answer with the prompt)"
+            _, report = encode_preferences(records, tokenizer, template, args.max_length,
+                                           "pairs", encoded, progress=True)
+        else:
+            answered = sum(bool(r.reference) for r in records)
+            what = [f"{len(records)} prompts", f"{answered} with a reference answer"]
+            measured = "prompt tokens"
+            _, report = prompt_rows(records, tokenizer, template, args.max_length, encoded,
+                                    progress=True)
         lengths = np.sort(report.lengths)
 
     def pct(q: float) -> int:
         return int(lengths[min(len(lengths) - 1, int(q * len(lengths)))])
 
-    print(f"records: {len(convs)} ({single} single-turn, {len(convs) - single} multi-turn; "
-          f"{system} with a system prompt; {invalid.count} invalid left out, see "
-          "`unitune data check`)")
-    print(f"tokens ({template.name} template): mean {lengths.mean():.0f}, "
+    details = "; ".join([*what[1:], f"{invalid.count} invalid left out, see `unitune data "
+                                    "check`"])
+    print(f"records: {what[0]} ({details})")
+    print(f"{measured} ({template.name} template): mean {lengths.mean():.0f}, "
           f"median {pct(0.5)}, p90 {pct(0.9)}, p99 {pct(0.99)}, max {lengths[-1]}")
     print(f"at max_length={args.max_length}: {int((lengths > args.max_length).sum())} "
           f"longer; {report.summary()}")
@@ -291,7 +317,7 @@ def _stats(args) -> int:
         ax.hist(lengths, bins=50)
         ax.axvline(args.max_length, color="red", linestyle="--",
                    label=f"max_length={args.max_length}")
-        ax.set_xlabel(f"tokens per example ({template.name} template)")
+        ax.set_xlabel(f"{measured} ({template.name} template)")
         ax.set_ylabel("examples")
         ax.set_title(", ".join(Path(f).name for f in args.files))
         ax.legend()
