@@ -14,6 +14,7 @@ import pytest
 
 from unitune.data.schema import Conversation, Turn
 from unitune.data.templates import TEMPLATES
+from unitune.errors import UserError
 
 CLI = [sys.executable, "-c", "from unitune.cli import main; raise SystemExit(main())"]
 
@@ -208,3 +209,52 @@ def test_predict_writes_why_a_record_cannot_run_and_goes_on(chat_run, tmp_path):
     share = subprocess.run([*CLI, "web", str(chat_run), "--share"], capture_output=True,
                            text=True)
     assert share.returncode == 2 and "--share opens a public link" in share.stderr
+
+
+def _oom_above(limit: int, decode):
+    """``decode`` that runs out of GPU memory for batches of more than ``limit`` sequences,
+    as a GPU would; the batch sizes it was given."""
+    import torch
+
+    sizes = []
+
+    def run(model, tokenizer, seqs, *args, **kwargs):
+        sizes.append(len(seqs))
+        if len(seqs) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decode(model, tokenizer, seqs, *args, **kwargs)
+
+    return run, sizes
+
+
+def test_a_batch_out_of_gpu_memory_is_answered_in_halves(test_preset, monkeypatch):
+    import unitune.infer.engine as engine_module
+    import unitune.infer.generate as generate_module
+    from unitune.infer.engine import Engine, Request
+    from unitune.infer.generate import Decoding, generate_texts
+    from unitune.run import open_model
+
+    prompts = [f"count {' '.join('abcdef'[:k])} =" for k in range(1, 7)]
+    decoding = Decoding(max_new_tokens=4)
+    model, tok, _ = open_model("tiny-llama-test", device="cpu", log=lambda *a: None)
+    expected = generate_texts(model, tok, prompts, decoding, batch_size=1)
+    run, sizes = _oom_above(2, generate_module.decode)
+    monkeypatch.setattr(generate_module, "decode", run)
+    said = []
+    assert generate_texts(model, tok, prompts, decoding, batch_size=6,
+                          log=said.append) == expected
+    assert sizes[:3] == [6, 3, 1] and said[-1] == "out of GPU memory: answering in batches of 1"
+
+    run, sizes = _oom_above(2, generate_module.decode)
+    monkeypatch.setattr(engine_module, "decode", run)
+    lines = []
+    with Engine("tiny-llama-test", device="cpu", log=lines.append) as engine:
+        with engine._cv:  # (all six wait together, so the worker takes them as one batch)
+            jobs = [engine.submit(Request("tiny-llama-test", p, decoding)) for p in prompts]
+        texts = [job.result().seqs[0].text.strip() for job in jobs]
+        assert texts == expected and sizes[0] == 6 and engine.max_batch <= 2
+        assert any("out of GPU memory with 6 sequences in one batch" in x for x in lines)
+        one = engine.submit(Request("tiny-llama-test", prompts[0], decoding, n=3))
+        with pytest.raises(UserError, match="out of GPU memory for this request alone .*3 "
+                           "answers"):
+            one.result()  # (one request cannot be made smaller)

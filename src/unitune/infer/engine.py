@@ -11,7 +11,9 @@ Owns
   request that can share a batch (same decoding controls; the same adapter, or any LoRA
   adapters at once through PEFT's mixed-adapter batches) and decodes them together through
   ``generate.decode``; text streams to each request's sink as it is produced, and a
-  cancelled request stops using compute at the next token.
+  cancelled request stops using compute at the next token. A batch that runs out of GPU
+  memory is queued again with the batch size halved; a single request that does not fit
+  fails with that reason.
 """
 
 from __future__ import annotations
@@ -80,12 +82,16 @@ class Job:
         if sink is None:
             self._events = queue.Queue()
             sink = self._events.put
-        self.sink = sink
-        self.seqs = [Sequence(prompt_ids, request.decoding.max_new_tokens, stops,
-                              request.top_logprobs,
-                              on_text=self._text_sink(i) if request.stream else None,
+        self.sink, self._stops = sink, stops
+        self.restart()
+
+    def restart(self) -> None:
+        """Fresh sequences: nothing generated yet (a request queued again)."""
+        self.seqs = [Sequence(self.prompt_ids, self.request.decoding.max_new_tokens,
+                              self._stops, self.request.top_logprobs,
+                              on_text=self._text_sink(i) if self.request.stream else None,
                               cancelled=self._cancelled.is_set)
-                     for i in range(request.n)]
+                     for i in range(self.request.n)]
         self.prompt_logprobs: list[dict | None] | None = None
 
     def _text_sink(self, index: int):
@@ -376,9 +382,16 @@ class Engine:
             try:
                 self._run(live)
             except Exception as exc:  # the engine keeps serving; the requests learn why
+                if _out_of_memory(exc) and self._retry_smaller(live):
+                    continue
                 for job in live:
-                    _deliver(job, ("error", exc if isinstance(exc, UserError) else UserError(
-                        f"generation failed: {type(exc).__name__}: {exc}")))
+                    why = exc if isinstance(exc, UserError) else UserError(
+                        f"out of GPU memory for this request alone ({len(job.prompt_ids)} "
+                        f"prompt tokens + {job.request.decoding.max_new_tokens} new, "
+                        f"{job.request.n} answers): shorten it or ask for fewer tokens"
+                        if _out_of_memory(exc) else
+                        f"generation failed: {type(exc).__name__}: {exc}")
+                    _deliver(job, ("error", why))
                     _deliver(job, ("end",))
                 continue
             self.stats["batches"] += 1
@@ -388,6 +401,33 @@ class Engine:
                     _deliver(job, ("done", i, seq.finish_reason))
                 self.stats["cancelled"] += any(s.finish_reason == "cancelled" for s in job.seqs)
                 _deliver(job, ("end",))
+
+    def _retry_smaller(self, jobs: list[Job]) -> bool:
+        """After a batch ran out of GPU memory: halve ``max_batch`` and queue its requests
+        again, first in line (streamed ones that already sent text cannot start over: they
+        fail); False when the batch was one request, which cannot be made smaller."""
+        import torch
+
+        torch.cuda.empty_cache()
+        if len(jobs) == 1:
+            return False
+        rows = sum(len(job.seqs) for job in jobs)
+        self.max_batch = max(1, min(self.max_batch, rows) // 2)
+        self.log(f"out of GPU memory with {rows} sequences in one batch: batches of at most "
+                 f"{self.max_batch} from now on")
+        again = []
+        for job in jobs:
+            if job.request.stream and any(seq.tokens for seq in job.seqs):
+                _deliver(job, ("error", UserError("out of GPU memory while answering; ask "
+                                                  "again")))
+                _deliver(job, ("end",))
+            else:
+                job.restart()
+                again.append(job)
+        with self._cv:
+            self._pending[:0] = again
+            self._cv.notify_all()
+        return True
 
     def _adapter_kwargs(self, jobs: list[Job]) -> tuple[dict, object]:
         """(kwargs for generate, a context manager) selecting the batch's adapters."""
@@ -416,6 +456,12 @@ class Engine:
             seqs = [s for j in jobs for s in j.seqs]
             decode(self.model, self.tokenizer, seqs, decoding, jobs[0].stop_ids,
                    self.static_cache, **kwargs)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def _deliver(job: Job, event: tuple) -> None:
