@@ -200,3 +200,20 @@ def test_stats_describe_pairs_and_prompts_and_one_kind_at_a_time(synth_data, tes
     assert "records: 2 prompts (1 with a reference answer;" in out and "prompt tokens" in out
     assert main(["data", "stats", str(prompts), str(synth_data["train"]), *args]) == 2
     assert "stats describe one kind of records at a time" in capsys.readouterr().err
+
+
+def test_preview_names_every_pair_and_prompt_it_drops(tmp_path, test_preset, capsys):
+    """More than ten dropped (the report names only the first ten) still shows each record
+    under its own file:line."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"q{i}", "chosen": "yes " * (200 if i < 12 else 1),
+             "rejected": "no"} for i in range(15)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "preview", str(pairs), "--base-model", "tiny-llama-test",
+                 "--template", "alpaca", "--max-length", "64", "-n", "15",
+                 "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    headers = re.findall(r"^--- \S+:(\d+): (\w+)", out, re.MULTILINE)
+    assert [int(n) for n, _ in headers] == list(range(1, 16))
+    assert [w for _, w in headers[:12]] == ["dropped"] * 12
+    assert all(w.isdigit() for _, w in headers[12:]) and "q13" in out

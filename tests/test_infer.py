@@ -221,7 +221,7 @@ def _oom_above(limit: int, decode):
     def run(model, tokenizer, seqs, *args, **kwargs):
         sizes.append(len(seqs))
         if len(seqs) > limit:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return decode(model, tokenizer, seqs, *args, **kwargs)
 
     return run, sizes
@@ -254,6 +254,10 @@ def test_a_batch_out_of_gpu_memory_is_answered_in_halves(test_preset, monkeypatc
         texts = [job.result().seqs[0].text.strip() for job in jobs]
         assert texts == expected and sizes[0] == 6 and engine.max_batch <= 2
         assert any("out of GPU memory with 6 sequences in one batch" in x for x in lines)
+        halved, engine.GROW_AFTER = engine.max_batch, 2
+        for p in prompts[:2]:  # clean batches: the batch size grows back
+            engine.generate(Request("tiny-llama-test", p, decoding))
+        assert engine.max_batch == engine.stats["max_batch"] == 2 * halved
         one = engine.submit(Request("tiny-llama-test", prompts[0], decoding, n=3))
         with pytest.raises(UserError, match="out of GPU memory for this request alone .*3 "
                            "answers"):

@@ -86,12 +86,14 @@ def add_data(sub) -> None:
                        help="whose tokenizer to use (preset, folder or hub id)")
         q.add_argument("--template", default="auto")
         q.add_argument("--max-length", type=int, default=512)
-        q.add_argument("--masking", choices=["assistant", "last", "all"], default="assistant")
+        q.add_argument("--masking", choices=["assistant", "last", "all"], default="assistant",
+                       help="conversations: which replies train (a pair trains each answer; a "
+                       "prompt alone, nothing)")
         if name == "preview":
             q.add_argument("-n", type=int, default=2, help="how many examples")
             q.add_argument("--color", choices=["auto", "always", "never"], default="auto")
-            q.add_argument("--ids", action="store_true", help="also show the token ids around "
-                           "every place where training starts or stops")
+            q.add_argument("--ids", action="store_true", help="conversations: also show the "
+                           "token ids around every place where training starts or stops")
         else:
             q.add_argument("--plot", help="write the length histogram PNG here")
 

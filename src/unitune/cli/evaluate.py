@@ -77,10 +77,10 @@ def add_eval(sub) -> None:
                    "model's; 2048 for an endpoint)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer length (default: 64 for --data, 384 humaneval, 512 belle_eval)")
-    p.add_argument("--batch-size", type=_batch_size, help="examples per batch (default: "
-                   "'auto' for --tasks on a GPU, lm-evaluation-harness finding the largest that "
-                   "fits; 8 on the CPU; 64 for --data; a generation batch out of GPU memory "
-                   "is retried in halves)")
+    p.add_argument("--batch-size", type=_batch_size, help="examples per batch (default 64; "
+                   "a generation batch out of GPU memory is answered again in halves; "
+                   "--tasks: 'auto' has lm-evaluation-harness find the largest batch that "
+                   "fits, sized for the model's whole context on generation tasks)")
     p.add_argument("--n", type=int, default=1, help="humaneval: samples per problem (greedy "
                    "when 1, else sampled at --temperature)")
     p.add_argument("--k", default="1", help="humaneval: pass@k to report, e.g. 1,10")
@@ -110,8 +110,8 @@ def _batch_size(value: str) -> int | str:
     raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {value!r}")
 
 
-def _generation_batch(args) -> int:
-    """--batch-size for generating answers (``auto``: 64, halved on running out of memory)."""
+def _fixed_batch(args) -> int:
+    """--batch-size where the harness does not size it (``auto``: the default, 64)."""
     return 64 if args.batch_size in (None, "auto") else args.batch_size
 
 
@@ -145,7 +145,7 @@ def cmd_eval(args) -> int:
                                             trust_remote_code=args.trust_remote_code,
                                             log=stderr, rope_scaling=rope_of(args))
     result = evaluate_exact_match(model, tokenizer, template, records,
-                                  args.max_new_tokens or 64, _generation_batch(args),
+                                  args.max_new_tokens or 64, _fixed_batch(args),
                                   reward=reward.score if reward else None)
     print(result.table())
     if args.report:
@@ -164,7 +164,7 @@ def _eval_preference(args) -> int:
                                purpose="--preference"))
     result = evaluate_preferences(args.target, pairs, args.device, args.template,
                                   args.trust_remote_code, args.max_length,
-                                  min(_generation_batch(args), 16), log=stderr)
+                                  min(_fixed_batch(args), 16), log=stderr)
     print(result.table())
     if args.report:
         Path(args.report).write_text(json.dumps(result.as_dict(), indent=1), encoding="utf-8")

@@ -175,6 +175,16 @@ def _prompt_batch(batch: dict, tokenizer, template: Template, max_length: int) -
                         else "" for n in lengths]}
 
 
+def encoded_rows(records: list, tokenizer, template: Template, max_length: int,
+                 form: str) -> list[dict]:
+    """Each record's row of ``form`` (``pairs`` or ``prompts``), a dropped one's too (its
+    ``dropped`` says why), in memory: for a few records to look at (``data preview``)."""
+    batch = Records.from_list(records).table[:]
+    out = _prompt_batch(batch, tokenizer, template, max_length) if form == "prompts" else \
+        _encode_batch(batch, tokenizer, template, max_length, form)
+    return [dict(zip(out, values, strict=True)) for values in zip(*out.values(), strict=True)]
+
+
 def prompt_rows(records: Records, tokenizer, template: Template, max_length: int,
                 out: Path, progress: bool = False) -> tuple[datasets.Dataset, EncodeReport]:
     """GRPO / RLOO prompts (``prompt``, ``messages``, ``answer``); a prompt of ``max_length``

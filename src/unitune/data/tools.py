@@ -206,17 +206,15 @@ def _preview_conversations(convs, tokenizer, template, args, marks, shown) -> No
 
 def _preview_pairs(pairs, tokenizer, template, args, marks, shown) -> None:
     """Each pair as DPO encodes it: the shared prompt, then each answer (trained)."""
-    from unitune.data.preference import encode_preferences
-    from unitune.data.store import Records
+    from unitune.data.preference import encoded_rows
 
-    with tempfile.TemporaryDirectory(prefix="unitune-preview-") as tmp:
-        table, report = encode_preferences(Records.from_list(pairs), tokenizer, template,
-                                           args.max_length, "pairs", Path(tmp) / "pairs.arrow")
-        rows = table.to_list()  # (read before the folder goes)
+    rows = encoded_rows(pairs, tokenizer, template, args.max_length, "pairs")
     print(f"template: {template.name}; preference pairs, each answer after the shared prompt; "
-          f"trained tokens shown as {shown}; {report.summary()}")
-    dropped = set(report.examples_dropped)
-    for pair, row in zip([p for p in pairs if p.where not in dropped], rows, strict=True):
+          f"trained tokens shown as {shown}")
+    for pair, row in zip(pairs, rows, strict=True):
+        if row["dropped"]:
+            print(f"\n--- {pair.where}: dropped: {row['dropped']} ---")
+            continue
         print(f"\n--- {pair.where}: {len(row['prompt_ids'])} prompt tokens; chosen "
               f"{len(row['chosen_ids'])}, rejected {len(row['rejected_ids'])} trained ---")
         print(_marked(tokenizer, row["prompt_ids"], [False] * len(row["prompt_ids"]), marks))
@@ -229,17 +227,15 @@ def _preview_prompts(prompts, tokenizer, template, args, marks, shown) -> None:
     """Each prompt as GRPO / RLOO ask it (the policy's answer follows; nothing is trained on
     the prompt), with the reference answer rewards may check."""
     from unitune.data.encode import tokenize_ids
-    from unitune.data.preference import prompt_rows
-    from unitune.data.store import Records
+    from unitune.data.preference import encoded_rows
 
-    with tempfile.TemporaryDirectory(prefix="unitune-preview-") as tmp:
-        table, report = prompt_rows(Records.from_list(prompts), tokenizer, template,
-                                    args.max_length, Path(tmp) / "prompts.arrow")
-        rows = table.to_list()
+    rows = encoded_rows(prompts, tokenizer, template, args.max_length, "prompts")
     print(f"template: {template.name}; prompts alone, as the policy is asked them (its "
-          f"sampled answer is what trains); {report.summary()}")
-    dropped = set(report.examples_dropped)
-    for prompt, row in zip([p for p in prompts if p.where not in dropped], rows, strict=True):
+          "sampled answer is what trains)")
+    for prompt, row in zip(prompts, rows, strict=True):
+        if row["dropped"]:
+            print(f"\n--- {prompt.where}: dropped: {row['dropped']} ---")
+            continue
         (ids,) = tokenize_ids([row["prompt"]], tokenizer, template.add_special_tokens)
         reference = f"reference answer {row['answer']!r}" if row["answer"] else \
             "no reference answer"
@@ -273,8 +269,8 @@ def _stats(args) -> int:
         kind = type(records[0])
         if other := next((r for r in records if not isinstance(r, kind)), None):
             raise UserError(f"{other.where}: stats describe one kind of records at a time, and "
-                            f"this one is not like {records[0].where}; give their files "
-                            "separately")
+                            f"this one is not like {records[0].where}; keep each kind in its "
+                            "own files")
         encoded = Path(tmp) / "encoded.arrow"
         if kind is Conversation:
             single = sum(sum(t.role == "assistant" for t in c.turns) == 1 for c in records)
@@ -305,8 +301,9 @@ def _stats(args) -> int:
     print(f"records: {what[0]} ({details})")
     print(f"{measured} ({template.name} template): mean {lengths.mean():.0f}, "
           f"median {pct(0.5)}, p90 {pct(0.9)}, p99 {pct(0.99)}, max {lengths[-1]}")
-    print(f"at max_length={args.max_length}: {int((lengths > args.max_length).sum())} "
-          f"longer; {report.summary()}")
+    over = lengths >= args.max_length if kind is Prompt else lengths > args.max_length
+    print(f"at max_length={args.max_length}: {int(over.sum())} "
+          f"{'leave no room to answer' if kind is Prompt else 'longer'}; {report.summary()}")
     if args.plot:
         import matplotlib
 

@@ -58,6 +58,7 @@ class Answerer:
             from unitune.infer.engine import Engine
 
             self._engine = Engine(self.target, device=self.device, log=self.log,
+                                  max_queue=1 << 30,  # (every question is asked at once)
                                   **self.settings)
         return self._engine
 

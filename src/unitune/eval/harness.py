@@ -23,16 +23,13 @@ from unitune.eval.answers import Answerer
 from unitune.eval.benchmarks import TaskSet
 
 
-def local_model(model: Answerer, batch_size: int | str | None = None):
+def local_model(model: Answerer, batch_size: int | str):
     """(lm-evaluation-harness model, a key naming exactly this model for the cache): the
     harness's ``HFLM`` around the model the answerer's chat engine holds. ``batch_size``
-    None: 'auto' on a GPU (the harness finds the largest batch that fits, so an evaluation
-    never runs out of the memory its training fitted in), 8 on the CPU."""
+    'auto': the harness finds the largest batch that fits."""
     from lm_eval.models.huggingface import HFLM
 
     engine = model.engine()
-    if batch_size is None:
-        batch_size = "auto" if engine.model.device.type == "cuda" else 8
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)  # (object warning)
     lm = HFLM(pretrained=engine.model, tokenizer=engine.tokenizer, batch_size=batch_size)
     return lm, _model_key(model.target, model.settings.get("template"),

@@ -91,7 +91,7 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
 
     from tqdm import tqdm
 
-    from unitune.infer.engine import Request
+    from unitune.infer.engine import Request, TooLarge
     from unitune.infer.generate import Decoding
 
     if any(k > n for k in ks):
@@ -120,6 +120,9 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
                 try:
                     job = engine.generate(Request(model.served, problem["prompt"], decoding,
                                                   n=n - have, stops=STOPS))
+                except TooLarge as exc:  # (not a failed problem: a setting to change)
+                    raise UserError(f"humaneval {problem['task_id']}: {exc} (lower --n or "
+                                    "--max-new-tokens)") from None
                 except UserError as exc:  # (a prompt over the model's context): said
                     rows = [{"task_id": problem["task_id"], "completion": "", "passed": False,
                              "error": str(exc)}] * (n - have)

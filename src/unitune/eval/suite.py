@@ -37,7 +37,7 @@ class EvalSettings(Section):
     chat: bool | None = None  # default: generation tasks of a model with a chat template
     limit: int | None = None  # questions per subject
     seed: int = 1234
-    batch_size: int | Literal["auto"] | None = None  # default: 'auto' on a GPU, else 8
+    batch_size: int | Literal["auto"] = 64  # auto: the harness finds what fits (see docs)
     max_new_tokens: int | None = None
     max_length: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

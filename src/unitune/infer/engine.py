@@ -12,8 +12,8 @@ Owns
   adapters at once through PEFT's mixed-adapter batches) and decodes them together through
   ``generate.decode``; text streams to each request's sink as it is produced, and a
   cancelled request stops using compute at the next token. A batch that runs out of GPU
-  memory is queued again with the batch size halved; a single request that does not fit
-  fails with that reason.
+  memory is queued again with the batch size halved (it grows back after clean batches); a
+  single request that does not fit fails with that reason (``TooLarge``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ from unitune.infer.generate import (
 
 class QueueFull(UserError):
     """More requests are waiting than the engine accepts (HTTP 429)."""
+
+
+class TooLarge(UserError):
+    """A request that does not fit in GPU memory even alone."""
 
 
 class UnknownModel(UserError):
@@ -134,6 +138,7 @@ class Engine:
         from unitune.run import is_run, open_model, read_finished
 
         self.max_batch, self.max_queue, self.log = max_batch, max_queue, log
+        self._max_batch_limit, self._clean_batches = max_batch, 0
         self.static_cache = static_cache
         self._scratch: list[Path] = []
         self.model, self.tokenizer, self.default_template = open_model(
@@ -172,7 +177,8 @@ class Engine:
                                                     "max_position_embeddings", None)
         self._end_cache: dict[str, tuple[list[int], list[str]]] = {}
         self._model_eos = set(model_eos_ids(self.model, self.tokenizer))
-        self.stats = {"requests": 0, "cancelled": 0, "generated_tokens": 0, "batches": 0}
+        self.stats = {"requests": 0, "cancelled": 0, "generated_tokens": 0, "batches": 0,
+                      "max_batch": max_batch}
         self.batch_window_s, self._last_batch = batch_window_s, 0
         self._pending: list[Job] = []
         self._cv = threading.Condition()
@@ -385,16 +391,17 @@ class Engine:
                 if _out_of_memory(exc) and self._retry_smaller(live):
                     continue
                 for job in live:
-                    why = exc if isinstance(exc, UserError) else UserError(
+                    why = exc if isinstance(exc, UserError) else TooLarge(
                         f"out of GPU memory for this request alone ({len(job.prompt_ids)} "
                         f"prompt tokens + {job.request.decoding.max_new_tokens} new, "
-                        f"{job.request.n} answers): shorten it or ask for fewer tokens"
-                        if _out_of_memory(exc) else
+                        f"{job.request.n} answers): shorten it or ask for fewer tokens or "
+                        "answers") if _out_of_memory(exc) else UserError(
                         f"generation failed: {type(exc).__name__}: {exc}")
                     _deliver(job, ("error", why))
                     _deliver(job, ("end",))
                 continue
             self.stats["batches"] += 1
+            self._grow_back()
             for job in live:
                 for i, seq in enumerate(job.seqs):
                     self.stats["generated_tokens"] += len(seq.tokens)
@@ -413,21 +420,32 @@ class Engine:
             return False
         rows = sum(len(job.seqs) for job in jobs)
         self.max_batch = max(1, min(self.max_batch, rows) // 2)
+        self.stats["max_batch"], self._clean_batches = self.max_batch, 0
         self.log(f"out of GPU memory with {rows} sequences in one batch: batches of at most "
-                 f"{self.max_batch} from now on")
-        again = []
-        for job in jobs:
-            if job.request.stream and any(seq.tokens for seq in job.seqs):
-                _deliver(job, ("error", UserError("out of GPU memory while answering; ask "
-                                                  "again")))
-                _deliver(job, ("end",))
-            else:
-                job.restart()
-                again.append(job)
+                 f"{self.max_batch} for a while")
         with self._cv:
-            self._pending[:0] = again
+            for job in reversed(jobs):
+                if self._closed or job.request.stream and any(s.tokens for s in job.seqs):
+                    _deliver(job, ("error", UserError(  # (it sent text, or nobody will run it)
+                        "out of GPU memory while answering; ask again")))
+                    _deliver(job, ("end",))
+                else:
+                    job.restart()
+                    self._pending.insert(0, job)
             self._cv.notify_all()
         return True
+
+    GROW_AFTER = 50  # clean batches before a halved max_batch doubles again
+
+    def _grow_back(self) -> None:
+        """A batch size halved for memory returns towards the configured one after
+        ``GROW_AFTER`` batches without trouble (what ran out may have been one long prompt)."""
+        if self.max_batch >= self._max_batch_limit:
+            return
+        self._clean_batches += 1
+        if self._clean_batches >= self.GROW_AFTER:
+            self.max_batch = min(self._max_batch_limit, self.max_batch * 2)
+            self.stats["max_batch"], self._clean_batches = self.max_batch, 0
 
     def _adapter_kwargs(self, jobs: list[Job]) -> tuple[dict, object]:
         """(kwargs for generate, a context manager) selecting the batch's adapters."""
@@ -461,7 +479,7 @@ class Engine:
 def _out_of_memory(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError)
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def _deliver(job: Job, event: tuple) -> None:

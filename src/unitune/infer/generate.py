@@ -360,12 +360,13 @@ def prompt_logprobs(model, ids: list[int], top: int = 0, **model_kwargs) -> list
 
 def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
                    batch_size: int = 32, stops: list[str] | None = None,
-                   add_special_tokens: bool = True, log=print) -> list[str]:
+                   add_special_tokens: bool = True, log=None) -> list[str]:
     """Answers to already-rendered prompts, in input order, without surrounding whitespace.
     A batch that runs out of GPU memory is answered again in halves (and later batches are
-    as small), down to one prompt."""
-    import torch
+    as small), down to one prompt; ``log`` (default: standard error) says so."""
+    import sys
 
+    log = log or (lambda message: print(message, file=sys.stderr))
     stops = stops or []
     stop_ids, strings = eos_ids(model, tokenizer, stops)
     ids = _tokenize(model, tokenizer, prompts, add_special_tokens)
@@ -375,13 +376,13 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
                 for p in ids[len(answers):len(answers) + batch_size]]
         try:
             decode(model, tokenizer, seqs, decoding, stop_ids)
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
+        except torch.cuda.OutOfMemoryError:
+            if len(seqs) == 1:
                 raise UserError(f"prompt {len(answers) + 1} ({len(seqs[0].prompt_ids)} tokens "
                                 f"+ {decoding.max_new_tokens} new) does not fit in GPU memory "
                                 "on its own; shorten it or lower max_new_tokens") from None
             torch.cuda.empty_cache()
-            batch_size //= 2
+            batch_size = max(1, min(batch_size, len(seqs)) // 2)
             log(f"out of GPU memory: answering in batches of {batch_size}")
             continue
         answers.extend(s.text.strip() for s in seqs)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from unitune.errors import UserError
-from unitune.infer.engine import Engine, Request
+from unitune.infer.engine import Engine, Request, TooLarge
 from unitune.infer.generate import Decoding
 
 
@@ -82,9 +82,14 @@ def predict(engine: Engine, model: str, data: str, out: Path, decoding: Decoding
                     line.update(prediction=None, error=str(job), reference=rec.answer)
                     failed += 1
                 else:
-                    seq = job.result().seqs[0]
-                    tokens += len(seq.tokens)
-                    line.update(prediction=seq.text.strip(), reference=rec.answer)
+                    try:
+                        seq = job.result().seqs[0]
+                    except TooLarge as exc:  # (said on its line, as a record too long is)
+                        line.update(prediction=None, error=str(exc), reference=rec.answer)
+                        failed += 1
+                    else:
+                        tokens += len(seq.tokens)
+                        line.update(prediction=seq.text.strip(), reference=rec.answer)
                 lines.append(json.dumps(line, ensure_ascii=False))
             f.write("\n".join(lines) + "\n")
             f.flush()
