@@ -80,6 +80,7 @@ def test_every_format_is_detected(tmp_path):
         "dolly": {"instruction": "q", "context": "c", "response": "a", "category": "qa"},
         "flan": {"inputs": "q", "targets": "a"},
         "prompt_completion": {"prompt": "q", "completion": "a"},
+        "qa": {"question": "q", "answer": "work\n#### 42", "id": 7},
         "alpaca_history": {"instruction": "q2", "output": "a2", "history": [["q1", "a1"]],
                            "system": "S"},
         "text": {"text": "plain words"},
@@ -89,6 +90,9 @@ def test_every_format_is_detected(tmp_path):
     assert got["openai"].system == "S" and got["openai"].answer == "a"
     assert got["dolly"].turns[0].input == "c" and got["dolly"].meta == {"category": "qa"}
     assert got["flan"].answer == "a" and got["prompt_completion"].answer == "a"
+    qa = got["qa"]  # (GSM8K's layout: GRPO asks the question, the answer is the reference)
+    assert (qa.turns[0].content, qa.answer, qa.meta) == ("q", "work\n#### 42", {"id": 7})
+    assert to_json(qa, "qa") == {"question": "q", "answer": "work\n#### 42"}
     hist = got["alpaca_history"]
     assert [t.content for t in hist.turns] == ["q1", "a1", "q2", "a2"] and hist.system == "S"
     assert isinstance(got["text"], PlainText)

@@ -3,9 +3,10 @@
 Owns format detection and the readers for Alpaca (with optional ``system`` and ``history``),
 ShareGPT (``conversations`` with ``from``/``value``), OpenAI ``messages``, Dolly
 (``instruction``/``context``/``response``), FLAN (``inputs``/``targets``), prompt/completion,
-preference pairs (``conversations`` + ``chosen``/``rejected``, or plain strings), prompts
-alone (TRL's prompt-only ``prompt``, with an optional reference ``answer``) and plain text
-(``.txt`` lines or ``{"text"}`` records), all producing the records of ``schema``. JSON Lines
+question/answer (GSM8K and other QA sets), preference pairs (``conversations`` +
+``chosen``/``rejected``, or plain strings), prompts alone (TRL's prompt-only ``prompt``, with
+an optional reference ``answer``) and plain text (``.txt`` lines or ``{"text"}`` records), all
+producing the records of ``schema``. JSON Lines
 are streamed line by line, and a JSON array is decoded element by element from a window of
 the file (so a multi-gigabyte array streams too, and each record knows its line). Every
 problem is reported as ``file:line: field: problem``.
@@ -30,8 +31,8 @@ from unitune.data.schema import (
 )
 from unitune.errors import UserError, did_you_mean
 
-FORMATS = ("alpaca", "sharegpt", "openai", "dolly", "flan", "prompt_completion", "preference",
-           "prompt", "text")
+FORMATS = ("alpaca", "sharegpt", "openai", "dolly", "flan", "prompt_completion", "qa",
+           "preference", "prompt", "text")
 Record = Conversation | PreferencePair | Prompt | PlainText
 REFERENCE_FIELDS = ("answer", "solution", "reference", "ground_truth")  # a prompt's answer
 
@@ -236,6 +237,8 @@ def detect_format(obj: object) -> str | None:
         return "alpaca"
     if "prompt" in keys and "completion" in keys:
         return "prompt_completion"
+    if "question" in keys and "answer" in keys:
+        return "qa"
     if "prompt" in keys:
         return "prompt"
     if "text" in keys:
@@ -488,6 +491,10 @@ def to_record(obj: object, fmt: str, where: str, src: str, line: int) -> Record:
         return check_conversation(Conversation.single(
             _str_field(obj, "prompt", where), _str_field(obj, "completion", where), source=src,
             line=line, meta={k: v for k, v in obj.items() if k not in ("prompt", "completion")}))
+    if fmt == "qa":  # (GSM8K, many QA sets; GRPO asks the question, the answer is the reference)
+        return check_conversation(Conversation.single(
+            _str_field(obj, "question", where), _str_field(obj, "answer", where), source=src,
+            line=line, meta={k: v for k, v in obj.items() if k not in ("question", "answer")}))
     if fmt == "preference":
         return _preference(obj, where, src, line)
     if fmt == "prompt":
@@ -550,7 +557,7 @@ def read_records(paths: list[str] | str, fmt: str = "auto", skip_invalid: bool =
 
 
 _KINDS = {Conversation: ("a conversation", "conversations (Alpaca, ShareGPT, OpenAI messages, "
-                                           "Dolly, FLAN, prompt/completion)"),
+                                           "Dolly, FLAN, prompt/completion, question/answer)"),
           PreferencePair: ("a preference pair", "preference pairs (a prompt with 'chosen' and "
                            "'rejected' answers)"),
           Prompt: ("a prompt without an answer", "prompts ('prompt', with an optional "
@@ -620,7 +627,7 @@ def to_json(record: Record, fmt: str) -> dict:
             out["tools"] = record.prompt.tool_list()
         return {**out, **({"answer": record.reference} if record.reference else {})}
     conv = record
-    if fmt in ("alpaca", "dolly", "flan", "prompt_completion"):
+    if fmt in ("alpaca", "dolly", "flan", "prompt_completion", "qa"):
         last_user = conv.turns[-2] if len(conv.turns) >= 2 else None
         if last_user is None or last_user.role != "user" or \
                 any(t.role == "tool" for t in conv.turns):
@@ -643,6 +650,8 @@ def to_json(record: Record, fmt: str) -> dict:
                     "response": conv.answer}
         if fmt == "flan":
             return {"inputs": last_user.user_text(), "targets": conv.answer}
+        if fmt == "qa":
+            return {"question": last_user.user_text(), "answer": conv.answer}
         return {"prompt": last_user.user_text(), "completion": conv.answer}
     tools = {"tools": conv.tool_list()} if conv.tools else {}
     if fmt == "sharegpt":
