@@ -413,6 +413,15 @@ def test_rl_stages_train_a_whole_model_from_a_run_against_its_starting_weights(
     assert kls and kls[0] == 0.0
 
 
+def test_number_match_compares_final_numbers_as_gsm8k_is_graded(family_tokenizer):
+    (reward,) = load_rewards(["number_match"], family_tokenizer, get_template("chatml"))
+    assert reward(prompts=["p"] * 5,
+                  completions=["so it is 42.", "It is 1,000<|im_end|>\n7", "41", "none",
+                               "x"],
+                  answer=["work\n#### 42", "1000", "#### 42", "#### 7", "no number"]) == \
+        [1.0, 1.0, 0.0, 0.0, None]  # (the last: no number to compare, so no reward)
+
+
 def test_rewards_cut_answers_at_the_end_of_turn(family_tokenizer):
     (reward,) = load_rewards(["exact_match"], family_tokenizer, get_template("chatml"))
     assert reward(prompts=["p", "p"], completions=["3<|im_end|>\nmore", "4"],

@@ -8,8 +8,10 @@ as keywords; one float per completion, or None where it does not apply):
   assistant turn and encoded by the reward model's own template and truncation policy (the
   encoding it was trained on), then scored at its last token; its tokenizer must be the
   policy's;
-- the built-ins: ``exact_match`` (1 when the answer is the reference answer, else 0) and
-  ``brevity`` (``1 / (1 + len(answer) / len(reference))``: higher for shorter answers);
+- the built-ins: ``exact_match`` (1 when the answer is the reference answer, else 0),
+  ``number_match`` (1 when the answer's final number is the reference's, after GSM8K's
+  ``####`` if it has one) and ``brevity`` (``1 / (1 + len(answer) / len(reference))``:
+  higher for shorter answers);
 - the user's own Python function, ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION``.
 
 Answers are cut at the template's end-of-turn markers before any reward sees them.
@@ -21,6 +23,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +41,28 @@ def brevity(completions: list[str], answer: list[str], **_) -> list[float]:
             for c, a in zip(completions, answer, strict=True)]
 
 
-BUILTIN: dict[str, Callable] = {"exact_match": exact_match, "brevity": brevity}
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> float | None:
+    """The number a text ends on: the one after GSM8K's ``####`` when there is one, else the
+    last in the text (``1,000`` is 1000); None when it has none."""
+    found = _NUMBER.findall(text.rsplit("####", 1)[-1])
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def number_match(completions: list[str], answer: list[str], **_) -> list[float | None]:
+    """1 when the answer's final number is the reference's (GSM8K-style math), else 0; None
+    where the reference has no number."""
+    out: list[float | None] = []
+    for completion, reference in zip(completions, answer, strict=True):
+        want = final_number(reference)
+        out.append(None if want is None else float(final_number(completion) == want))
+    return out
+
+
+BUILTIN: dict[str, Callable] = {"exact_match": exact_match, "number_match": number_match,
+                                "brevity": brevity}
 
 
 class RewardModel:

@@ -117,7 +117,7 @@ class RlSection(Section):
 
     reward: list[str] = Field(default_factory=list, description=(
         "comma-separated rewards: a reward-model run (stage=rm), a built-in "
-        "(exact_match, brevity) or FILE.py:FUNCTION / MODULE:FUNCTION"))
+        "(exact_match, number_match, brevity) or FILE.py:FUNCTION / MODULE:FUNCTION"))
     reward_weights: list[float] | None = Field(None, description="one weight per reward")
     beta: float = Field(0.04, ge=0, description="KL penalty towards the reference (0: none)")
     num_generations: int = Field(4, ge=2, description="answers sampled per prompt (the group)")
@@ -545,7 +545,8 @@ class _Reinforce(_Preference):
         self.sampling(cfg)  # (a preset that cannot be used fails here)
         if not rl.reward:
             raise UserError(f"stage={self.name} needs rl.reward: a reward-model run "
-                            "(stage=rm), a built-in (exact_match, brevity) or FILE.py:FUNCTION")
+                            "(stage=rm), a built-in (exact_match, number_match, brevity) or "
+                            "FILE.py:FUNCTION")
         if rl.reward_weights is not None and len(rl.reward_weights) != len(rl.reward):
             raise UserError(f"rl.reward_weights: {len(rl.reward_weights)} weights for "
                             f"{len(rl.reward)} rewards; give one per reward")
