@@ -6,10 +6,9 @@ ShareGPT (``conversations`` with ``from``/``value``), OpenAI ``messages``, Dolly
 question/answer (GSM8K and other QA sets), preference pairs (``conversations`` +
 ``chosen``/``rejected``, or plain strings), prompts alone (TRL's prompt-only ``prompt``, with
 an optional reference ``answer``) and plain text (``.txt`` lines or ``{"text"}`` records), all
-producing the records of ``schema``. JSON Lines
-are streamed line by line, and a JSON array is decoded element by element from a window of
-the file (so a multi-gigabyte array streams too, and each record knows its line). Every
-problem is reported as ``file:line: field: problem``.
+producing the records of ``schema``. JSON Lines are streamed line by line, and a JSON array is
+decoded element by element from a window of the file (so a multi-gigabyte array streams too,
+and each record knows its line). Every problem is reported as ``file:line: field: problem``.
 """
 
 from __future__ import annotations
