@@ -94,6 +94,27 @@ def test_eval_prints_per_family_table(trained_run, synth_data, tmp_path, capsys)
     assert result["n"] == 2 * len(DEFAULT_FAMILIES) and 0.0 <= result["exact_match"] <= 1.0
 
 
+def test_number_match_scores_gsm8k_style_answers(trained_run, tmp_path, capsys):
+    from unitune.data.schema import Conversation
+    from unitune.eval.exact_match import score
+
+    gsm = Conversation.single("Tom has 40 apples and buys 2. How many?", "40 + 2 = 42\n#### 42")
+    assert score(gsm, "He has 42 apples.", "number") and not score(gsm, "He has 42 apples.")
+    assert not score(gsm, "41", "number")
+    plain = Conversation.single("Say hi.", "hi")  # (no number: compared whole)
+    assert score(plain, " hi ", "number") and not score(plain, "hello", "number")
+    data = tmp_path / "gsm.jsonl"
+    data.write_text(json.dumps({"question": gsm.turns[0].content, "answer": gsm.answer}) + "\n")
+    report = tmp_path / "r.json"
+    assert main(["eval", str(trained_run), "--data", str(data), "--match", "number",
+                 "--max-new-tokens", "4", "--report", str(report)]) == 0
+    assert "number match" in capsys.readouterr().out
+    assert json.loads(report.read_text())["match"] == "number"
+    assert main(["eval", str(trained_run), "--perplexity", str(data), "--match",
+                 "number"]) == 2
+    assert "--match compares the answers of --data FILE" in capsys.readouterr().err
+
+
 def test_refuses_to_overwrite_a_finished_run(trained_run):
     before = (trained_run / "adapter_model.safetensors").read_bytes()
     proc = run_cli("train", "--data", "x.json", "-o", str(trained_run))

@@ -40,6 +40,9 @@ def add_eval(sub) -> None:
     p.add_argument("--data", help="Alpaca json/jsonl file with reference outputs (exact match)")
     p.add_argument("--reward", metavar="RM_RUN", help="--data: also score every answer with "
                    "this reward model (a stage=rm run)")
+    p.add_argument("--match", choices=["exact", "number"], default="exact",
+                   help="--data: compare whole answers, or final numbers (GSM8K-style math: "
+                   "the reference's after its '####')")
     p.add_argument("--preference", metavar="FILE", help="preference pairs: pairwise accuracy")
     p.add_argument("--perplexity", metavar="FILE", help="perplexity on a text file (.txt, "
                    "{\"text\"} records; conversations are scored on their replies)")
@@ -121,6 +124,8 @@ def cmd_eval(args) -> int:
                         "(benchmarks), --perplexity FILE and --preference FILE")
     if args.reward and not args.data:
         raise UserError("--reward scores the answers of --data FILE; give --data")
+    if args.match != "exact" and not args.data:
+        raise UserError("--match compares the answers of --data FILE; give --data")
     if args.tasks:
         return _eval_tasks(args)
     if args.perplexity:
@@ -146,7 +151,8 @@ def cmd_eval(args) -> int:
                                             log=stderr, rope_scaling=rope_of(args))
     result = evaluate_exact_match(model, tokenizer, template, records,
                                   args.max_new_tokens or 64, _fixed_batch(args),
-                                  reward=reward.score if reward else None)
+                                  reward=reward.score if reward else None,
+                                  match=args.match)
     print(result.table())
     if args.report:
         write_report(result, Path(args.report))

@@ -2,7 +2,8 @@
 
 Records that carry a ``family`` (the synthetic suite does) are scored on that family's final
 answer (for chain-of-thought families, the result after "the answer is"); others compare the
-whole stripped output.
+whole stripped output, or, with ``match='number'``, the final numbers (GSM8K-style math: the
+reference's after its ``####``; a reference without a number is compared whole).
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ class ExactMatch:
     per_family: dict[str, float] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
     mean_reward: float | None = None  # a reward model's mean score of the answers
+    match: str = "exact"  # what was compared: whole answers or final numbers
 
     def as_dict(self) -> dict:
-        return {"exact_match": self.accuracy, "n": self.n, "per_family": self.per_family,
-                "samples": self.samples,
+        return {"exact_match": self.accuracy, "match": self.match, "n": self.n,
+                "per_family": self.per_family, "samples": self.samples,
                 **({"mean_reward": self.mean_reward} if self.mean_reward is not None else {})}
 
     def table(self) -> str:
-        lines = [f"{'family':<14}{'exact match':>12}"]
+        lines = [f"{'family':<14}{self.match + ' match':>12}"]
         lines += [f"{fam:<14}{acc:>11.1%}" for fam, acc in sorted(self.per_family.items())]
         lines.append(f"{'overall':<14}{self.accuracy:>11.1%}  (n={self.n})")
         if self.mean_reward is not None:
@@ -45,24 +47,31 @@ def _family(rec: Conversation) -> str:
     return fam if fam in FAMILIES else "all"
 
 
-def score(record: Conversation, prediction: str) -> bool:
+def score(record: Conversation, prediction: str, match: str = "exact") -> bool:
     fam = _family(record)
-    if fam == "all":
-        return prediction.strip() == record.answer.strip()
-    return final_answer(fam, prediction) == final_answer(fam, record.answer)
+    if fam != "all":
+        return final_answer(fam, prediction) == final_answer(fam, record.answer)
+    if match == "number":
+        from unitune.train.rewards import final_number
+
+        if (reference := final_number(record.answer)) is not None:
+            return final_number(prediction) == reference
+    return prediction.strip() == record.answer.strip()
 
 
 def evaluate_exact_match(model, tokenizer, template: Template, records: list[Conversation],
                          max_new_tokens: int = 64, batch_size: int = 64,
-                         keep_samples: int = 5, reward=None) -> ExactMatch:
-    """Greedy answers scored against the references; ``reward`` (a function of the answered
-    conversations, such as a reward model's ``score``) also gives their mean reward."""
+                         keep_samples: int = 5, reward=None,
+                         match: str = "exact") -> ExactMatch:
+    """Greedy answers scored against the references (``match``: whole answers, or final
+    numbers); ``reward`` (a function of the answered conversations, such as a reward
+    model's ``score``) also gives their mean reward."""
     preds = answer(model, tokenizer, template, records, Decoding(max_new_tokens=max_new_tokens),
                    batch_size=batch_size)
     hits: dict[str, list[bool]] = defaultdict(list)
     samples = []
     for rec, pred in zip(records, preds, strict=True):
-        ok = score(rec, pred)
+        ok = score(rec, pred, match)
         hits[_family(rec)].append(ok)
         if len(samples) < keep_samples:
             samples.append({"prompt": rec.turns[-2].user_text() if len(rec.turns) > 1 else "",
@@ -75,7 +84,7 @@ def evaluate_exact_match(model, tokenizer, template: Template, records: list[Con
                                      zip(records, preds, strict=True)]) if s is not None]
         mean_reward = sum(scores) / max(1, len(scores))
     return ExactMatch(sum(total) / max(1, len(total)), len(total), per_family, samples,
-                      mean_reward)
+                      mean_reward, match)
 
 
 def write_report(result: ExactMatch, path: Path) -> None:
