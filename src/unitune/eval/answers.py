@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unitune.eval.judge import read_jsonl
+from unitune.eval.judge import cache_key, read_jsonl
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -90,10 +90,7 @@ class Answerer:
 def answer_key(identity: list, turns: list[str]) -> str:
     """The cache key of an answer: who answered how (``Answerer.identity``) and the user
     turns up to this one."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps([identity, turns], default=str).encode()
-                          ).hexdigest()[:20]
+    return cache_key([identity, turns])
 
 
 def collect_dialogues(models: dict[str, Answerer], dialogues: list[list[str]], out: Path,

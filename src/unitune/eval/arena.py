@@ -23,7 +23,7 @@ from pathlib import Path
 
 from unitune.errors import UserError
 from unitune.eval.answers import Answerer, collect_answers
-from unitune.eval.judge import Judge, read_jsonl
+from unitune.eval.judge import Judge, cache_key, read_jsonl
 
 JUDGE_SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses "
                 "provided by two AI assistants to the user question displayed below. Avoid "
@@ -77,10 +77,7 @@ def comparison_key(item: Comparison, questions: list[str], answers: dict[str, li
                    judge: str) -> str:
     """What a judgment depends on: who judged, the two models and what was shown, so a
     changed prompt or answer, or another judge, is judged anew."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(
-        [judge, item[1], item[2], *shown(item, questions, answers)]).encode()).hexdigest()[:20]
+    return cache_key([judge, item[1], item[2], *shown(item, questions, answers)])
 
 
 def record(out: Path, item: Comparison, key: str, reply: str, verdict: str | None,

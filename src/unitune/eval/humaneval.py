@@ -87,10 +87,9 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
     """Generate ``n`` completions per problem (greedy when n == 1, else sampled), test them,
     report pass@k; ``out`` (JSON lines) keeps every sample, keyed by the model and the
     decoding, and a rerun continues from the samples of the same model and decoding."""
-    import hashlib
-
     from tqdm import tqdm
 
+    from unitune.eval.judge import cache_key
     from unitune.infer.engine import Request, TooLarge
     from unitune.infer.generate import Decoding
 
@@ -100,8 +99,7 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
     problems = read_problems(data_dir)[:limit]
     decoding = Decoding(max_new_tokens=max_new_tokens, do_sample=n > 1,
                         temperature=temperature if n > 1 else 1.0, seed=seed)
-    key = hashlib.sha256(json.dumps([model.identity(decoding), STOPS]).encode()
-                         ).hexdigest()[:20]
+    key = cache_key([model.identity(decoding), STOPS])
     done: dict[str, list[dict]] = {}
     if out.exists():
         for line in out.read_text(encoding="utf-8").splitlines():

@@ -14,6 +14,13 @@ from pathlib import Path
 from unitune.errors import UserError
 
 
+def cache_key(value) -> str:
+    """The key of a cached result: a digest of everything it depends on (JSON)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:20]
+
+
 def read_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
     """The records of a JSON-lines file (none when it does not exist yet: a cache), each with
     the string ``fields``; a bad line is an error naming it."""
@@ -91,10 +98,7 @@ class Grades:
 
     def reply(self, key: str, messages: list[dict]) -> str:
         """The judge's reply to ``messages``; ``key`` names the item in the file."""
-        import hashlib
-
-        asked = json.dumps([self.judge.model, messages]).encode()
-        key = f"{key}:{hashlib.sha256(asked).hexdigest()[:20]}"
+        key = f"{key}:{cache_key([self.judge.model, messages])}"
         if key not in self.rows:
             self.rows[key] = {"key": key, "reply": self.judge.ask(messages)}
             with self.path.open("a", encoding="utf-8") as f:
