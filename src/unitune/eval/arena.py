@@ -80,6 +80,14 @@ def comparison_key(item: Comparison, questions: list[str], answers: dict[str, li
     return cache_key([judge, item[1], item[2], *shown(item, questions, answers)])
 
 
+def keyed(models: list[str], questions: list[str], answers: dict[str, list[str]], judge: str,
+          seed: int = 0) -> list[tuple[Comparison, str]]:
+    """The arena's comparisons (``schedule``), each with its ``comparison_key`` for
+    ``judge``."""
+    return [(item, comparison_key(item, questions, answers, judge))
+            for item in schedule(models, len(questions), seed)]
+
+
 def record(out: Path, item: Comparison, key: str, reply: str, verdict: str | None,
            judge: str) -> dict:
     """Appends one judgment to ``judgments.jsonl`` (a reply, its verdict, who judged)."""
@@ -104,15 +112,16 @@ def judgments(out: Path, log=print) -> dict[str, dict]:
 
 
 def summarize(models: list[str], questions: list[str], answers: dict[str, list[str]],
-              out: Path, judge: dict, done: dict[str, dict], rounds: int = 200,
-              seed: int = 0) -> dict:
-    """The leaderboard of this arena's judgments by ``judge['model']`` among ``done``
-    (``leaderboard.md/.json/.png`` in ``out``)."""
+              out: Path, judge: dict, arena: list[tuple[Comparison, str]],
+              done: dict[str, dict], rounds: int = 200, seed: int = 0) -> dict:
+    """The leaderboard of the judgments among ``done`` of the ``arena``'s comparisons (as
+    ``keyed`` gives them, for ``judge['model']``) (``leaderboard.md/.json/.png`` in
+    ``out``)."""
     from unitune.eval.ratings import leaderboard, markdown, plot
 
     comparisons, unparsed = [], 0
-    for item in schedule(models, len(questions), seed):
-        row = done.get(comparison_key(item, questions, answers, judge["model"]))
+    for _, key in arena:
+        row = done.get(key)
         if row is None:
             continue
         if row["verdict"] is None:
@@ -145,13 +154,13 @@ def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: P
                                for name, target in models.items()}, questions, out, decoding,
                               log)
     done = judgments(out, log)
-    for item in schedule(list(models), len(questions), seed):
-        key = comparison_key(item, questions, answers, judge.model)
+    arena = keyed(list(models), questions, answers, judge.model, seed)
+    for item, key in arena:
         if key not in done:
             reply = judge.ask(judge_messages(*shown(item, questions, answers)))
             done[key] = record(out, item, key, reply, parse_verdict(reply), judge.model)
-    report = summarize(list(models), questions, answers, out, judge.report(), done, rounds,
-                       seed)
+    report = summarize(list(models), questions, answers, out, judge.report(), arena, done,
+                       rounds, seed)
     log(f"arena: {report['comparisons']} comparisons ({report['unparsed_verdicts']} replies "
         f"without a verdict), judge tokens {judge.usage['prompt_tokens']} in / "
         f"{judge.usage['completion_tokens']} out -> {out / 'leaderboard.md'}")

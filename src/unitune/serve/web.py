@@ -109,14 +109,13 @@ class HumanArena:
         import random
         import threading
 
-        from unitune.eval.arena import comparison_key, judgments, schedule
+        from unitune.eval.arena import judgments, keyed
 
         self.models, self.questions, self.answers = models, questions, answers
         self.out, self.seed, self.rounds = out, seed, rounds
-        items = schedule(models, len(questions), seed)
-        random.Random(seed + 1).shuffle(items)
-        self.items = [(item, comparison_key(item, questions, answers, self.JUDGE))
-                      for item in items]
+        self.arena = keyed(models, questions, answers, self.JUDGE, seed)
+        self.items = list(self.arena)  # (shown in a shuffled order)
+        random.Random(seed + 1).shuffle(self.items)
         self.done = judgments(out, log)
         self._lock = threading.Lock()  # (votes from several pages: one at a time)
 
@@ -148,7 +147,8 @@ class HumanArena:
                 self.done[key] = record(self.out, item, key, f"[[{verdict}]]", verdict,
                                         self.JUDGE)
             report = summarize(self.models, self.questions, self.answers, self.out,
-                               {"model": self.JUDGE}, self.done, self.rounds, self.seed)
+                               {"model": self.JUDGE}, self.arena, self.done, self.rounds,
+                               self.seed)
         return markdown(report["leaderboard"])
 
 
