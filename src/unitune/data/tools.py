@@ -266,15 +266,20 @@ def _stats(args) -> int:
             Path(tmp) / "records.arrow")
         if not len(records):
             raise UserError(f"no valid records in {', '.join(args.files)}")
-        kind = type(records[0])
-        if other := next((r for r in records if not isinstance(r, kind)), None):
-            raise UserError(f"{other.where}: stats describe one kind of records at a time, and "
-                            f"this one is not like {records[0].where}; keep each kind in its "
-                            "own files")
+        kind, counts = type(records[0]), Counter()
+        for record in records:  # (one pass: the kind checked, what is counted counted)
+            if not isinstance(record, kind):
+                raise UserError(f"{record.where}: stats describe one kind of records at a "
+                                f"time, and this one is not like {records[0].where}; keep each "
+                                "kind in its own files")
+            if kind is Conversation:
+                counts["single"] += sum(t.role == "assistant" for t in record.turns) == 1
+                counts["system"] += bool(record.system)
+            elif kind is Prompt:
+                counts["answered"] += bool(record.reference)
         encoded = Path(tmp) / "encoded.arrow"
         if kind is Conversation:
-            single = sum(sum(t.role == "assistant" for t in c.turns) == 1 for c in records)
-            system = sum(bool(c.system) for c in records)
+            single, system = counts["single"], counts["system"]
             what = [f"{len(records)} conversations", f"{single} single-turn, "
                     f"{len(records) - single} multi-turn", f"{system} with a system prompt"]
             measured = "tokens per example"
@@ -286,8 +291,7 @@ def _stats(args) -> int:
             _, report = encode_preferences(records, tokenizer, template, args.max_length,
                                            "pairs", encoded, progress=True)
         else:
-            answered = sum(bool(r.reference) for r in records)
-            what = [f"{len(records)} prompts", f"{answered} with a reference answer"]
+            what = [f"{len(records)} prompts", f"{counts['answered']} with a reference answer"]
             measured = "prompt tokens"
             _, report = prompt_rows(records, tokenizer, template, args.max_length, encoded,
                                     progress=True)
