@@ -36,6 +36,7 @@ from unitune.infer.generate import (
     eos_ids,
     model_eos_ids,
     prompt_logprobs,
+    smaller_batch,
     split_stops,
 )
 
@@ -177,14 +178,18 @@ class Engine:
                                                     "max_position_embeddings", None)
         self._end_cache: dict[str, tuple[list[int], list[str]]] = {}
         self._model_eos = set(model_eos_ids(self.model, self.tokenizer))
-        self.stats = {"requests": 0, "cancelled": 0, "generated_tokens": 0, "batches": 0,
-                      "max_batch": max_batch}
+        self.counts = {"requests": 0, "cancelled": 0, "generated_tokens": 0, "batches": 0}
         self.batch_window_s, self._last_batch = batch_window_s, 0
         self._pending: list[Job] = []
         self._cv = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name="unitune-engine", daemon=True)
         self._worker.start()
+
+    @property
+    def stats(self) -> dict:
+        """What it has done, and the batch size it uses now."""
+        return {**self.counts, "max_batch": self.max_batch}
 
     # --- models and adapters ------------------------------------------------------------------
 
@@ -315,7 +320,7 @@ class Engine:
                 raise QueueFull(f"{len(self._pending)} requests are waiting (the limit is "
                                 f"{self.max_queue}); retry later")
             self._pending.append(job)
-            self.stats["requests"] += 1
+            self.counts["requests"] += 1
             self._cv.notify()
         return job
 
@@ -381,7 +386,7 @@ class Engine:
             live = [j for j in batch if not j.cancelled]
             for job in batch:
                 if job.cancelled:
-                    self.stats["cancelled"] += 1
+                    self.counts["cancelled"] += 1
                     _deliver(job, ("end",))
             if not live:
                 continue
@@ -400,13 +405,13 @@ class Engine:
                     _deliver(job, ("error", why))
                     _deliver(job, ("end",))
                 continue
-            self.stats["batches"] += 1
+            self.counts["batches"] += 1
             self._grow_back()
             for job in live:
                 for i, seq in enumerate(job.seqs):
-                    self.stats["generated_tokens"] += len(seq.tokens)
+                    self.counts["generated_tokens"] += len(seq.tokens)
                     _deliver(job, ("done", i, seq.finish_reason))
-                self.stats["cancelled"] += any(s.finish_reason == "cancelled" for s in job.seqs)
+                self.counts["cancelled"] += any(s.finish_reason == "cancelled" for s in job.seqs)
                 _deliver(job, ("end",))
 
     def _retry_smaller(self, jobs: list[Job]) -> bool:
@@ -419,8 +424,7 @@ class Engine:
         if len(jobs) == 1:
             return False
         rows = sum(len(job.seqs) for job in jobs)
-        self.max_batch = max(1, min(self.max_batch, rows) // 2)
-        self.stats["max_batch"], self._clean_batches = self.max_batch, 0
+        self.max_batch, self._clean_batches = smaller_batch(self.max_batch, rows), 0
         self.log(f"out of GPU memory with {rows} sequences in one batch: batches of at most "
                  f"{self.max_batch} for a while")
         with self._cv:
@@ -445,7 +449,7 @@ class Engine:
         self._clean_batches += 1
         if self._clean_batches >= self.GROW_AFTER:
             self.max_batch = min(self._max_batch_limit, self.max_batch * 2)
-            self.stats["max_batch"], self._clean_batches = self.max_batch, 0
+            self._clean_batches = 0
 
     def _adapter_kwargs(self, jobs: list[Job]) -> tuple[dict, object]:
         """(kwargs for generate, a context manager) selecting the batch's adapters."""

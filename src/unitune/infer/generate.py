@@ -358,6 +358,12 @@ def prompt_logprobs(model, ids: list[int], top: int = 0, **model_kwargs) -> list
     return out
 
 
+def smaller_batch(batch_size: int, rows: int) -> int:
+    """The batch size after a batch of ``rows`` sequences ran out of GPU memory: half of
+    what was tried."""
+    return max(1, min(batch_size, rows) // 2)
+
+
 def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
                    batch_size: int = 32, stops: list[str] | None = None,
                    add_special_tokens: bool = True, log=None) -> list[str]:
@@ -382,7 +388,7 @@ def generate_texts(model, tokenizer, prompts: list[str], decoding: Decoding,
                                 f"+ {decoding.max_new_tokens} new) does not fit in GPU memory "
                                 "on its own; shorten it or lower max_new_tokens") from None
             torch.cuda.empty_cache()
-            batch_size = max(1, min(batch_size, len(seqs)) // 2)
+            batch_size = smaller_batch(batch_size, len(seqs))
             log(f"out of GPU memory: answering in batches of {batch_size}")
             continue
         answers.extend(s.text.strip() for s in seqs)
