@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unitune.data.schema import Conversation, PreferencePair, Prompt
+from unitune.data.schema import Conversation, PreferencePair, Prompt, conversation_of
 from unitune.data.store import Records
 from unitune.errors import UserError, did_you_mean
 
@@ -167,7 +167,7 @@ def flan_mini_sources(records: dict[str, list], scale: float = 1.0) -> list[Sour
 
 
 def _digest(record: Conversation | PreferencePair | Prompt) -> bytes:
-    conv = record if isinstance(record, Conversation) else record.prompt
+    conv = conversation_of(record)
     answers = (record.chosen, record.rejected) if isinstance(record, PreferencePair) else \
         (record.reference,) if isinstance(record, Prompt) else ()
     key = [conv.system, conv.tools,

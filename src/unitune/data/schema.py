@@ -113,6 +113,11 @@ class Prompt:
         return self.prompt.where
 
 
+def conversation_of(record: Conversation | PreferencePair | Prompt) -> Conversation:
+    """A record's conversation: itself, or a pair's or a prompt's prompt."""
+    return record if isinstance(record, Conversation) else record.prompt
+
+
 @dataclass(frozen=True)
 class PlainText:
     text: str

@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from unitune.data.schema import Conversation, PreferencePair, Prompt, Turn
+from unitune.data.schema import Conversation, PreferencePair, Prompt, Turn, conversation_of
 
 SCHEMA = pa.schema([
     ("system", pa.string()),
@@ -40,7 +40,7 @@ BATCH = 1_000  # records per Arrow record batch when writing and reading
 
 def to_row(record: Conversation | PreferencePair | Prompt) -> dict:
     pair = isinstance(record, PreferencePair)
-    conv = record if isinstance(record, Conversation) else record.prompt
+    conv = conversation_of(record)
     return {"system": conv.system,
             "turns": [{"role": t.role, "content": t.content, "input": t.input,
                        "tool_calls": t.tool_calls} for t in conv.turns],

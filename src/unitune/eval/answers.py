@@ -15,14 +15,14 @@ def read_prompts(path: str | Path) -> list[str]:
     """The prompts of a file: each line of a .txt, else the first user turn of each record
     (a conversation, a prompt alone or a preference pair, in any format the readers know)."""
     from unitune.data.readers import iter_records
-    from unitune.data.schema import Conversation, PlainText
+    from unitune.data.schema import PlainText, conversation_of
 
     prompts = []
     for record in iter_records(path):
         if isinstance(record, PlainText):
             prompts.append(record.text.strip())
         else:
-            conv = record if isinstance(record, Conversation) else record.prompt
+            conv = conversation_of(record)
             prompts.append(conv.turns[0].user_text())
     return prompts
 

@@ -158,14 +158,14 @@ def sample_texts(path: str | Path, limit: int = 1000) -> list[str]:
     from itertools import islice
 
     from unitune.data.readers import iter_records
-    from unitune.data.schema import Conversation, PlainText, PreferencePair, Prompt
+    from unitune.data.schema import PlainText, PreferencePair, Prompt, conversation_of
 
     texts = []
     for record in islice(iter_records(path), limit):
         if isinstance(record, PlainText):
             texts.append(record.text)
             continue
-        conv = record if isinstance(record, Conversation) else record.prompt
+        conv = conversation_of(record)
         texts += [t.user_text() for t in conv.turns]
         if isinstance(record, PreferencePair):
             texts += [record.chosen, record.rejected]
