@@ -8,7 +8,6 @@ from pathlib import Path
 from unitune.cli.common import (
     Parser,
 )
-from unitune.data.readers import FORMATS
 
 
 def add_data(sub) -> None:
@@ -47,7 +46,16 @@ def add_data(sub) -> None:
     cv = dsub.add_parser("convert", help="convert a file to another format")
     cv.add_argument("input")
     cv.add_argument("output", help=".jsonl (one record per line) or .json (an array)")
-    cv.add_argument("--to", required=True, help=", ".join(FORMATS))
+    to = cv.add_argument("--to", required=True)
+    help_without_formats = cv.format_help
+
+    def format_help() -> str:  # the readers are imported only when help is asked for
+        from unitune.data.readers import FORMATS
+
+        to.help = ", ".join(FORMATS)
+        return help_without_formats()
+
+    cv.format_help = format_help
     cv.add_argument("--format", default="auto", help="input format (default: detect)")
     cv.add_argument("--overwrite", action="store_true")
     si = dsub.add_parser("self-instruct", help="generate instruction data from seed tasks "
