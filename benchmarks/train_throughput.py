@@ -39,9 +39,10 @@ real (non-padding) tokens. Each step holds the same examples on both sides, so t
 agree step by step: packing changes the speed, not what is learned.
 
     python benchmarks/train_throughput.py --shape 8b --seq 2048 --batch 4 [--no-checkpointing]
-    python benchmarks/train_throughput.py --suite 0:7 --steps 6 --warmup 2 --profile  # GPU
-    python benchmarks/train_throughput.py --suite 7: --steps 6 --warmup 2 --profile \
+    python benchmarks/train_throughput.py --suite 0,3,4,6,10 --steps 6 --warmup 2 --profile  # GPU
+    python benchmarks/train_throughput.py --suite 8: --steps 6 --warmup 2 --profile \
         --baseline-autocast  # GPU
+    python benchmarks/train_throughput.py --suite 0:9 --suite-shape tiny --device cpu  # check
     python benchmarks/train_throughput.py --shape tiny --device cpu   # keeps the script honest
     python benchmarks/train_throughput.py --shape small --device cpu --seq 1024 --batch 2 \
         --data ../shared/data/instruct/alpaca_en_2k.json --no-checkpointing  # real lengths
@@ -57,7 +58,7 @@ import gc
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -131,6 +132,20 @@ SUITE = [
     Setting("1b", 2048, 4, method="full", ckpt=False),
     Setting("8b", 2048, 4, real=True),  # only with --data
 ]
+
+
+def suite(which: str, shape: str | None = None) -> list[Setting]:
+    """The settings of SUITE that ``which`` names ('FROM:TO' or 'I,J,...'), at ``shape`` if
+    given (checking the suite on the CPU)."""
+    if ":" in which:
+        chosen = SUITE[slice(*(int(x) if x else None for x in which.split(":")))]
+    else:
+        chosen = [SUITE[int(i)] for i in which.split(",")]
+    if not shape:
+        return chosen
+    layers = SHAPES[shape]["num_hidden_layers"]  # (selective checkpointing: at most all)
+    return [replace(s, shape=shape, ckpt=min(s.ckpt, layers) if type(s.ckpt) is int else s.ckpt)
+            for s in chosen]
 
 
 def build(setting: Setting, device: torch.device, unitune: bool, tmp: Path,
@@ -377,16 +392,18 @@ def main() -> None:
     ap.add_argument("--baseline-autocast", action="store_true",
                     help="run the baseline under bf16 autocast too, as the HF Trainer does "
                     "with bf16=True (the SPEC's baseline numbers are without)")
-    ap.add_argument("--suite", nargs="?", const=":", metavar="FROM:TO",
-                    help="the issue-6 set (GPU), or the settings FROM:TO of it (e.g. 0:6)")
+    ap.add_argument("--suite", nargs="?", const=":", metavar="FROM:TO|I,J,...",
+                    help="the issue-6 set (GPU), or the settings FROM:TO of it (e.g. 0:6), or "
+                    "those numbered I,J,... (e.g. 0,3,4)")
+    ap.add_argument("--suite-shape", choices=list(SHAPES),
+                    help="run the suite's settings at this shape (tiny: a CPU check)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
     peak = matmul_peak(device)
     ckpt = False if args.no_checkpointing else (args.ckpt_layers or True)
-    part = slice(*(int(x) if x else None for x in args.suite.split(":"))) if args.suite \
-        else None
-    settings = [s for s in SUITE[part] if args.data or not s.real] if args.suite else [
+    settings = [s for s in suite(args.suite, args.suite_shape) if args.data or not s.real] \
+        if args.suite else [
         Setting(args.shape, args.seq, args.batch, args.method, ckpt, bool(args.data) or
                 args.packed, args.attention, args.offload, real=bool(args.data))]
     if any(s.real for s in settings):

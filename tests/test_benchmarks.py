@@ -75,3 +75,27 @@ def test_distributed_smoke_trains_and_reopens_under_torchrun(test_preset):
     result = json.loads(stdout.splitlines()[-1])
     assert result["run"] == "ddp-lora" and result["world_size"] == 2, stdout
     assert result["steps"] == 2 and result["saved_tensors"] > 0 and "answer" in result
+
+
+@pytest.mark.slow
+def test_gpu_session_runs_its_parts_in_order_and_cuts_the_one_past_its_budget(tmp_path,
+                                                                               shared_data):
+    """The device call's runner at tiny size: a part that ends is 'ok', the next one is
+    killed (its whole process group) when the budget runs out, and each keeps its log."""
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "run", "--tiny",
+                          "smoke", "train-rest", "--budget", "60", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    summary = (tmp_path / "summary.md").read_text()
+    rows = re.findall(r"^\| ([\w-]+) \| (.*?) \| (\d+) \|$", summary, re.MULTILINE)
+    assert [(name, how.split(" (")[0]) for name, how, _ in rows] == [
+        ("imports", "ok"), ("smoke", "ok"), ("train-rest", "cut at its limit")], summary
+    assert '"run": "ddp-lora"' in (tmp_path / "smoke.log").read_text()
+    assert "setting" in (tmp_path / "train-rest.log").read_text()  # the rows it got to
+    assert "MISSING" not in (tmp_path / "imports.log").read_text()
+
+
+def test_gpu_session_refuses_an_unknown_part():
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "run", "--tiny",
+                          "serv"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no part 'serv'; the parts are smoke" in out.stderr

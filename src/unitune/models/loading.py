@@ -106,7 +106,7 @@ def load_base(path: str, dtype: torch.dtype, device: torch.device,
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype) if quantize == "4bit" else \
             BitsAndBytesConfig(load_in_8bit=True)
-        kwargs["device_map"] = {"": device.index or 0}
+        kwargs["device_map"] = {"": (device.index or 0) if device.type == "cuda" else device.type}
     try:
         config = model_config(path, trust_remote_code)
         if rope_scaling:
