@@ -324,15 +324,16 @@ def test_preference_stages_resume_bit_for_bit(tmp_path, sft_run, synth_data, sta
 
 @pytest.mark.slow
 def test_every_kind_of_stage_on_the_shared_dpo_demo(tmp_path, judge_model, shared_data):
-    """KTO unpairs the pairs, GRPO takes their prompts; the demo's long answers need a model
-    with a long context."""
+    """KTO unpairs the pairs, GRPO takes their prompts (sampling until ChatML's end-of-turn
+    marker, several tokens for this tokenizer); the demo's long answers need a model with a
+    long context."""
     demo = shared_data / "instruct" / "dpo_en_demo.json"
     for stage in ("kto", "dpo", "rm", "grpo"):
         out = tmp_path / stage
         rl = ["rl.reward=brevity", "rl.num_generations=2", "rl.max_new_tokens=4"]
         assert main(["train", "stage=" + stage, "--base-model", str(judge_model), "--data",
                      str(demo), "-o", str(out), "--max-steps", "2", "--batch-size", "2",
-                     "max_length=1024", "device=cpu", "template=vicuna", "lora.r=2",
+                     "max_length=1024", "device=cpu", "template=chatml", "lora.r=2",
                      "--no-progress", *(rl if stage == "grpo" else [])]) == 0
         record = read_run(out)
         assert record.kind == stage and record.metrics["steps"] == 2
@@ -451,6 +452,36 @@ def test_a_sampled_answer_is_cut_after_a_marker_of_several_tokens(test_preset):
     trainer.processing_class, trainer._stop_strings = tok, marker
     ids, logprobs = trainer._generate_single_turn()
     assert ids == [answer[:kept], answer[:2]] and [len(x) for x in logprobs] == [kept, 2]
+
+
+def test_sampling_stops_at_a_marker_of_several_tokens(test_preset):
+    """TRL's generate call (the policy's generate with TRL's generation config, no tokenizer)
+    stops at a stop string once the trainer has wired it in: greedy decoding stops right
+    after the text it was going to produce anyway, taken as the marker."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from unitune.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(test_preset))
+    model = AutoModelForCausalLM.from_pretrained(str(test_preset))
+    prompt = tok("Sort the numbers: 3 1 2", return_tensors="pt")["input_ids"]
+    config = GenerationConfig(max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                              pad_token_id=tok.pad_token_id)
+    free = model.generate(prompt, generation_config=config)[0, prompt.shape[1]:].tolist()
+    marker = tok.decode(free[4:7])  # what greedy decoding writes as its 5th to 7th tokens
+    assert len(tok(marker, add_special_tokens=False)["input_ids"]) > 1
+    config.min_new_tokens = None  # (TRL's config asks for no minimum)
+
+    trainer = object.__new__(stages.get("grpo").trainer_for(object))
+    trainer.generation_config, trainer.model, trainer.processing_class = config, model, tok
+    trainer.accelerator = SimpleNamespace(unwrap_model=lambda m: m)
+    trainer._stop_strings = [marker]
+    trainer._stop_sampling_at_markers()
+    stopped = model.generate(prompt, generation_config=trainer.generation_config)
+    answer = stopped[0, prompt.shape[1]:].tolist()
+    assert len(answer) < 12 and marker in tok.decode(answer), (marker, tok.decode(answer))
 
 
 # --- bad input: one line, before any weights load -------------------------------------------

@@ -27,6 +27,7 @@ encoded pairs in the layout they collate. TRL 1.16 has no PPO (docs/PREFERENCE.m
 from __future__ import annotations
 
 import copy
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -636,6 +637,19 @@ class _Reinforce(_Preference):
                 config.eos_token_id = [*eos, *(i for i in stop_ids if i not in eos)]
                 with _reference_is(trainer_cls, reference):
                     super().__init__(*args, drop_reference=drop_reference, **kwargs)
+                self._stop_sampling_at_markers()
+
+            def _stop_sampling_at_markers(self):
+                """Sampling ends at a marker of several tokens too (once every answer of the
+                batch has ended): the stop strings go into TRL's generation config, and the
+                policy's ``generate`` gets the tokenizer, which transformers needs to match
+                them and which TRL's call does not pass."""
+                if not self._stop_strings:
+                    return
+                self.generation_config.stop_strings = list(self._stop_strings)
+                policy = self.accelerator.unwrap_model(self.model)
+                policy.generate = functools.partial(policy.generate,
+                                                    tokenizer=self.processing_class)
 
             def _tokenize_prompts(self, prompts):
                 return tokenize_ids(prompts, self.processing_class,
