@@ -86,6 +86,7 @@ def train(name: str, args, base: Path, data: Path, out: Path, extra: list[str]) 
     m = record.metrics
     return {"run": name, "world_size": record.world_size, "steps": m["steps"],
             "tokens_per_s": round(m["tokens_seen"] / m["train_runtime_s"]),
+            "parallelism": m.get("parallelism"),
             "peak_gib": m["peak_gpu_memory_gib"], "loss_first": round(losses[0], 3),
             "loss_last": round(losses[-1], 3), "saved_tensors": tensors,
             "saved_mib": round(bytes_ / 2**20, 1), "wall_s": round(wall, 1),

@@ -74,6 +74,7 @@ def test_distributed_smoke_trains_and_reopens_under_torchrun(test_preset):
 
     result = json.loads(stdout.splitlines()[-1])
     assert result["run"] == "ddp-lora" and result["world_size"] == 2, stdout
+    assert result["parallelism"] == "MULTI_CPU: DistributedDataParallel", stdout
     assert result["steps"] == 2 and result["saved_tensors"] > 0 and "answer" in result
 
 

@@ -103,6 +103,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data, referen
     assert logged_steps(out) == list(range(1, STEPS + 1))  # no step logged twice or lost
     record = read_run(out)
     assert record.status == "finished" and record.metrics["steps"] == STEPS
+    assert record.metrics["parallelism"] == "none"  # (one process: nothing wrapped)
     assert record.resumed_from and record.resumed_from[0].startswith("checkpoint-")
     assert not (out / resume.CHECKPOINTS).exists()
 

@@ -503,6 +503,17 @@ class Recipe:
             str(self.checkpoint / "trainer_state.json"))
         self.log(f"{self.checkpoint.name} is the last step: saving the run")
 
+    def _parallelism(self) -> str:
+        """How the Trainer spread the model, as accelerate saw it (e.g. 'FSDP2:
+        FSDPLlamaForCausalLM', 'MULTI_GPU: DistributedDataParallel', 'none')."""
+        accelerator = self.trainer.accelerator
+        kind = {"NO": "none"}.get(accelerator.distributed_type.value,
+                                  accelerator.distributed_type.value)
+        if kind == "FSDP" and getattr(accelerator, "is_fsdp2", False):
+            kind = "FSDP2"
+        wrapped = self.trainer.model_wrapped
+        return kind if wrapped is self.trainer.model else f"{kind}: {type(wrapped).__name__}"
+
     def _finish_record(self, status: str, error: str | None = None) -> None:
         state, record, result = self.trainer.state, self.record, self.result
         evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
@@ -516,7 +527,8 @@ class Recipe:
             "train_runtime_s": result.metrics.get("train_runtime") if result else None,
             "wall_time_s": round(time.time() - self.started, 2),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            if self.device.type == "cuda" else None}
+            if self.device.type == "cuda" else None,
+            "parallelism": self._parallelism()}
         logged = {key: h[key] for h in state.log_history for key in self.stage.metrics
                   if key in h}  # (the last value of each)
         if logged:
