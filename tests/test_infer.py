@@ -188,6 +188,25 @@ def test_a_zero_budget_beside_others_takes_no_token(chat_run):
     assert len(other.tokens) == 5
 
 
+def test_a_default_budget_is_cut_to_the_context_and_an_exact_one_is_refused(test_preset):
+    """A reply budget the user did not set exactly (chat, web, the API without max_tokens)
+    is a cap: cut to what the context leaves after the prompt; the API's max_tokens is
+    exact."""
+    from unitune.infer.engine import Engine, PromptTooLong, Request
+    from unitune.infer.generate import Decoding
+
+    with Engine("tiny-llama-test", device="cpu") as engine:
+        prompt = engine.render_chat(engine.base_id, [{"role": "user", "content": "a b c"}])
+        room = engine.context - len(engine.tokenize(engine.base_id, prompt))
+        budget = Decoding(max_new_tokens=engine.context)  # more than the context holds
+        job = engine.generate(Request(engine.base_id, prompt, budget, ignore_eos=True))
+        assert len(job.seqs[0].tokens) == room and job.seqs[0].finish_reason == "length"
+        with pytest.raises(PromptTooLong, match=f"asks for {engine.context} more"):
+            engine.submit(Request(engine.base_id, prompt, budget, exact_budget=True))
+        with pytest.raises(PromptTooLong, match="the limit is"):  # no room at all
+            engine.submit(Request(engine.base_id, "a " * 2 * engine.context, budget))
+
+
 @pytest.mark.slow
 def test_predict_writes_why_a_record_cannot_run_and_goes_on(chat_run, tmp_path):
     data = tmp_path / "in.json"

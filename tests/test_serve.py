@@ -165,6 +165,15 @@ def test_stop_strings_end_the_reply(client):
     assert r.choices[0].finish_reason == "stop"
 
 
+def test_without_max_tokens_a_reply_may_fill_the_context(client):
+    """OpenAI's default: no max_tokens, no limit but the context (the preset has 256
+    positions, less than the server's default budget plus the prompt)."""
+    r = client.chat.completions.create(model="alpha", messages=USER, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens + r.usage.completion_tokens == 256
+
+
 def test_bad_input_gets_the_right_status(server, client):
     import openai
 

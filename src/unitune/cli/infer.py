@@ -133,6 +133,9 @@ def add_serve(sub) -> None:
                    help="requests waiting; more are answered 429")
     p.add_argument("--max-tokens-limit", type=int, default=4096,
                    help="the largest max_tokens a request may ask for")
+    p.add_argument("--default-max-tokens", type=int, default=256,
+                   help="a reply's budget when the request gives no max_tokens (cut to what "
+                   "the context leaves after the prompt)")
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="prompt + max_tokens limit (default: the model's context length)")
     p.add_argument("--web", action="store_true", help="also serve the chat page at /ui")
@@ -144,9 +147,12 @@ def cmd_serve(args) -> int:
     from unitune.serve.openai_api import build_app
 
     check_host(args)
+    if not 1 <= args.default_max_tokens <= args.max_tokens_limit:
+        raise UserError(f"--default-max-tokens {args.default_max_tokens}: give 1 to "
+                        f"--max-tokens-limit ({args.max_tokens_limit})")
     with open_engine(args, max_batch=args.max_batch, max_queue=args.max_queue,
                  max_prompt_tokens=args.max_prompt_tokens) as engine:
-        app = build_app(engine, args.api_key, args.max_tokens_limit)
+        app = build_app(engine, args.api_key, args.max_tokens_limit, args.default_max_tokens)
         if args.web:
             import gradio as gr
 

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from unitune.data.templates import Template
@@ -71,6 +71,9 @@ class Request:
     prompt_ids: list[int] | None = None  # the prompt as token ids instead of text
     ignore_eos: bool = False  # generate the whole budget (end-of-turn markers included)
     stream: bool = False  # deliver text as it is generated ("text" events), not only at the end
+    # max_new_tokens exactly as the client asked (the API's max_tokens): a prompt that leaves
+    # less room is refused; otherwise it is a cap, cut to what the context leaves
+    exact_budget: bool = False
 
 
 class Job:
@@ -302,10 +305,14 @@ class Engine:
         if request.decoding.json_object and request.ignore_eos:
             raise UserError("JSON mode ends the reply when the object closes; it cannot take "
                             "ignore_eos")
-        if self.context and len(ids) + request.decoding.max_new_tokens > self.context:
-            raise PromptTooLong(f"the prompt has {len(ids)} tokens and asks for "
-                                f"{request.decoding.max_new_tokens} more; the limit is "
-                                f"{self.context} tokens in all")
+        room = self.context - len(ids) if self.context else request.decoding.max_new_tokens
+        if request.decoding.max_new_tokens > room:
+            if request.exact_budget or room < 1:
+                raise PromptTooLong(f"the prompt has {len(ids)} tokens and asks for "
+                                    f"{request.decoding.max_new_tokens} more; the limit is "
+                                    f"{self.context} tokens in all")
+            request = replace(request, decoding=replace(request.decoding,
+                                                        max_new_tokens=room))
         end_ids, strings = ([], []) if request.ignore_eos else self._ends(request.model)
         user_ids = split_stops(self.tokenizer, request.stops)[0] if request.stops else []
         if request.ignore_eos:

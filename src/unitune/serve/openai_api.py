@@ -272,7 +272,9 @@ def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int 
             raise ApiError(400, str(exc), "messages") from None
         request = Request(body.model, prompt, decoding, body.n, _stops(body),
                           (body.top_logprobs or 0) if body.logprobs else None,
-                          ignore_eos=body.ignore_eos, stream=body.stream)
+                          ignore_eos=body.ignore_eos, stream=body.stream,
+                          exact_budget=body.max_completion_tokens is not None
+                          or body.max_tokens is not None)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = _submit(request, loop, events)
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
@@ -363,7 +365,8 @@ def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int 
                                   decoding, body.n, _stops(body), body.logprobs,
                                   echo_logprobs=body.echo and body.logprobs is not None,
                                   prompt_ids=None if isinstance(prompt, str) else list(prompt),
-                                  ignore_eos=body.ignore_eos, stream=body.stream)
+                                  ignore_eos=body.ignore_eos, stream=body.stream,
+                                  exact_budget=body.max_tokens is not None)
                 events = asyncio.Queue()
                 jobs.append((_submit(request, loop, events), events))
             if not body.stream:
