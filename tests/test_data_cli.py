@@ -32,6 +32,20 @@ def test_info(capsys):
     assert "did you mean 'alpaca'" in capsys.readouterr().err
 
 
+def test_check_reads_on_past_a_broken_json_lines_line(tmp_path, capsys):
+    """Each JSON Lines line stands alone: one that is not JSON (or not UTF-8) is one bad
+    record, and the records after it are still checked."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"instruction": "a", "output": "b"}\n{not json\n'
+                     b'{"instruction": "", "output": "b"}\n{"instruction": "\xff", "output": "b"}\n'
+                     b'{"instruction": "c", "output": "d"}\n')
+    assert main(["data", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert [line.split(": ")[0] for line in captured.err.strip().splitlines()] == [
+        f"{path}:2:2", f"{path}:3", f"{path}:4"], captured.err
+    assert "2 conversations; 3 invalid" in captured.out
+
+
 def test_check_reports_every_bad_record(shared_data, capsys):
     path = shared_data / "instruct" / "alpaca_en_2k.json"
     assert main(["data", "check", str(path)]) == 2

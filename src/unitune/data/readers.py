@@ -183,7 +183,9 @@ def _decode(raw: bytes, path: Path, line_offset: int = 0) -> str:
 
 
 def iter_objects(path: Path) -> Iterator[tuple[int, object]]:
-    """(line, object) pairs of a JSON array file or a JSON Lines file (streamed)."""
+    """(line, object) pairs of a JSON array file or a JSON Lines file (streamed). A JSON
+    Lines line that is not JSON (or not UTF-8) comes as its ``UserError`` (the caller raises
+    it or goes on: each line stands alone); a JSON array that is not JSON raises."""
     _check_exists(path)
     with path.open("rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
@@ -208,13 +210,17 @@ def iter_objects(path: Path) -> Iterator[tuple[int, object]]:
                             "record per line), found a single JSON object") from None
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            line = _decode(raw, path, lineno - 1)
+            try:
+                line = _decode(raw, path, lineno - 1)
+            except UserError as exc:
+                yield lineno, exc
+                continue
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+            except json.JSONDecodeError as exc:  # (one bad line: the others still read)
+                yield lineno, UserError(f"{path}:{lineno}:{exc.colno}: invalid JSON: {exc.msg}")
 
 
 def detect_format(obj: object) -> str | None:
@@ -511,8 +517,9 @@ def iter_records(path: str | Path, fmt: str = "auto", skip_invalid: bool = False
                  problems: list[str] | None = None) -> Iterator[Record]:
     """Stream the records of a file. ``fmt='auto'`` detects the format from the first record
     and then holds every record to it, so a file mixing formats is an error at the first
-    record that differs. With ``skip_invalid`` a bad record is left out and its message is
-    appended to ``problems``; a file that is not valid JSON at all is always an error.
+    record that differs. With ``skip_invalid`` a bad record (a JSON Lines line that is not
+    JSON too) is left out and its message is appended to ``problems``; a JSON array that is
+    not valid JSON is always an error.
     """
     path = Path(path)
     if fmt != "auto" and fmt not in FORMATS:
@@ -530,6 +537,8 @@ def iter_records(path: str | Path, fmt: str = "auto", skip_invalid: bool = False
     for line, obj in iter_objects(path):
         where = f"{path}:{line}"
         try:
+            if isinstance(obj, UserError):
+                raise obj
             found = detect_format(obj) if fmt == "auto" or detected_at else None
             if fmt == "auto":
                 if found is None:

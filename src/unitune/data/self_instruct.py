@@ -52,6 +52,8 @@ def read_seed_tasks(path: str | Path) -> list[dict]:
         raise UserError(f"{path}: no such file")
     tasks = []
     for n, (_, row) in enumerate(iter_objects(path), 1):  # (a JSON array or JSON lines)
+        if isinstance(row, UserError):
+            raise row
         instance = (row.get("instances") or [row])[0] if isinstance(row, dict) else {}
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) \
                 or not isinstance(instance.get("output"), str):

@@ -48,8 +48,9 @@ def _synth(args) -> int:
         raise UserError(f"{out} is not empty; pass --overwrite to regenerate it")
     paths = write_suite(out, families, args.train, args.validation, args.test, args.pretrain,
                         args.seed)
+    width = max(map(len, paths)) + 2
     for name, path in paths.items():
-        print(f"{name:<11}{path}")
+        print(f"{name:<{width}}{path}")
     return 0
 
 
