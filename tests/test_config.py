@@ -33,9 +33,17 @@ def test_comma_separated_data_and_mixing_entries(tmp_path):
 def test_unknown_key_suggests_the_closest():
     with pytest.raises(UserError) as err:
         build_config(TrainConfig, None, [*BASE, "lerning_rate=1"], {})
-    assert "unknown config key 'lerning_rate'" in str(err.value)
+    assert "unknown config key 'lerning_rate' (did you mean 'lr'?)" in str(err.value)
     with pytest.raises(UserError, match="did you mean 'epochs'"):
         build_config(TrainConfig, None, [*BASE, "epoch=1"], {})
+    # other tools' names for our keys (the HF Trainer's, LLaMA-Factory's)
+    for theirs, ours in (("learning_rate", "lr"), ("per_device_train_batch_size", "batch_size"),
+                         ("cutoff_len", "max_length"), ("lora_target", "lora.target_modules")):
+        with pytest.raises(UserError, match=f"'{theirs}' \\(did you mean '{ours}'\\?\\)"):
+            build_config(TrainConfig, None, [*BASE, f"{theirs}=1"], {})
+    with pytest.raises(UserError) as err:
+        build_config(TrainConfig, None, [*BASE, "zzz_unknown=1"], {})
+    assert str(err.value).endswith("unknown config key 'zzz_unknown'")
 
 
 def test_unknown_nested_key_suggests_the_dotted_name():

@@ -9,6 +9,7 @@ keys.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -237,12 +238,38 @@ def describe_keys(schema: type[BaseModel]) -> list[str]:
     return lines
 
 
+# what users of the HF Trainer, PEFT, LLaMA-Factory and Axolotl call our keys: a hint, not a
+# second spelling (one name per setting)
+OTHER_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+               "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+               "gradient_accumulation_steps": "grad_accum", "cutoff_len": "max_length",
+               "sequence_len": "max_length", "max_seq_length": "max_length",
+               "model_name_or_path": "base_model", "warmup_ratio": "warmup",
+               "warmup_steps": "warmup", "lr_scheduler_type": "lr_scheduler",
+               "finetuning_type": "method", "dataset": "data", "datasets": "data",
+               "save_total_limit": "keep_checkpoints", "lora_r": "lora.r", "lora_rank": "lora.r",
+               "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+               "lora_target": "lora.target_modules", "lora_target_modules": "lora.target_modules",
+               "target_modules": "lora.target_modules", "bf16": "dtype", "fp16": "dtype"}
+
+
+def _key_hint(key: str, keys: list[str]) -> str:
+    """' (did you mean ...?)' for a misspelled key or another tool's name for one."""
+    if OTHER_NAMES.get(key) in keys:
+        return f" (did you mean '{OTHER_NAMES[key]}'?)"
+    hint = did_you_mean(key, keys)
+    if hint:
+        return hint
+    close = difflib.get_close_matches(key, list(OTHER_NAMES), n=1, cutoff=0.8)
+    return f" (did you mean '{OTHER_NAMES[close[0]]}'?)" if close and \
+        OTHER_NAMES[close[0]] in keys else ""
+
+
 def describe_error(err: dict, schema: type[BaseModel], source: str) -> str:
     """One line for one pydantic error: where, which key, what was given, what is allowed."""
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        return (f"{source}: unknown config key '{key}'"
-                f"{did_you_mean(key, _model_keys(schema))}")
+        return f"{source}: unknown config key '{key}'{_key_hint(key, _model_keys(schema))}"
     if err["type"] == "missing":
         return f"{source}: required config key '{key}' is missing"
     given = err.get("input")
