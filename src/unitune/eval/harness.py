@@ -112,7 +112,7 @@ def run_tasks(lm, key: str, tasks: TaskSet, protocol: str, cache_dir: Path | Non
             f"subject{'s' * (len(subtasks) != 1)}, {tasks.shots[group]}-shot, "
             f"{'chat template' if use_chat else 'plain prompts'}")
         try:
-            with _quiet_context_bars():
+            with _quiet_harness():
                 out = simple_evaluate(
                     model=lm, tasks=[group], task_manager=manager, limit=limit,
                     random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -130,19 +130,26 @@ def run_tasks(lm, key: str, tasks: TaskSet, protocol: str, cache_dir: Path | Non
 
 
 @contextlib.contextmanager
-def _quiet_context_bars():
+def _quiet_harness():
     """The harness draws one progress bar per subject while it builds prompts (57 lines for
-    MMLU); those are switched off, its bar over the model's requests stays."""
+    MMLU): those are switched off, its bar over the model's requests stays. It also asks git
+    for the working folder's commit (printing git's 'fatal: not a git repository' outside
+    one) and collects torch's environment report, once per benchmark: the report carries
+    its own versions (``_versions``), so neither runs."""
     import functools
 
     import lm_eval.api.task as task_module
+    import lm_eval.evaluator as evaluator
     from tqdm import tqdm
 
+    saved = evaluator.get_git_commit_hash, evaluator.add_env_info
     task_module.tqdm = functools.partial(tqdm, disable=True)
+    evaluator.get_git_commit_hash, evaluator.add_env_info = lambda: None, lambda storage: None
     try:
         yield
     finally:
         task_module.tqdm = tqdm
+        evaluator.get_git_commit_hash, evaluator.add_env_info = saved
 
 
 def _metrics(entry: dict) -> dict[str, float]:
