@@ -18,8 +18,14 @@ folders ``train/`` and ``compose/`` own the shorter names.)
 from __future__ import annotations
 
 import importlib
+import warnings
 
 __version__ = "0.1.0"
+
+# PEFT (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` on every adapter it
+# builds or loads: a warning no user of the API can act on (the CLI silences warnings)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                        category=FutureWarning)
 
 _API = {  # name: (module, name there)
     "TrainConfig": ("unitune.config", "TrainConfig"),

@@ -165,9 +165,9 @@ class StopOnSignal(TrainerCallback):
         if distributed.any_process(self.received is not None):
             self.received = self.received or signal.SIGTERM  # (another process got it)
             self.stopped_at = state.global_step
+            again = " (Ctrl-C again to stop at once)" if self.received == signal.SIGINT else ""
             self.log(f"\n{signal.Signals(self.received).name}: stopping after step "
-                     f"{state.global_step} and saving a checkpoint (Ctrl-C again to stop at "
-                     "once)")
+                     f"{state.global_step} and saving a checkpoint{again}")
             control.should_save = True
             control.should_training_stop = True
 
