@@ -76,6 +76,19 @@ def test_pt_then_sft_on_the_pretrained_model(tmp_path, test_preset, corpus, synt
     assert main(["generate", str(sft), "the number 3", "--max-new-tokens", "3"]) == 0
 
 
+def test_rows_past_the_model_s_positions_get_a_warning(tmp_path, test_preset, capfd):
+    """The test preset has 256 positions: 512-token blocks run past them; 256 do not."""
+    corpus = tmp_path / "long.txt"
+    corpus.write_text("count a b c d e f g h i j k l m n o p q r s t u v w x y z " * 60 + "\n")
+    for max_length, warned in ((512, True), (256, False)):
+        out = tmp_path / f"o{max_length}"
+        assert main(["train", "stage=pt", f"--data={corpus}", "-o", str(out), "--base-model",
+                     "tiny-llama-test", "--max-steps", "1", "--batch-size", "1",
+                     f"max_length={max_length}", "--no-progress", "device=cpu"]) == 0
+        said = "".join(capfd.readouterr())
+        assert ("past the 256 positions tiny-llama-test was trained on" in said) == warned, said
+
+
 def test_the_tiny_preset_is_a_pt_run(test_preset):
     record = read_run(test_preset)
     assert record.kind == "pt" and record.method == "full" and record.template == "raw"

@@ -214,7 +214,8 @@ def _preview_pairs(pairs, tokenizer, template, args, marks, shown) -> None:
           f"trained tokens shown as {shown}")
     for pair, row in zip(pairs, rows, strict=True):
         if row["dropped"]:
-            print(f"\n--- {pair.where}: dropped: {row['dropped']} ---")
+            print(f"\n--- {pair.where}: dropped: {row['dropped']} (--max-length "
+                  f"{args.max_length}; a larger one keeps it) ---")
             continue
         print(f"\n--- {pair.where}: {len(row['prompt_ids'])} prompt tokens; chosen "
               f"{len(row['chosen_ids'])}, rejected {len(row['rejected_ids'])} trained ---")

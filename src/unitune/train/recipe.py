@@ -288,8 +288,30 @@ class Recipe:
         prepared = cache.prepared(key, self.stage.build(cfg, self.tokenizer, self.template,
                                                         self.seq2seq, self.progress), log)
         record.data = prepared.report
+        self._check_positions(base_config, prepared.train)
         self.train_rows = self.stage.train_set(prepared.train, cfg, log)
         self.val_rows = prepared.validation
+
+    def _check_positions(self, base_config, rows) -> None:
+        """A warning when training rows run past the positions the base was trained on (its
+        ``max_position_embeddings``), unless ``rope_scaling`` stretches them."""
+        from unitune.data.encode import row_lengths
+
+        cfg = self.cfg
+        positions = getattr(base_config, "max_position_embeddings", None)
+        if not positions or cfg.max_length <= positions or cfg.rope_scaling:
+            return
+        columns = getattr(rows, "column_names", None) or []
+        if self.record.packing:  # (packed rows fill max_length)
+            longest = cfg.max_length
+        elif "input_ids" in columns:  # (a preference stage's rows hold their parts)
+            longest = int(row_lengths(rows).max(initial=0))
+        else:
+            return
+        if longest > positions:
+            self.log(f"warning: max_length={cfg.max_length} lets rows run to {longest} tokens, "
+                     f"past the {positions} positions {cfg.base_model} was trained on; lower "
+                     f"max_length to {positions} or stretch the positions with rope_scaling")
 
     def _training_arguments(self):
         cfg, world = self.cfg, distributed.world_size()
