@@ -3,9 +3,10 @@ important first, inside a time budget.
 
 A session is lent the GPU for 15 minutes in all (the machine's start included), so every
 measurement cannot fit: the parts run in the order given, each under its own time limit and
-what is left of the budget, each logging to ``OUT/<part>.log`` as it goes (a part cut short
-still returns the rows it printed), and ``OUT/summary.md`` says what ran, how long, and how it
-ended. Two steps:
+what is left of the budget (a part is not started when too little is left for it to measure
+anything), each logging to ``OUT/<part>.log`` as it goes (a part cut short still returns the
+rows it printed, and nothing it started outlives it), and ``OUT/summary.md`` says what ran,
+how long, and how it ended. Two steps:
 
     python benchmarks/gpu_session.py prepare        # here, on the CPU machine: .whl/ + .bench/
     python3 benchmarks/gpu_session.py run --budget 540 --out "$OUT"     # there (carry .whl .bench)
@@ -17,11 +18,11 @@ folder beside the checkout does not travel); both folders are git-ignored. ``run
 wheels into /tmp/site, checks every import the parts need, then runs the parts:
 
 - ``smoke`` (issue 11): DDP LoRA and FSDP2 full fine-tuning of a 1B Llama under torchrun;
+- ``serve`` (issue 14): batch-1 decoding (dynamic and static cache) and ``unitune serve`` at
+  32 clients against plain ``model.generate``;
 - ``train-core`` (issue 18): the 8B LoRA setup with checkpointing of every layer and of 16,
   without checkpointing, packed rows under FlexAttention, and the low-memory mode, against
   the baseline where it has one, profiled;
-- ``serve`` (issue 14): batch-1 decoding (dynamic and static cache) and ``unitune serve`` at
-  32 clients against plain ``model.generate``;
 - ``train-rest`` (issue 18): selective checkpointing of 24 and 20 layers, offload, packed rows
   under SDPA, 4096 tokens, QLoRA, full fine-tuning of 1B, real Alpaca data packed against padded.
 
@@ -32,6 +33,7 @@ not rot between GPU sessions).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,21 +65,32 @@ REAL = ["--data", ".bench/alpaca_en_2k.json",
         "--tokenizer-model", ".bench/tokenizers/llama2_sp.model"]
 REAL_HERE = ["--data", str(SHARED / "instruct" / "alpaca_en_2k.json"),
              "--tokenizer-model", str(SHARED / "tokenizers" / "llama2_sp.model")]
-# name: (seconds it may take at most, the command on the GPU, the command with --tiny)
-PARTS = {
-    "smoke": (200, [sys.executable, "benchmarks/distributed_smoke.py", "--shape", "1b", "--steps",
-                    "20", "--batch", "8"],
-              [sys.executable, "benchmarks/distributed_smoke.py", "--shape", "tiny", "--device",
-               "cpu", "--nproc", "2", "--steps", "2", "--batch", "2"]),
-    "train-core": (300, [*BENCH, "--suite", "0,3,4,6,10"],
-                   [*BENCH, "--suite", "0,3,4,6", "--suite-shape", "tiny", "--device", "cpu",
-                    "--steps", "1", "--warmup", "1"]),
-    "serve": (330, [sys.executable, "benchmarks/serve_gpu.py", "--shape", "8b", "--seconds", "20"],
-              [sys.executable, "benchmarks/serve_gpu.py", "--shape", "tiny", "--seconds", "2",
-               "--clients", "4", "--new-tokens", "8"]),
-    "train-rest": (420, [*BENCH, "--suite", "1,2,5,7,8,9,11,12", "--baseline-autocast", *REAL],
-                   [*BENCH, "--suite", "1,2,5,7,8,11,12", "--suite-shape", "tiny", "--device",
-                    "cpu", "--steps", "1", "--warmup", "1", *REAL_HERE]),
+
+
+@dataclass
+class Part:
+    limit: float  # seconds it may take at most
+    least: float  # seconds below which starting it would measure nothing
+    gpu: list[str]  # the command on the GPU
+    tiny: list[str]  # the command with --tiny (the CPU)
+
+
+PARTS = {  # most important first: issue 11 and issue 14 each close with one part
+    "smoke": Part(200, 60, [sys.executable, "benchmarks/distributed_smoke.py", "--shape", "1b",
+                            "--steps", "20", "--batch", "8"],
+                  [sys.executable, "benchmarks/distributed_smoke.py", "--shape", "tiny",
+                   "--device", "cpu", "--nproc", "2", "--steps", "2", "--batch", "2"]),
+    "serve": Part(330, 150, [sys.executable, "benchmarks/serve_gpu.py", "--shape", "8b",
+                             "--seconds", "20"],
+                  [sys.executable, "benchmarks/serve_gpu.py", "--shape", "tiny", "--seconds",
+                   "2", "--clients", "4", "--new-tokens", "8"]),
+    "train-core": Part(300, 90, [*BENCH, "--suite", "0,3,4,6,10"],
+                       [*BENCH, "--suite", "0,3,4,6", "--suite-shape", "tiny", "--device",
+                        "cpu", "--steps", "1", "--warmup", "1"]),
+    "train-rest": Part(420, 60, [*BENCH, "--suite", "1,2,5,7,8,9,11,12", "--baseline-autocast",
+                                 *REAL],
+                       [*BENCH, "--suite", "1,2,5,7,8,11,12", "--suite-shape", "tiny",
+                        "--device", "cpu", "--steps", "1", "--warmup", "1", *REAL_HERE]),
 }
 
 
@@ -113,18 +127,51 @@ def install(site: Path) -> None:
                     *wheels], check=True)
 
 
+def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """End ``proc``, its process group and every process below it (torchrun starts each
+    worker in a session of its own): SIGTERM first (torchrun's agent then stops its workers,
+    a server shuts down), SIGKILL to whatever is left after ``grace`` seconds."""
+    try:
+        import psutil
+
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # (psutil missing, or the process already gone)
+        below = []
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        for child in below:
+            with contextlib.suppress(Exception):
+                child.send_signal(sig)
+
+    def alive(child) -> bool:
+        try:
+            return child.is_running() and child.status() != "zombie"
+        except Exception:
+            return False
+
+    send(signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and (proc.poll() is None or any(map(alive, below))):
+        time.sleep(0.5)
+    send(signal.SIGKILL)
+
+
 def run_part(name: str, cmd: list[str], limit: float, out: Path, env: dict) -> str:
-    """``cmd`` with its output shown and kept in ``out/name.log``; how it ended."""
+    """``cmd`` with its output shown and kept in ``out/name.log``; how it ended. Nothing it
+    started outlives it (the next part has the GPU to itself)."""
     with open(out / f"{name}.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        cut = threading.Event()  # the whole process group (torchrun's workers, a server) goes
+        cut = threading.Event()
 
-        def stop() -> None:
-            cut.set()
-            os.killpg(proc.pid, signal.SIGKILL)
+        def at_limit() -> None:
+            if proc.poll() is None:
+                cut.set()
+                _stop(proc)
 
-        timer = threading.Timer(limit, stop)
+        timer = threading.Timer(limit, at_limit)
         timer.start()
         for line in proc.stdout:
             log.write(line)
@@ -133,6 +180,10 @@ def run_part(name: str, cmd: list[str], limit: float, out: Path, env: dict) -> s
                 print(line, end="", flush=True)
         proc.wait()
         timer.cancel()
+        timer.join()
+        if not cut.is_set():  # (anything it left running in its group)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
     if cut.is_set():
         return f"cut at its limit ({limit:.0f} s)"
     return "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
@@ -166,13 +217,15 @@ def run(args: argparse.Namespace) -> int:
                                  env), time.time() - start)]
     for name in args.parts:
         left = args.budget - (time.time() - start)
-        limit, gpu_cmd, tiny_cmd = PARTS[name]
-        if left < 30:
-            rows.append((name, "not started: the budget is spent", 0.0))
+        part = PARTS[name]
+        limit = min(args.limits.get(name, part.limit), left)
+        if left < part.least:
+            rows.append((name, f"not started: {left:.0f} s left, it needs {part.least:.0f}",
+                         0.0))
             continue
-        print(f"\n=== {name} (at most {min(limit, left):.0f} s) ===", flush=True)
+        print(f"\n=== {name} (at most {limit:.0f} s) ===", flush=True)
         began = time.time()
-        how = run_part(name, tiny_cmd if args.tiny else gpu_cmd, min(limit, left), out, env)
+        how = run_part(name, part.tiny if args.tiny else part.gpu, limit, out, env)
         rows.append((name, how, time.time() - began))
     summary = "| part | how it ended | seconds |\n|---|---|---|\n" + "".join(
         f"| {name} | {how} | {secs:.0f} |\n" for name, how, secs in rows)
@@ -192,9 +245,18 @@ def main() -> None:
     r.add_argument("--out", default=os.environ.get("OUT", "gpu-session"),
                    help="where the logs and summary.md go (the device's $OUT)")
     r.add_argument("--tiny", action="store_true", help="every part at tiny size on the CPU")
+    r.add_argument("--limit", action="append", default=[], metavar="PART=SECONDS",
+                   help="a part's own time limit instead of its default")
     args = ap.parse_args()
     if args.verb == "run":
-        unknown = [p for p in args.parts if p not in PARTS]
+        args.limits = {}
+        for given in args.limit:
+            name, _, seconds = given.partition("=")
+            try:
+                args.limits[name] = float(seconds)
+            except ValueError:
+                ap.error(f"--limit {given}: give PART=SECONDS")
+        unknown = [p for p in [*args.parts, *args.limits] if p not in PARTS]
         if unknown:
             ap.error(f"no part {unknown[0]!r}; the parts are {', '.join(PARTS)}")
         args.parts = args.parts or list(PARTS)

@@ -79,13 +79,13 @@ def test_distributed_smoke_trains_and_reopens_under_torchrun(test_preset):
 
 
 @pytest.mark.slow
-def test_gpu_session_runs_its_parts_in_order_and_cuts_the_one_past_its_budget(tmp_path,
-                                                                               shared_data):
-    """The device call's runner at tiny size: a part that ends is 'ok', the next one is
-    killed (its whole process group) when the budget runs out, and each keeps its log."""
+def test_gpu_session_runs_its_parts_in_order_and_stops_one_at_its_limit(tmp_path,
+                                                                        shared_data):
+    """The device call's runner at tiny size: a part that ends is 'ok' (torchrun's workers
+    included), the next one is stopped at its limit (all it started), each keeps its log."""
     out = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "run", "--tiny",
-                          "smoke", "train-rest", "--budget", "60", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+                          "smoke", "train-rest", "--limit", "train-rest=15", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     summary = (tmp_path / "summary.md").read_text()
     rows = re.findall(r"^\| ([\w-]+) \| (.*?) \| (\d+) \|$", summary, re.MULTILINE)
@@ -94,6 +94,14 @@ def test_gpu_session_runs_its_parts_in_order_and_cuts_the_one_past_its_budget(tm
     assert '"run": "ddp-lora"' in (tmp_path / "smoke.log").read_text()
     assert "setting" in (tmp_path / "train-rest.log").read_text()  # the rows it got to
     assert "MISSING" not in (tmp_path / "imports.log").read_text()
+
+
+def test_gpu_session_skips_a_part_the_budget_cannot_fit(tmp_path):
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "run", "--tiny",
+                          "serve", "--budget", "100", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "| serve | not started: " in out.stdout, out.stdout
+    assert "it needs 150 |" in (tmp_path / "summary.md").read_text()
 
 
 def test_gpu_session_refuses_an_unknown_part():

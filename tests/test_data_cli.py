@@ -44,6 +44,11 @@ def test_check_reads_on_past_a_broken_json_lines_line(tmp_path, capsys):
     assert [line.split(": ")[0] for line in captured.err.strip().splitlines()] == [
         f"{path}:2:2", f"{path}:3", f"{path}:4"], captured.err
     assert "2 conversations; 3 invalid" in captured.out
+    csv = tmp_path / "table.jsonl"  # not JSON Lines at all: one error, not one per line
+    csv.write_text("name,age\nbob,3\nann,4\n")
+    assert main(["data", "check", str(csv)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "table.jsonl:1:1: invalid JSON" in err[0] and "JSON Lines" in err[0]
 
 
 def test_check_reports_every_bad_record(shared_data, capsys):

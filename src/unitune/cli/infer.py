@@ -133,9 +133,10 @@ def add_serve(sub) -> None:
                    help="requests waiting; more are answered 429")
     p.add_argument("--max-tokens-limit", type=int, default=4096,
                    help="the largest max_tokens a request may ask for")
-    p.add_argument("--default-max-tokens", type=int, default=256,
-                   help="a reply's budget when the request gives no max_tokens (cut to what "
-                   "the context leaves after the prompt)")
+    p.add_argument("--default-max-tokens", type=int, default=None,
+                   help="a reply's budget when the request gives no max_tokens (default 256, "
+                   "at most --max-tokens-limit; cut to what the context leaves after the "
+                   "prompt)")
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="prompt + max_tokens limit (default: the model's context length)")
     p.add_argument("--web", action="store_true", help="also serve the chat page at /ui")
@@ -147,6 +148,8 @@ def cmd_serve(args) -> int:
     from unitune.serve.openai_api import build_app
 
     check_host(args)
+    if args.default_max_tokens is None:
+        args.default_max_tokens = min(256, args.max_tokens_limit)
     if not 1 <= args.default_max_tokens <= args.max_tokens_limit:
         raise UserError(f"--default-max-tokens {args.default_max_tokens}: give 1 to "
                         f"--max-tokens-limit ({args.max_tokens_limit})")

@@ -184,8 +184,9 @@ def _decode(raw: bytes, path: Path, line_offset: int = 0) -> str:
 
 def iter_objects(path: Path) -> Iterator[tuple[int, object]]:
     """(line, object) pairs of a JSON array file or a JSON Lines file (streamed). A JSON
-    Lines line that is not JSON (or not UTF-8) comes as its ``UserError`` (the caller raises
-    it or goes on: each line stands alone); a JSON array that is not JSON raises."""
+    Lines line after the first that is not JSON (or not UTF-8) comes as its ``UserError``
+    (the caller raises it or goes on: each line stands alone); a file whose first record is
+    not JSON, or a JSON array that is not JSON, raises."""
     _check_exists(path)
     with path.open("rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
@@ -200,7 +201,7 @@ def iter_objects(path: Path) -> Iterator[tuple[int, object]]:
         # a single JSON object: maybe a JSON Lines file, maybe one document (say so if so)
         try:
             json.loads(first)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             text = _decode(path.read_bytes(), path)
             try:
                 json.loads(text)
@@ -209,18 +210,25 @@ def iter_objects(path: Path) -> Iterator[tuple[int, object]]:
             raise UserError(f"{path}:1: expected a JSON array of records or JSON Lines (one "
                             "record per line), found a single JSON object") from None
     with path.open("rb") as f:
+        read_one = False  # a first line that is not JSON: the file is not JSON Lines at all
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = _decode(raw, path, lineno - 1)
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{lineno}:{exc.colno}: invalid JSON: {exc.msg}"
+                                    + ("" if read_one else " (records are a JSON array or "
+                                       "JSON Lines: one object per line)")) from None
             except UserError as exc:
-                yield lineno, exc
+                if not read_one:
+                    raise
+                yield lineno, exc  # (one bad line: the others still read)
                 continue
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:  # (one bad line: the others still read)
-                yield lineno, UserError(f"{path}:{lineno}:{exc.colno}: invalid JSON: {exc.msg}")
+            read_one = True
+            yield lineno, obj
 
 
 def detect_format(obj: object) -> str | None:

@@ -214,8 +214,9 @@ def _preview_pairs(pairs, tokenizer, template, args, marks, shown) -> None:
           f"trained tokens shown as {shown}")
     for pair, row in zip(pairs, rows, strict=True):
         if row["dropped"]:
-            print(f"\n--- {pair.where}: dropped: {row['dropped']} (--max-length "
-                  f"{args.max_length}; a larger one keeps it) ---")
+            longer = f" (at --max-length {args.max_length}; a larger one keeps it)" \
+                if "max_length" in row["dropped"] else ""
+            print(f"\n--- {pair.where}: dropped: {row['dropped']}{longer} ---")
             continue
         print(f"\n--- {pair.where}: {len(row['prompt_ids'])} prompt tokens; chosen "
               f"{len(row['chosen_ids'])}, rejected {len(row['rejected_ids'])} trained ---")

@@ -301,13 +301,11 @@ class Recipe:
         positions = getattr(base_config, "max_position_embeddings", None)
         if not positions or cfg.max_length <= positions or cfg.rope_scaling:
             return
-        columns = getattr(rows, "column_names", None) or []
-        if self.record.packing:  # (packed rows fill max_length)
-            longest = cfg.max_length
-        elif "input_ids" in columns:  # (a preference stage's rows hold their parts)
-            longest = int(row_lengths(rows).max(initial=0))
-        else:
+        # (the rows before packing: a packed row's positions restart at every example; a
+        # preference stage's rows hold their parts instead)
+        if "input_ids" not in (getattr(rows, "column_names", None) or []):
             return
+        longest = int(row_lengths(rows).max(initial=0))
         if longest > positions:
             self.log(f"warning: max_length={cfg.max_length} lets rows run to {longest} tokens, "
                      f"past the {positions} positions {cfg.base_model} was trained on; lower "
@@ -526,15 +524,16 @@ class Recipe:
         self.log(f"{self.checkpoint.name} is the last step: saving the run")
 
     def _parallelism(self) -> str:
-        """How the Trainer spread the model, as accelerate saw it (e.g. 'FSDP2:
-        FSDPLlamaForCausalLM', 'MULTI_GPU: DistributedDataParallel', 'none')."""
+        """How the Trainer spread the model, as accelerate set it up and the model it trained
+        shows it: 'none', 'MULTI_GPU: DistributedDataParallel', 'FSDP2: FSDPLlamaForCausalLM'
+        (FSDP2 swaps the model's class in place), 'DEEPSPEED: DeepSpeedEngine'."""
         accelerator = self.trainer.accelerator
-        kind = {"NO": "none"}.get(accelerator.distributed_type.value,
-                                  accelerator.distributed_type.value)
+        kind = accelerator.distributed_type.value
+        if kind == "NO":
+            return "none"
         if kind == "FSDP" and getattr(accelerator, "is_fsdp2", False):
             kind = "FSDP2"
-        wrapped = self.trainer.model_wrapped
-        return kind if wrapped is self.trainer.model else f"{kind}: {type(wrapped).__name__}"
+        return f"{kind}: {type(self.trainer.model_wrapped).__name__}"
 
     def _finish_record(self, status: str, error: str | None = None) -> None:
         state, record, result = self.trainer.state, self.record, self.result
