@@ -83,7 +83,9 @@ def test_perplexity_at_four_times_the_context_with_and_without_scaling(short_bas
         args = ["eval", str(short_base), "--perplexity", str(text), "--window", "128",
                 "--stride", "128", "--device", "cpu"]
         assert main(args + (["--rope", rope] if rope else [])) == 0
-        result = json.loads(capsys.readouterr().out)
+        out, err = capsys.readouterr()
+        assert ("run past the 32 positions" in err) == (rope is None), err
+        result = json.loads(out)
         assert result["rope"] == rope and result["perplexity"] > 1
         scores[rope] = result["perplexity"]
     assert len(set(scores.values())) == 4  # each scaling changes the positions the model sees

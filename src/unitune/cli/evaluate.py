@@ -191,6 +191,12 @@ def _eval_perplexity(args) -> int:
                                             trust_remote_code=args.trust_remote_code,
                                             log=stderr, rope_scaling=rope_of(args))
     windows = reference_windows(records, tokenizer, template, args.window, args.stride)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    longest = max((ids.shape[1] for ids, _ in windows), default=0)
+    if positions and longest > positions and not args.rope:
+        stderr(f"warning: windows of {longest} tokens run past the {positions} positions "
+               f"{args.target} was trained on; lower --window to {positions} or stretch the "
+               "positions with --rope")
     result = {"model": args.target, "file": args.perplexity, "window": args.window,
               "stride": args.stride, "rope": args.rope, "windows": len(windows),
               "perplexity": perplexity(model, windows)}
