@@ -93,3 +93,18 @@ def test_perplexity_at_four_times_the_context_with_and_without_scaling(short_bas
     assert "expected TYPE:FACTOR" in capsys.readouterr().err
     assert main(["generate", str(short_base), "count a b c =", "--rope", "yarn:4",
                  "--max-new-tokens", "3", "--device", "cpu"]) == 0  # every engine command
+
+
+@pytest.mark.parametrize("rope", ["linear", "dynamic", "yarn"])
+def test_inference_with_rope_takes_the_stretched_context(short_base, rope):
+    """`generate` / `serve` / `chat --rope T:4` take prompts up to 4 x the positions (dynamic
+    NTK keeps max_position_embeddings as its original length: the factor is applied here)."""
+    from unitune.infer.engine import Engine, Request
+    from unitune.infer.generate import Decoding
+
+    with Engine(str(short_base), device="cpu", rope_scaling={"type": rope, "factor": 4.0},
+                log=lambda *a: None) as engine:
+        assert engine.context == 128
+        job = engine.generate(Request(engine.base_id, "", Decoding(max_new_tokens=4),
+                                      prompt_ids=[5] * 100, ignore_eos=True))
+        assert len(job.seqs[0].tokens) == 4

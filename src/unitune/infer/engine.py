@@ -39,6 +39,7 @@ from unitune.infer.generate import (
     smaller_batch,
     split_stops,
 )
+from unitune.models.rope import context_length
 
 
 class QueueFull(UserError):
@@ -177,8 +178,7 @@ class Engine:
         self.mixed = bool(self.adapters) and all(
             getattr(c, "peft_type", None) == "LORA" and not getattr(c, "use_dora", False)
             for c in self.model.peft_config.values())
-        self.context = max_prompt_tokens or getattr(self.model.config,
-                                                    "max_position_embeddings", None)
+        self.context = max_prompt_tokens or context_length(self.model.config)
         self._end_cache: dict[str, tuple[list[int], list[str]]] = {}
         self._model_eos = set(model_eos_ids(self.model, self.tokenizer))
         self.counts = {"requests": 0, "cancelled": 0, "generated_tokens": 0, "batches": 0}

@@ -76,3 +76,13 @@ def apply(config, scaling: dict) -> dict:
         config.max_position_embeddings = int(original * spec.factor)
     return {"type": spec.type, "factor": spec.factor,
             "original_max_position_embeddings": original}
+
+
+def context_length(config) -> int | None:
+    """How many positions a model takes: ``max_position_embeddings``, times the factor of a
+    dynamic NTK scaling (which keeps that field as its original length)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    params = getattr(config, "rope_parameters", None)
+    if positions and isinstance(params, dict) and params.get("rope_type") == "dynamic":
+        return int(positions * params.get("factor", 1.0))
+    return positions
