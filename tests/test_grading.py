@@ -137,12 +137,14 @@ def test_judged_tasks_end_to_end_with_unitune_serve_as_the_judge(chat_run, start
     (data / "winrate").mkdir()
     (data / "winrate" / "ref.json").write_text(json.dumps(
         [{"instruction": "Sort 3 1 2.", "output": "1 2 3", "generator": "ref"}]))
-    proc, url = start_server([str(judge_model)])
+    # a judge with a short context: its reply budget must be lowered (2048 would not fit)
+    proc, url = start_server([str(judge_model), "--max-prompt-tokens", "1500"])
     try:
         report = tmp_path / "judged.json"
         args = ["eval", str(chat_run), "--tasks", "impact,mt_bench,winrate", "--data-dir",
                 str(data), "--judge-url", f"{url}/v1", "--judge-model", str(judge_model),
-                "--max-new-tokens", "4", "--device", "cpu", "--report", str(report)]
+                "--max-new-tokens", "4", "--device", "cpu", "--report", str(report),
+                "--judge-max-tokens", "256"]
         assert main(args) == 0, capsys.readouterr().err
         result = json.loads(report.read_text())["benchmarks"]
         assert result["impact"]["judge"]["calls"] == 2  # relevance and coherence
@@ -159,3 +161,7 @@ def test_judged_tasks_end_to_end_with_unitune_serve_as_the_judge(chat_run, start
     assert main(["eval", str(chat_run), "--tasks", "mt_bench", "--data-dir", str(tmp_path),
                  "--judge-url", "http://x/v1", "--judge-model", "j"]) == 2
     assert "question.jsonl" in capsys.readouterr().err
+    assert main(["eval", str(chat_run), "--tasks", "mt_bench", "--data-dir", str(data),
+                 "--judge-url", "http://x/v1", "--judge-model", "j", "--judge-max-tokens",
+                 "0"]) == 2
+    assert "judge_max_tokens" in capsys.readouterr().err

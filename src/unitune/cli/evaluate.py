@@ -101,6 +101,9 @@ def add_eval(sub) -> None:
     p.add_argument("--judge-model", help="judged tasks: the judge's model name")
     p.add_argument("--judge-key", default=os.environ.get("UNITUNE_JUDGE_KEY"),
                    help="judged tasks: the judge's API key (default: $UNITUNE_JUDGE_KEY)")
+    p.add_argument("--judge-max-tokens", type=int, default=2048,
+                   help="judged tasks: the judge's reply budget (it explains, then rates; "
+                   "lower it for a judge with a short context)")
     p.add_argument("--report", help="write the full result as JSON here (--tasks: also .md and "
                    ".samples.jsonl beside it; default RUN/eval/TASKS.json for a run, else "
                    "./eval-MODEL-TASKS.json; caches and answers go beside it, so a rerun "

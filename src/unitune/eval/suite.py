@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import PositiveInt, ValidationError, field_validator
 
 from unitune.errors import UserError, did_you_mean
 from unitune.eval.answers import Answerer
@@ -56,6 +56,7 @@ class EvalSettings(Section):
     judge_url: str | None = None
     judge_model: str | None = None
     judge_key: str | None = None
+    judge_max_tokens: PositiveInt = 2048  # judged tasks: the judge explains, then rates
 
     @field_validator("tasks", "k", mode="before")
     @classmethod
@@ -128,9 +129,9 @@ def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
                 from unitune.eval.judge import Judge
                 from unitune.infer.generate import Decoding
 
-                report["benchmarks"][task] = GRADED[task](  # (judges explain, then rate)
+                report["benchmarks"][task] = GRADED[task](
                     model, folder, Judge(s.judge_url, s.judge_model, s.judge_key,
-                                         max_tokens=2048),
+                                         max_tokens=s.judge_max_tokens),
                     stem.with_name(f"{stem.name}.{task}"),
                     Decoding(max_new_tokens=s.max_new_tokens or 512), s.limit, log=log)
     finally:
