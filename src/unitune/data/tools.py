@@ -27,7 +27,7 @@ def _self_instruct(args) -> int:
     from unitune.eval.judge import Judge
 
     teacher = Judge(args.teacher_url, args.teacher_model, args.teacher_key,
-                    max_tokens=args.max_tokens, temperature=args.temperature)
+                    max_tokens=args.max_tokens, temperature=args.temperature, role="teacher")
     report = generate(args.seed_tasks, teacher, Path(args.out), args.count, args.prompt_tasks,
                       args.max_similarity, args.seed, args.max_requests,
                       log=lambda m: print(m, file=sys.stderr))

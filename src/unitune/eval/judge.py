@@ -45,7 +45,9 @@ class Judge:
     """An OpenAI-compatible chat endpoint: one call per comparison, retried with backoff."""
 
     def __init__(self, url: str, model: str, api_key: str | None = None, retries: int = 4,
-                 timeout_s: float = 120.0, max_tokens: int = 256, temperature: float = 0.0):
+                 timeout_s: float = 120.0, max_tokens: int = 256, temperature: float = 0.0,
+                 role: str = "judge"):
+        self.role = role  # what errors call it ("teacher" for self-instruct)
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions")
                                       else "/chat/completions")
         self.model, self.api_key, self.retries = model, api_key, retries
@@ -76,14 +78,15 @@ class Judge:
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}: {exc.read()[:200].decode('utf-8', 'replace')}"
                 if exc.code not in (408, 409, 429) and exc.code < 500:
-                    raise UserError(f"judge {self.url}: {last}") from None
+                    raise UserError(f"{self.role} {self.url}: {last}") from None
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 last = str(getattr(exc, "reason", exc))
             except (KeyError, IndexError, json.JSONDecodeError):
                 last = "a reply that is not an OpenAI chat completion"
             if attempt < self.retries:
                 time.sleep(min(30.0, 0.5 * 2 ** attempt))
-        raise UserError(f"judge {self.url}: no answer after {self.retries + 1} tries ({last})")
+        raise UserError(f"{self.role} {self.url}: no answer after {self.retries + 1} tries "
+                        f"({last})")
 
 
 class Grades:
