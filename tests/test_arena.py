@@ -121,6 +121,10 @@ def test_arena_end_to_end_with_unitune_serve_as_the_judge(small_lora, chat_run, 
                  "--judge-url", "http://x/v1", "--judge-model", "j", "-o",
                  str(tmp_path / "o2")]) == 2
     assert "at least two models" in capsys.readouterr().err
+    assert main(["arena", "--model", f"a={chat_run}", "--model", f"a={chat_run}", "--prompts",
+                 str(prompts), "--judge-url", "http://x/v1", "--judge-model", "j", "-o",
+                 str(tmp_path / "o3")]) == 2
+    assert "the name 'a' is taken" in capsys.readouterr().err
 
 
 def test_belle_eval_scores_are_parsed():

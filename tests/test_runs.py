@@ -313,6 +313,9 @@ def test_bottleneck_adapters_keep_their_modules_to_save(tmp_path, test_preset, d
     (["--resume", "{tmp}/foreign"], "not a unitune run or checkpoint"),
     (["--resume", "{ref}"], "the run is finished; there is nothing to resume"),
     (["{data_arg}", "-o", "{tmp}/fresh", "--resume"], "nothing to resume: no unfinished run"),
+    # an override after --resume stays an override (not a folder named 'device=cpu')
+    (["{data_arg}", "-o", "{tmp}/fresh", "--resume", "device=cpu"],
+     "nothing to resume: no unfinished run"),
 ])
 def test_bad_resume_targets_are_one_line_errors(tmp_path, data, reference, capsys, args,
                                                 expected):

@@ -320,6 +320,9 @@ def cmd_arena(args) -> int:
         name, sep, target = item.partition("=")
         if not sep or not name.strip() or not target.strip():
             raise UserError(f"--model {item!r}: expected NAME=RUN")
+        if name.strip() in models:
+            raise UserError(f"--model {item!r}: the name {name.strip()!r} is taken by "
+                            f"{models[name.strip()]}; give each model its own name")
         models[name.strip()] = target.strip()
     if args.human == bool(args.judge_url and args.judge_model):
         raise UserError("give a judge: --judge-url and --judge-model (an LLM), or --human "

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from unitune import distributed
 from unitune.cli.common import (
     Parser,
     stderr,
@@ -67,6 +68,9 @@ def add_train(sub) -> None:
 def cmd_train(args) -> int:
     from unitune.train.recipe import Interrupted, resume_config, train
 
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        args.items.append(args.resume)  # `--resume key=value`: the override is not a folder
+        args.resume = True
     flags = {k: getattr(args, k) for k in args.config_flags}
     base_config = None
     if isinstance(args.resume, str):  # a partial run: its config, in its place
@@ -76,9 +80,11 @@ def cmd_train(args) -> int:
         out = train(cfg, progress=not args.no_progress, resume_from=args.resume or False,
                     force_resume=args.force_resume)
     except Interrupted as exc:
-        print(exc, file=sys.stderr)
+        if distributed.is_main():
+            print(exc, file=sys.stderr)
         return 128 + exc.signum
-    print(f"finished: {out}")
+    if distributed.is_main():  # (once, not once per process)
+        print(f"finished: {out}")
     return 0
 
 

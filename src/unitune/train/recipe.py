@@ -487,6 +487,10 @@ class Recipe:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         resume_cmd = f"unitune train --resume {self.folder}"
+        if distributed.world_size() > 1:  # (a resume needs as many processes)
+            resume_cmd = (f"the same launcher with {distributed.world_size()} processes "
+                          f"(torchrun / accelerate launch ... -m unitune.cli train --resume "
+                          f"{self.folder})")
         if self.checkpoint is not None and resume.manifest(self.checkpoint)["final"]:
             self._load_final_checkpoint()  # every step was trained; only saving was left
             return
