@@ -477,6 +477,23 @@ def test_progress_bar_shows_no_loss_before_the_first_log():
     bar.on_train_end(None, state, TrainerControl())
 
 
+def test_progress_bar_counts_a_resumed_run_s_tokens_from_the_resume(monkeypatch):
+    """tokens/s after a resume: the tokens trained since, not since step 0 (which showed
+    ~400,000 tokens/s on a CPU)."""
+    from transformers import TrainerControl, TrainerState
+
+    from unitune.train import callbacks
+
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    bar = callbacks.ProgressCallback(disable=True)
+    state = TrainerState(max_steps=10, global_step=5, num_input_tokens_seen=1_000_000)
+    bar.on_train_begin(None, state, TrainerControl())
+    state.global_step, state.num_input_tokens_seen = 6, 1_000_500
+    bar.on_step_end(None, state, TrainerControl())
+    assert bar.bar.postfix == "tok_s=250"  # 500 tokens in 2 s
+
+
 def test_the_package_exports_its_api():
     import unitune
 

@@ -20,15 +20,17 @@ class ProgressCallback(TrainerCallback):
         self.disable = disable
         self.start = 0.0
         self.loss: float | None = None  # none shown before the first logged loss
+        self.tokens_before = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc,
                         unit="step", disable=self.disable, dynamic_ncols=True)
         self.start = time.perf_counter()
+        self.tokens_before = state.num_input_tokens_seen or 0  # (a resumed run's earlier ones)
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        tokens = state.num_input_tokens_seen or 0
+        tokens = (state.num_input_tokens_seen or 0) - self.tokens_before
         shown = {"tok_s": f"{tokens / elapsed:,.0f}"}
         if self.loss is not None:
             shown = {"loss": f"{self.loss:.4f}", **shown}
