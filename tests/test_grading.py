@@ -165,3 +165,14 @@ def test_judged_tasks_end_to_end_with_unitune_serve_as_the_judge(chat_run, start
                  "--judge-url", "http://x/v1", "--judge-model", "j", "--judge-max-tokens",
                  "0"]) == 2
     assert "judge_max_tokens" in capsys.readouterr().err
+
+
+def test_a_judged_task_without_a_single_rating_keeps_its_row():
+    from unitune.eval.harness import table
+
+    report = {"model": "m", "benchmarks": {
+        "impact": {"relevance": None, "coherence": None, "unparsed": 4, "prompts": 2},
+        "winrate": {"win_rate": 0.5, "n": 2}}}
+    lines = table(report).splitlines()
+    assert "| impact | - | no score: 4 judge replies without a rating | | 0 | plain | 2 |" in lines
+    assert "| winrate | win_rate | 50.00 |  | 0 | plain | 2 |" in lines

@@ -214,6 +214,7 @@ def table(report: dict) -> str:
     lines = [" · ".join(head), "", "| benchmark | metric | score | ± | shots | prompt | n |",
              "|---|---|---|---|---|---|---|"]
     for name, b in report["benchmarks"].items():
+        rows = len(lines)
         for metric, value in b.items():
             fraction = metric in FRACTIONS or metric.startswith("pass@")
             if not isinstance(value, float) or not (fraction or metric in RATINGS):
@@ -223,4 +224,9 @@ def table(report: dict) -> str:
                          f"{'' if err is None else f'{100 * err:.2f}'} | {b.get('shots', 0)} | "
                          f"{b.get('prompt_format', 'plain')} | "
                          f"{_count(b)} |")
+        if len(lines) == rows:  # (say so rather than leave the benchmark out)
+            why = f"{b['unparsed']} judge replies without a rating" if b.get("unparsed") \
+                else "nothing scored"
+            lines.append(f"| {name} | - | no score: {why} | | {b.get('shots', 0)} | "
+                         f"{b.get('prompt_format', 'plain')} | {_count(b)} |")
     return "\n".join(lines)
