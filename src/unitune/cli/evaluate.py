@@ -231,7 +231,8 @@ def _eval_tasks(args) -> int:
     report = evaluate(args.target, s, report_path.with_suffix(""), log=stderr)
     write_report(report, report_path)
     print(table(report))
-    stderr(f"report: {report_path} (and .md, .samples.jsonl)")
+    beside = [".md"] + [".samples.jsonl"] * report_path.with_suffix(".samples.jsonl").exists()
+    stderr(f"report: {report_path} (and {', '.join(beside)})")
     return 0
 
 
