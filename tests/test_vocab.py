@@ -142,3 +142,25 @@ def test_the_chinese_llama_chain_on_a_tiny_model(tokenizers, shared_data, tmp_pa
         "tokenizer.ggml.add_bos_token"]
     assert bool(field.parts[field.data[0]][0]) and tokenizer(text).input_ids[0] == \
         tokenizer.bos_token_id
+
+
+def test_a_tokenizer_that_does_not_extend_the_base_s_gets_a_warning(test_preset, shared_data,
+                                                                     tmp_path):
+    """tokenizer= must keep every base id (what `vocab extend` builds): another vocabulary
+    would read the base's trained rows for other tokens."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaTokenizer
+
+    from unitune.models.loading import load_tokenizer
+    from unitune.train.recipe import Recipe
+
+    base = load_tokenizer(str(test_preset))
+    grown = load_tokenizer(str(test_preset))
+    grown.add_tokens(["北京", "上海"])
+    other = LlamaTokenizer(vocab_file=str(shared_data / "tokenizers" / "llama2_sp.model"))
+    for tokenizer, warned in ((grown, False), (other, True)):
+        said = []
+        Recipe._check_extends(SimpleNamespace(tokenizer=tokenizer, log=said.append,
+                                              cfg=SimpleNamespace(tokenizer="tok")), base)
+        assert bool(said) == warned and all("does not extend the base's" in s for s in said)

@@ -246,8 +246,10 @@ class Recipe:
         tokenizer_path, self.tokenizer, base_config = describe(
             cfg.base_model, cfg.trust_remote_code, log)
         if cfg.tokenizer:  # (an extended vocabulary: the embeddings grow at model setup)
+            base_tokenizer = self.tokenizer
             self.tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
             log(f"tokenizer: {cfg.tokenizer} ({len(self.tokenizer):,} tokens)")
+            self._check_extends(base_tokenizer)
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
         self.model_type = base_config.model_type
@@ -291,6 +293,20 @@ class Recipe:
         self._check_positions(base_config, prepared.train)
         self.train_rows = self.stage.train_set(prepared.train, cfg, log)
         self.val_rows = prepared.validation
+
+    def _check_extends(self, base_tokenizer) -> None:
+        """A warning when ``tokenizer=`` does not extend the base's vocabulary: the base's
+        trained rows would be read for other tokens (the vocab extend workflow keeps every
+        base id and appends)."""
+        n, m = len(base_tokenizer), min(len(base_tokenizer), len(self.tokenizer))
+        differ = n - m + sum(a != b for a, b in zip(
+            base_tokenizer.convert_ids_to_tokens(list(range(m))),
+            self.tokenizer.convert_ids_to_tokens(list(range(m))), strict=True))
+        if differ:
+            self.log(f"warning: tokenizer={self.cfg.tokenizer} does not extend the base's "
+                     f"vocabulary: {differ:,} of its first {n:,} ids are other tokens, so "
+                     "the base's trained embeddings would be read for them; build it with "
+                     "`unitune vocab extend --base <the base's tokenizer>`")
 
     def _check_positions(self, base_config, rows) -> None:
         """A warning when training rows run past the positions the base was trained on (its
