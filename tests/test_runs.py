@@ -316,11 +316,13 @@ def test_bottleneck_adapters_keep_their_modules_to_save(tmp_path, test_preset, d
     # an override after --resume stays an override (not a folder named 'device=cpu')
     (["{data_arg}", "-o", "{tmp}/fresh", "--resume", "device=cpu"],
      "nothing to resume: no unfinished run"),
+    (["--resume", "{tmp}/run.yaml"], "nothing to resume: no unfinished run"),  # its config
 ])
 def test_bad_resume_targets_are_one_line_errors(tmp_path, data, reference, capsys, args,
                                                 expected):
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    (tmp_path / "run.yaml").write_text(f"data: [{data}]\noutput_dir: {tmp_path}/fresh\n")
     args = [a.format(tmp=tmp_path, ref=reference, data_arg=f"--data={data}") for a in args]
     assert main(["train", *args, "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -184,6 +184,7 @@ def _eval_perplexity(args) -> int:
     import json
 
     from unitune.eval.perplexity import perplexity, read_reference, reference_windows
+    from unitune.models.rope import context_length
     from unitune.run import open_model
 
     if not 0 < args.stride <= args.window:
@@ -194,12 +195,12 @@ def _eval_perplexity(args) -> int:
                                             trust_remote_code=args.trust_remote_code,
                                             log=stderr, rope_scaling=rope_of(args))
     windows = reference_windows(records, tokenizer, template, args.window, args.stride)
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = context_length(model.config)  # (a run's or --rope's scaling included)
     longest = max((ids.shape[1] for ids, _ in windows), default=0)
-    if positions and longest > positions and not args.rope:
+    if positions and longest > positions:
         stderr(f"warning: windows of {longest} tokens run past the {positions} positions "
-               f"{args.target} was trained on; lower --window to {positions} or stretch the "
-               "positions with --rope")
+               f"{args.target} takes; lower --window to {positions} or stretch the positions "
+               "with --rope")
     result = {"model": args.target, "file": args.perplexity, "window": args.window,
               "stride": args.stride, "rope": args.rope, "windows": len(windows),
               "perplexity": perplexity(model, windows)}

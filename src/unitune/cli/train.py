@@ -68,9 +68,10 @@ def add_train(sub) -> None:
 def cmd_train(args) -> int:
     from unitune.train.recipe import Interrupted, resume_config, train
 
-    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
-        args.items.append(args.resume)  # `--resume key=value`: the override is not a folder
-        args.resume = True
+    if isinstance(args.resume, str) and not Path(args.resume).is_dir() and (
+            "=" in args.resume or args.resume.endswith((".yaml", ".yml"))):
+        args.items.append(args.resume)  # `--resume key=value` / `--resume run.yaml`: an
+        args.resume = True              # override or the config, not a folder to resume
     flags = {k: getattr(args, k) for k in args.config_flags}
     base_config = None
     if isinstance(args.resume, str):  # a partial run: its config, in its place

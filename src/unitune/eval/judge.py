@@ -101,7 +101,8 @@ class Grades:
 
     def reply(self, key: str, messages: list[dict]) -> str:
         """The judge's reply to ``messages``; ``key`` names the item in the file."""
-        key = f"{key}:{cache_key([self.judge.model, messages])}"
+        # (the reply budget too: a reply cut short is asked again with a larger one)
+        key = f"{key}:{cache_key([self.judge.model, self.judge.max_tokens, messages])}"
         if key not in self.rows:
             self.rows[key] = {"key": key, "reply": self.judge.ask(messages)}
             with self.path.open("a", encoding="utf-8") as f:

@@ -79,10 +79,15 @@ def apply(config, scaling: dict) -> dict:
 
 
 def context_length(config) -> int | None:
-    """How many positions a model takes: ``max_position_embeddings``, times the factor of a
-    dynamic NTK scaling (which keeps that field as its original length)."""
+    """How many positions a model takes: ``max_position_embeddings``, or the original length
+    times the factor of its RoPE scaling where that is more (dynamic NTK keeps the field at
+    the original length; some yarn configs do too)."""
     positions = getattr(config, "max_position_embeddings", None)
-    params = getattr(config, "rope_parameters", None)
-    if positions and isinstance(params, dict) and params.get("rope_type") == "dynamic":
-        return int(positions * params.get("factor", 1.0))
-    return positions
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not positions or not isinstance(params, dict) or not params.get("factor"):
+        return positions
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind == "dynamic":  # (transformers reads the field as the original length)
+        return int(positions * params["factor"])
+    original = params.get("original_max_position_embeddings") if kind != "default" else None
+    return max(positions, int(original * params["factor"])) if original else positions

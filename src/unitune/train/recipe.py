@@ -290,7 +290,7 @@ class Recipe:
         prepared = cache.prepared(key, self.stage.build(cfg, self.tokenizer, self.template,
                                                         self.seq2seq, self.progress), log)
         record.data = prepared.report
-        self._check_positions(base_config, prepared.train)
+        self._check_positions(base_config, prepared.train, Path(tokenizer_path))
         self.train_rows = self.stage.train_set(prepared.train, cfg, log)
         self.val_rows = prepared.validation
 
@@ -298,24 +298,33 @@ class Recipe:
         """A warning when ``tokenizer=`` does not extend the base's vocabulary: the base's
         trained rows would be read for other tokens (the vocab extend workflow keeps every
         base id and appends)."""
-        n, m = len(base_tokenizer), min(len(base_tokenizer), len(self.tokenizer))
-        differ = n - m + sum(a != b for a, b in zip(
-            base_tokenizer.convert_ids_to_tokens(list(range(m))),
-            self.tokenizer.convert_ids_to_tokens(list(range(m))), strict=True))
+        try:
+            n, m = len(base_tokenizer), min(len(base_tokenizer), len(self.tokenizer))
+            differ = n - m + sum(a != b for a, b in zip(
+                base_tokenizer.convert_ids_to_tokens(list(range(m))),
+                self.tokenizer.convert_ids_to_tokens(list(range(m))), strict=True))
+        except Exception:  # (a remote-code tokenizer that cannot list its ids: no check)
+            return
         if differ:
             self.log(f"warning: tokenizer={self.cfg.tokenizer} does not extend the base's "
                      f"vocabulary: {differ:,} of its first {n:,} ids are other tokens, so "
                      "the base's trained embeddings would be read for them; build it with "
                      "`unitune vocab extend --base <the base's tokenizer>`")
 
-    def _check_positions(self, base_config, rows) -> None:
+    def _check_positions(self, base_config, rows, base_path: Path) -> None:
         """A warning when training rows run past the positions the base was trained on (its
-        ``max_position_embeddings``), unless ``rope_scaling`` stretches them."""
+        ``max_position_embeddings``), unless its RoPE is scaled (by ``rope_scaling``, by the
+        base's config, or by the base run it starts from)."""
         from unitune.data.encode import row_lengths
+        from unitune.models.rope import context_length
 
         cfg = self.cfg
-        positions = getattr(base_config, "max_position_embeddings", None)
-        if not positions or cfg.max_length <= positions or cfg.rope_scaling:
+        positions = context_length(base_config)
+        params = getattr(base_config, "rope_parameters", None) or {}
+        scaled = cfg.rope_scaling or params.get("rope_type", "default") != "default" or (
+            is_run(base_path) and "rope_scaling" in read_run(base_path).model_patches)
+        # (a base run's scaling goes with it)
+        if not positions or cfg.max_length <= positions or scaled:
             return
         # (the rows before packing: a packed row's positions restart at every example; a
         # preference stage's rows hold their parts instead)
@@ -504,7 +513,8 @@ class Recipe:
             torch.cuda.reset_peak_memory_stats()
         resume_cmd = f"unitune train --resume {self.folder}"
         if distributed.world_size() > 1:  # (a resume needs as many processes)
-            resume_cmd = (f"the same launcher with {distributed.world_size()} processes "
+            resume_cmd = (f"the same launcher with {distributed.world_size()} processes in "
+                          "all (nodes x processes per node) "
                           f"(torchrun / accelerate launch ... -m unitune.cli train --resume "
                           f"{self.folder})")
         if self.checkpoint is not None and resume.manifest(self.checkpoint)["final"]:
