@@ -9,7 +9,6 @@ keys.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -26,7 +25,7 @@ from pydantic import (
 )
 
 from unitune import methods
-from unitune.errors import UserError, did_you_mean
+from unitune.errors import UserError, closest, did_you_mean
 from unitune.models.rope import RopeScaling
 from unitune.sections import Section
 from unitune.train import stages
@@ -255,14 +254,10 @@ OTHER_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs"
 
 def _key_hint(key: str, keys: list[str]) -> str:
     """' (did you mean ...?)' for a misspelled key or another tool's name for one."""
-    if OTHER_NAMES.get(key) in keys:
-        return f" (did you mean '{OTHER_NAMES[key]}'?)"
-    hint = did_you_mean(key, keys)
-    if hint:
-        return hint
-    close = difflib.get_close_matches(key, list(OTHER_NAMES), n=1, cutoff=0.8)
-    return f" (did you mean '{OTHER_NAMES[close[0]]}'?)" if close and \
-        OTHER_NAMES[close[0]] in keys else ""
+    ours = OTHER_NAMES.get(key)  # another tool's name, then a misspelling of ours or of it
+    if ours not in keys:
+        ours = closest(key, keys) or OTHER_NAMES.get(closest(key, OTHER_NAMES, 0.8) or "")
+    return f" (did you mean '{ours}'?)" if ours in keys else ""
 
 
 def describe_error(err: dict, schema: type[BaseModel], source: str) -> str:
