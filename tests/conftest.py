@@ -129,6 +129,16 @@ def start_server():
     return start
 
 
+def the_error(stderr: str) -> str:
+    """The error a command ended with: no traceback, one ``error:`` line and it is the last
+    (what ran before it may have logged above it)."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), stderr
+    assert sum(line.startswith("error:") for line in lines) == 1, stderr
+    return lines[-1]
+
+
 @pytest.fixture(scope="session")
 def torchrun():
     """Runs `unitune train ARGS` as two processes under torchrun (DDP over gloo on the CPU);
@@ -143,7 +153,7 @@ def torchrun():
                               capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]  # (torchrun: every process ended well)
         assert proc.stdout.count("finished:") == 1  # only the main process reports
-        assert proc.stdout.count("trainable parameters") == 1
+        assert proc.stderr.count("trainable parameters") == 1  # (the log: stderr)
         return proc
 
     return run

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import the_error
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -512,8 +513,7 @@ def test_bad_pairs_and_mismatched_tokenizers_are_one_line_errors(tmp_path, rm_ru
                                         {"prompt": "hi", "chosen": "a"}])
     code = main(["train", "stage=dpo", "--base-model", "tiny-llama-test", "--data", str(bad),
                  "-o", str(tmp_path / "x"), "device=cpu"])
-    err = capsys.readouterr().err
-    assert code == 2 and f"{bad}:1: rejected: missing" in err and len(err.splitlines()) == 1
+    assert code == 2 and f"{bad}:1: rejected: missing" in the_error(capsys.readouterr().err)
     with pytest.raises(UserError, match="the reward model's tokenizer differs"):
         check_rewards([str(rm_run)], family_tokenizer)
     code = main(["train", "stage=dpo", "--base-model", "tiny-llama-test", "--data",

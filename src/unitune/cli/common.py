@@ -33,6 +33,44 @@ def unknown_flags_message(parser: argparse.ArgumentParser, args: list[str]) -> s
     return "; ".join(parts)
 
 
+def whole(least: int, most: int | None = None):
+    """An argparse type: a whole number in ``least..most``; anything else is the flag's one-line
+    error (``argument --limit: expected a whole number >= 1, got '-1'``)."""
+    rule = f">= {least}" if most is None else f"in {least}..{most}"
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"expected a whole number {rule}, got {text!r}")
+        return value
+
+    convert.__name__ = "whole number"
+    return convert
+
+
+def number(low: float, strict: bool = True):
+    """An argparse type: a number greater than ``low`` (``strict``) or at least ``low``."""
+    rule = f"> {low:g}" if strict else f">= {low:g}"
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not (value > low if strict else value >= low):  # (nan: refused)
+            raise argparse.ArgumentTypeError(f"expected a number {rule}, got {text!r}")
+        return value
+
+    convert.__name__ = "number"
+    return convert
+
+
+PORT = whole(1, 65535)
+
+
 def stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -43,12 +81,13 @@ def add_decoding(p, max_new_tokens: int = 128) -> None:
     g.add_argument("--preset", default="greedy", help="greedy (default) or alpaca_cot "
                    "(Alpaca-CoT's defaults: sampling, top_p 0.9, no_repeat_ngram_size 6, "
                    "repetition_penalty 1.8)")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--max-new-tokens", type=whole(1), default=max_new_tokens)
     g.add_argument("--do-sample", action="store_true", default=None,
                    help="sample instead of greedy decoding")
-    for flag, kind in (("--temperature", float), ("--top-p", float), ("--top-k", int),
+    for flag, kind in (("--temperature", float), ("--top-p", float), ("--top-k", whole(0)),
                        ("--min-p", float), ("--repetition-penalty", float),
-                       ("--no-repeat-ngram-size", int), ("--num-beams", int), ("--seed", int)):
+                       ("--no-repeat-ngram-size", whole(0)), ("--num-beams", whole(1)),
+                       ("--seed", whole(0, 2**63 - 1))):
         g.add_argument(flag, type=kind, default=None)
 
 
@@ -115,13 +154,28 @@ def first_model(engine, args) -> str:
     return model
 
 
-def check_host(args) -> None:
+def check_address(args) -> None:
+    """``--host``/``--port`` to listen on: an API key beyond this machine, a port that is free
+    (checked before any model loads)."""
+    import errno
+    import socket
+
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         raise UserError(f"--host {args.host} listens beyond this machine: give --api-key (or "
                         "set UNITUNE_API_KEY)")
     if getattr(args, "share", False) and not args.api_key:
         raise UserError("--share opens a public link: give --api-key (the page's password) "
                         "too")
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as uvicorn binds)
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as error:
+            fix = "another --port" if error.errno == errno.EADDRINUSE else \
+                "an address of this machine for --host"
+            raise UserError(f"--host {args.host} --port {args.port}: cannot listen there "
+                            f"({error.strerror or error}); choose {fix}") from None
 
 
 def train_config(args, flags: dict, base_config: str | None = None):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from unitune.cli.common import (
     Parser,
+    number,
+    whole,
 )
 
 
@@ -23,10 +25,10 @@ def add_data(sub) -> None:
     s.add_argument("--out", default="data/synth", help="output folder (default data/synth)")
     s.add_argument("--families", default=None,
                    help="comma-separated task families (default: the quickstart's)")
-    s.add_argument("--train", type=int, default=400, help="training examples per family")
-    s.add_argument("--validation", type=int, default=20, help="validation examples per family")
-    s.add_argument("--test", type=int, default=40, help="test examples per family")
-    s.add_argument("--pretrain", type=int, default=0,
+    s.add_argument("--train", type=whole(0), default=400, help="training examples per family")
+    s.add_argument("--validation", type=whole(0), default=20, help="validation examples per family")
+    s.add_argument("--test", type=whole(0), default=40, help="test examples per family")
+    s.add_argument("--pretrain", type=whole(0), default=0,
                    help="extra raw examples per family for pretrain.json")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
@@ -71,15 +73,15 @@ def add_data(sub) -> None:
     si.add_argument("--teacher-model", required=True)
     si.add_argument("--teacher-key", default=os.environ.get("UNITUNE_TEACHER_KEY"),
                     help="the teacher's API key (default: $UNITUNE_TEACHER_KEY)")
-    si.add_argument("-n", "--count", type=int, default=100, help="tasks to generate")
+    si.add_argument("-n", "--count", type=whole(1), default=100, help="tasks to generate")
     si.add_argument("-o", "--out", required=True, help="JSON lines (Alpaca format)")
-    si.add_argument("--prompt-tasks", type=int, default=3, help="example tasks per request")
-    si.add_argument("--max-similarity", type=float, default=0.7,
+    si.add_argument("--prompt-tasks", type=whole(1), default=3, help="example tasks per request")
+    si.add_argument("--max-similarity", type=number(0), default=0.7,
                     help="ROUGE-L above which a new instruction is a duplicate")
-    si.add_argument("--max-requests", type=int, help="give up after this many replies "
+    si.add_argument("--max-requests", type=whole(1), help="give up after this many replies "
                     "(default 4 per task)")
-    si.add_argument("--max-tokens", type=int, default=1024, help="the teacher's reply length")
-    si.add_argument("--temperature", type=float, default=1.0)
+    si.add_argument("--max-tokens", type=whole(1), default=1024, help="the teacher's reply length")
+    si.add_argument("--temperature", type=number(0, strict=False), default=1.0)
     si.add_argument("--seed", type=int, default=0)
     for name, helptext in (("preview", "render examples through a template and mark the "
                             "trained tokens (conversations, preference pairs, prompts "
@@ -93,12 +95,12 @@ def add_data(sub) -> None:
         q.add_argument("--base-model", default="tiny-llama",
                        help="whose tokenizer to use (preset, folder or hub id)")
         q.add_argument("--template", default="auto")
-        q.add_argument("--max-length", type=int, default=512)
+        q.add_argument("--max-length", type=whole(1), default=512)
         q.add_argument("--masking", choices=["assistant", "last", "all"], default="assistant",
                        help="conversations: which replies train (a pair trains each answer; a "
                        "prompt alone, nothing)")
         if name == "preview":
-            q.add_argument("-n", type=int, default=2, help="how many examples")
+            q.add_argument("-n", type=whole(1), default=2, help="how many examples")
             q.add_argument("--color", choices=["auto", "always", "never"], default="auto")
             q.add_argument("--ids", action="store_true", help="conversations: also show the "
                            "token ids around every place where training starts or stops")

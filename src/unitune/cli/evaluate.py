@@ -7,12 +7,15 @@ import os
 from pathlib import Path
 
 from unitune.cli.common import (
+    PORT,
     add_decoding,
     add_engine,
-    check_host,
+    check_address,
     decoding_of,
+    number,
     rope_of,
     stderr,
+    whole,
 )
 from unitune.errors import UserError
 
@@ -46,9 +49,9 @@ def add_eval(sub) -> None:
     p.add_argument("--preference", metavar="FILE", help="preference pairs: pairwise accuracy")
     p.add_argument("--perplexity", metavar="FILE", help="perplexity on a text file (.txt, "
                    "{\"text\"} records; conversations are scored on their replies)")
-    p.add_argument("--window", type=int, default=512,
+    p.add_argument("--window", type=whole(1), default=512,
                    help="--perplexity: tokens per window (sliding over long texts)")
-    p.add_argument("--stride", type=int, default=512,
+    p.add_argument("--stride", type=whole(1), default=512,
                    help="--perplexity: new tokens per window (< --window: overlapping "
                    "context, as in the module-arithmetic paper's protocol)")
     tasks = p.add_argument("--tasks")
@@ -66,7 +69,7 @@ def add_eval(sub) -> None:
                    help="harness: lm-evaluation-harness's prompts and log-likelihood scoring; "
                    "instructeval: InstructEval's (Flacuna's tables): the generated answer must "
                    "start with the right letter, HHH asked in both orders")
-    p.add_argument("--shots", type=int, help="few-shot examples (default: the sources': 5 "
+    p.add_argument("--shots", type=whole(0), help="few-shot examples (default: the sources': 5 "
                    "MMLU/CMMLU/C-Eval, 3 BBH/CRASS/DROP, 0 HHH)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="wrap prompts in the model's chat template (default: for generation "
@@ -76,22 +79,22 @@ def add_eval(sub) -> None:
                    "its base) that counts tokens for log-likelihood tasks")
     p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
                    help="an endpoint TARGET: its API key (default: $UNITUNE_API_KEY)")
-    p.add_argument("--max-length", type=int, help="context length in tokens (default: the "
+    p.add_argument("--max-length", type=whole(1), help="context length in tokens (default: the "
                    "model's; 2048 for an endpoint)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=whole(1), default=None,
                    help="answer length (default: 64 for --data, 384 humaneval, 512 belle_eval)")
     p.add_argument("--batch-size", type=_batch_size, help="examples per batch (default 64; "
                    "a generation batch out of GPU memory is answered again in halves; "
                    "--tasks: 'auto' has lm-evaluation-harness find the largest batch that "
                    "fits, sized for the model's whole context on generation tasks)")
-    p.add_argument("--n", type=int, default=1, help="humaneval: samples per problem (greedy "
+    p.add_argument("--n", type=whole(1), default=1, help="humaneval: samples per problem (greedy "
                    "when 1, else sampled at --temperature)")
     p.add_argument("--k", default="1", help="humaneval: pass@k to report, e.g. 1,10")
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=number(0), default=0.8)
     p.add_argument("--seed", type=int, default=1234, help="the seed of sampling and of the "
                    "harness's few-shot sampler")
-    p.add_argument("--limit", type=int, help="only the first N questions of each subject")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--limit", type=whole(1), help="only the first N questions of each subject")
+    p.add_argument("--timeout", type=number(0), default=10.0,
                    help="humaneval: seconds each program may run")
     p.add_argument("--samples", help="humaneval: JSON lines of every sample (a rerun "
                    "continues from it; default: REPORT.humaneval.jsonl, else "
@@ -101,7 +104,7 @@ def add_eval(sub) -> None:
     p.add_argument("--judge-model", help="judged tasks: the judge's model name")
     p.add_argument("--judge-key", default=os.environ.get("UNITUNE_JUDGE_KEY"),
                    help="judged tasks: the judge's API key (default: $UNITUNE_JUDGE_KEY)")
-    p.add_argument("--judge-max-tokens", type=int, default=2048,
+    p.add_argument("--judge-max-tokens", type=whole(1), default=2048,
                    help="judged tasks: the judge's reply budget (it explains, then rates; "
                    "lower it for a judge with a short context)")
     p.add_argument("--report", help="write the full result as JSON here (--tasks: also .md and "
@@ -301,13 +304,13 @@ def add_arena(sub) -> None:
     p.add_argument("--human", action="store_true", help="a person judges on a web page "
                    "(the answers shown side by side, models hidden)")
     p.add_argument("--host", default="127.0.0.1", help="--human: the page's address")
-    p.add_argument("--port", type=int, default=7861, help="--human: the page's port")
+    p.add_argument("--port", type=PORT, default=7861, help="--human: the page's port")
     p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
                    help="--human: the page's password (user 'unitune'); needed to listen "
                    "beyond 127.0.0.1")
     p.add_argument("-o", "--out", required=True, help="folder for answers, judgments, results")
-    p.add_argument("--limit", type=int, help="only the first N prompts")
-    p.add_argument("--rounds", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--limit", type=whole(1), help="only the first N prompts")
+    p.add_argument("--rounds", type=whole(1), default=200, help="bootstrap resamples")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     add_decoding(p, max_new_tokens=256)
 
@@ -345,7 +348,7 @@ def _human_arena(args, models: dict[str, str], questions: list[str]) -> int:
     from unitune.eval.answers import Answerer, collect_answers
     from unitune.serve.web import HumanArena, build_arena_ui
 
-    check_host(args)
+    check_address(args)
     if len(models) < 2:
         raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
     out = Path(args.out)

@@ -7,13 +7,15 @@ import os
 from pathlib import Path
 
 from unitune.cli.common import (
+    PORT,
     add_decoding,
     add_engine,
-    check_host,
+    check_address,
     decoding_of,
     first_model,
     open_engine,
     stderr,
+    whole,
 )
 from unitune.errors import UserError
 
@@ -70,7 +72,7 @@ def add_predict(sub) -> None:
     p.add_argument("data", metavar="IN")
     p.add_argument("out", metavar="OUT")
     p.add_argument("--model", help="the served model or adapter to use (default: the run)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=whole(1), default=32)
     p.add_argument("--no-progress", action="store_true")
     add_decoding(p)
 
@@ -78,8 +80,6 @@ def add_predict(sub) -> None:
 def cmd_predict(args) -> int:
     from unitune.infer.predict import predict
 
-    if args.batch_size <= 0:
-        raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
     decoding = decoding_of(args)
     with open_engine(args, max_batch=args.batch_size, max_queue=args.batch_size) as engine:
         predict(engine, first_model(engine, args), args.data, Path(args.out), decoding,
@@ -94,7 +94,7 @@ def add_web(sub) -> None:
                        "`unitune serve --web` puts it beside the API in one process.")
     add_engine(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=PORT, default=7860)
     p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
                    help="the page's password (user 'unitune'); needed beyond 127.0.0.1")
     p.add_argument("--share", action="store_true",
@@ -106,7 +106,7 @@ def add_web(sub) -> None:
 def cmd_web(args) -> int:
     from unitune.serve.web import build_ui
 
-    check_host(args)
+    check_address(args)
     with open_engine(args) as engine:
         demo = build_ui(engine, decoding_of(args), first_model(engine, args))
         stderr(f"chat page on http://{args.host}:{args.port}")
@@ -124,20 +124,20 @@ def add_serve(sub) -> None:
                        "request's 'model' field.")
     add_engine(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=PORT, default=8000)
     p.add_argument("--api-key", default=os.environ.get("UNITUNE_API_KEY"),
                    help="required as 'Authorization: Bearer KEY' (default: $UNITUNE_API_KEY); "
                    "needed to listen beyond 127.0.0.1")
-    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together")
-    p.add_argument("--max-queue", type=int, default=256,
+    p.add_argument("--max-batch", type=whole(1), default=32, help="sequences decoded together")
+    p.add_argument("--max-queue", type=whole(1), default=256,
                    help="requests waiting; more are answered 429")
-    p.add_argument("--max-tokens-limit", type=int, default=4096,
+    p.add_argument("--max-tokens-limit", type=whole(1), default=4096,
                    help="the largest max_tokens a request may ask for")
-    p.add_argument("--default-max-tokens", type=int, default=None,
+    p.add_argument("--default-max-tokens", type=whole(1), default=None,
                    help="a reply's budget when the request gives no max_tokens (default 256, "
                    "at most --max-tokens-limit; cut to what the context leaves after the "
                    "prompt)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None,
+    p.add_argument("--max-prompt-tokens", type=whole(1), default=None,
                    help="prompt + max_tokens limit (default: the model's context length)")
     p.add_argument("--web", action="store_true", help="also serve the chat page at /ui")
 
@@ -147,12 +147,13 @@ def cmd_serve(args) -> int:
 
     from unitune.serve.openai_api import build_app
 
-    check_host(args)
+    check_address(args)
     if args.default_max_tokens is None:
         args.default_max_tokens = min(256, args.max_tokens_limit)
-    if not 1 <= args.default_max_tokens <= args.max_tokens_limit:
-        raise UserError(f"--default-max-tokens {args.default_max_tokens}: give 1 to "
-                        f"--max-tokens-limit ({args.max_tokens_limit})")
+    if args.default_max_tokens > args.max_tokens_limit:
+        raise UserError(f"--default-max-tokens {args.default_max_tokens} is over "
+                        f"--max-tokens-limit {args.max_tokens_limit}; lower it or raise the "
+                        "limit")
     with open_engine(args, max_batch=args.max_batch, max_queue=args.max_queue,
                  max_prompt_tokens=args.max_prompt_tokens) as engine:
         app = build_app(engine, args.api_key, args.max_tokens_limit, args.default_max_tokens)

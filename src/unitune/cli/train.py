@@ -10,8 +10,10 @@ from pathlib import Path
 from unitune import distributed
 from unitune.cli.common import (
     Parser,
+    number,
     stderr,
     train_config,
+    whole,
 )
 from unitune.errors import UserError
 
@@ -78,8 +80,8 @@ def cmd_train(args) -> int:
         base_config, flags["output_dir"] = resume_config(args.resume, flags.get("output_dir"))
     cfg = train_config(args, flags, base_config)
     try:
-        out = train(cfg, progress=not args.no_progress, resume_from=args.resume or False,
-                    force_resume=args.force_resume)
+        out = train(cfg, log=stderr, progress=not args.no_progress,
+                    resume_from=args.resume or False, force_resume=args.force_resume)
     except Interrupted as exc:
         if distributed.is_main():
             print(exc, file=sys.stderr)
@@ -143,8 +145,8 @@ def add_compose(sub) -> None:
     p.add_argument("--ppl-text", help="sweep: reference text (.txt) or conversations (scored "
                    "on the replies); pick the largest λ whose perplexity rise over λ=0 stays "
                    "within --ppl-bound")
-    p.add_argument("--ppl-bound", type=float, default=0.5)
-    p.add_argument("--max-new-tokens", type=int, default=32,
+    p.add_argument("--ppl-bound", type=number(0, strict=False), default=0.5)
+    p.add_argument("--max-new-tokens", type=whole(1), default=32,
                    help="sweep: answer length for exact match")
     p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     p.add_argument("--trust-remote-code", action="store_true",

@@ -40,9 +40,6 @@ def _synth(args) -> int:
 
     families = check_families(args.families.split(",") if args.families
                               else list(DEFAULT_FAMILIES))
-    for name in ("train", "validation", "test", "pretrain"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name} must be >= 0, got {getattr(args, name)}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"{out} is not empty; pass --overwrite to regenerate it")
@@ -157,8 +154,6 @@ def _preview(args) -> int:
     from unitune.data.schema import Conversation, PreferencePair, Prompt
     from unitune.run import open_tokenizer
 
-    if args.n <= 0:
-        raise UserError(f"-n must be > 0, got {args.n}")
     records = list(itertools.islice(iter_accepted(
         args.files, args.format, accept=(Conversation, PreferencePair, Prompt),
         purpose="a preview"), args.n))

@@ -45,20 +45,21 @@ class Decoding:
     json_object: bool = False  # JSON mode: the reply is a JSON object (infer/json_mode.py)
 
     def __post_init__(self):
-        checks = [(self.max_new_tokens >= 0, "max_new_tokens must be >= 0"),
-                  (self.temperature > 0, "temperature must be > 0"),
-                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (self.top_k >= 0, "top_k must be >= 0"),
-                  (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-                  (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
-                  (self.num_beams >= 1, "num_beams must be >= 1"),
-                  (not (self.json_object and self.num_beams > 1),
-                   "JSON mode works with greedy decoding or sampling, not beam search"),
-                  (self.seed is None or 0 <= self.seed < 2**63, "seed must be in [0, 2**63)")]
-        for ok, message in checks:
+        checks = [("max_new_tokens", self.max_new_tokens >= 0, ">= 0"),
+                  ("temperature", self.temperature > 0, "> 0"),
+                  ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                  ("top_k", self.top_k >= 0, ">= 0"),
+                  ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
+                  ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+                  ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, ">= 0"),
+                  ("num_beams", self.num_beams >= 1, ">= 1"),
+                  ("seed", self.seed is None or 0 <= self.seed < 2**63, "in [0, 2**63)")]
+        for name, ok, rule in checks:
             if not ok:
-                raise UserError(f"{message} (decoding: {self})")
+                raise UserError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        if self.json_object and self.num_beams > 1:
+            raise UserError("JSON mode works with greedy decoding or sampling, not beam "
+                            f"search (num_beams {self.num_beams})")
 
     @property
     def batch_key(self) -> tuple:
