@@ -60,9 +60,11 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import get_args
 
 import torch
 
+from unitune.config import TrainConfig
 from unitune.data.encode import Collator, Packed
 from unitune.methods.peft_methods import prepare_quantized
 from unitune.models.families import FAMILIES
@@ -380,7 +382,8 @@ def main() -> None:
     ap.add_argument("--offload", action="store_true",
                     help="unitune side: checkpointed layers' inputs in pinned host memory")
     ap.add_argument("--packed", action="store_true", help="unitune side: one packed row")
-    ap.add_argument("--attention", choices=speed.ATTENTION, default="auto",
+    attention = get_args(TrainConfig.model_fields["attention"].annotation)
+    ap.add_argument("--attention", choices=attention, default="auto",
                     help="unitune side: the attention implementation")
     ap.add_argument("--profile", action="store_true",
                     help="unitune side: where the time of two more steps goes")

@@ -7,13 +7,17 @@ import pytest
 from unitune.data.augment import (
     COT_SUFFIXES,
     add_cot_suffix,
-    augment,
     few_shot,
+    iter_augment,
     load_flan_templates,
     render_flan,
 )
 from unitune.data.schema import Conversation, Turn
 from unitune.errors import UserError
+
+
+def augment(*args, **kwargs) -> list[Conversation]:
+    return list(iter_augment(*args, **kwargs))
 
 
 def recs(n: int) -> list[Conversation]:

@@ -159,6 +159,9 @@ def test_compare_methods(tmp_path, synth_data, test_preset, capsys):
     assert all(0 <= r["exact_match"] <= 1 and r["trainable_%"] > 0 for r in rows)
     assert (out / "study_loss.png").stat().st_size > 1000
     assert "| lora |" in (out / "study.md").read_text()
+    printed = capsys.readouterr()
+    assert printed.out == (out / "study.md").read_text()  # the table; the log: stderr
+    assert "[3/3] adapter_seq: training" in printed.err
     assert main(["compare", "--methods", "lora,lorra", "--out", str(tmp_path / "x"),
                  f"data={synth_data['train']}"]) == 2
     assert "unknown method 'lorra'" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 
 from unitune.config import TrainConfig
 from unitune.data import store
-from unitune.data.augment import augment, iter_augment
+from unitune.data.augment import iter_augment
 from unitune.data.encode import Packed, encode_conversations, encode_records
 from unitune.data.mixing import Source, dedupe, mix, split
 from unitune.data.readers import _iter_json_array, iter_objects, read_conversations
@@ -122,7 +122,7 @@ def test_mix_dedupe_split_augment_on_arrow_equal_the_list_path(tmp_path):
         assert [list(p) for p in split(arrow_a, validation, 1)] == list(split(a, validation, 1))
     for k_shot, cot in ((2, "en"), (0, "zh")):
         assert list(iter_augment(arrow_a, None, 0.3, k_shot, cot, 5)) == \
-            augment(a, None, 0.3, k_shot, cot, 5)
+            list(iter_augment(a, None, 0.3, k_shot, cot, 5))
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from unitune.data.mixing import FLAN_MINI_COUNTS, Source, dedupe, flan_mini_sources, mix, split
+from unitune.data.mixing import Source, dedupe, mix, split
 from unitune.data.schema import Conversation, Turn
 from unitune.errors import UserError
 
@@ -92,43 +94,31 @@ def test_adding_a_source_does_not_change_another_sources_sample():
     assert {c.line for c in out1} == {c.line for c in out2 if c.source == "a"}
 
 
-def test_flan_mini_recipe_constant():
-    assert sum(FLAN_MINI_COUNTS.values()) == 1_340_000
-    assert FLAN_MINI_COUNTS["flan2021"] == 388_000 and FLAN_MINI_COUNTS["p3"] == 320_000
-    assert FLAN_MINI_COUNTS["gpt4_alpaca"] == 52_000
-    assert FLAN_MINI_COUNTS["code_alpaca"] == 20_000
-    assert FLAN_MINI_COUNTS["sharegpt"] == 60_000
+FLAN_MINI = Path(__file__).parent.parent / "examples" / "flan_mini.yaml"
 
 
-def test_flan_mini_recipe_scaled_down_gives_the_right_proportions():
-    # small fake collections: some smaller than their share (must repeat), some bigger
-    fake = {name: recs(name, 150) for name in FLAN_MINI_COUNTS}
-    sources = flan_mini_sources(fake, scale=1 / 1000)
-    assert all(s.count is not None and s.weight is None for s in sources)
-    out, report = mix(sources, seed=0)
+def test_the_flan_mini_example_is_flacunas_recipe():
+    from unitune.config import TrainConfig, build_config
+
+    cfg = build_config(TrainConfig, str(FLAN_MINI), [], {})
+    counts = {Path(d.path).stem: d.count for d in cfg.data}
+    assert sum(counts.values()) == 1_340_000
+    assert counts["flan2021"] == 388_000 and counts["p3"] == 320_000
+    assert counts["gpt4_alpaca"] == 52_000 and counts["code_alpaca"] == 20_000
+    assert counts["sharegpt"] == 60_000 and cfg.template == "vicuna"
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.max_length == 1280
+    assert cfg.batch_size * cfg.grad_accum == 128 and cfg.lr == 2e-5 and cfg.warmup == 3000
+
+    # its counts, scaled down, over small collections: some smaller than their share (they
+    # repeat), some bigger; each is taken exactly, in the recipe's proportions
+    fake = {name: recs(name, 150) for name in counts}
+    out, report = mix([Source(n, fake[n], count=c // 1000) for n, c in counts.items()], seed=0)
     assert len(out) == 1340
-    for name, full in FLAN_MINI_COUNTS.items():
+    for name, full in counts.items():
         n = sum(origin(c) == name for c in out)
         assert n == full // 1000 == report[name]["taken"]
-        assert n / len(out) == pytest.approx(full / 1_340_000)
         assert report[name]["repeated"] == (full // 1000 > 150)
     assert report["flan2021"]["repeated"] and not report["cot"]["repeated"]
-    # the same recipe written by hand as a list of Source with counts
-    by_hand = [Source(n, fake[n], count=c // 1000) for n, c in FLAN_MINI_COUNTS.items()]
-    assert [(c.source, c.line) for c in mix(by_hand, seed=0)[0]] == \
-        [(c.source, c.line) for c in out]
-
-
-def test_flan_mini_sources_names():
-    fake = {name: recs(name, 2) for name in FLAN_MINI_COUNTS}
-    del fake["apps"]
-    with pytest.raises(UserError, match="apps"):
-        flan_mini_sources(fake)
-    fake["appz"] = recs("appz", 2)
-    with pytest.raises(UserError, match="did you mean 'apps'"):
-        flan_mini_sources(fake)
-
-
 def test_dedupe_counts_and_keeps_first():
     a = Conversation.single("q", "a", source="f", line=1)
     a_again = Conversation.single("q", "a", source="f", line=9)  # same content, other line

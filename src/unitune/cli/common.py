@@ -131,16 +131,25 @@ def rope_of(args) -> dict | None:
     return parse(args.rope)
 
 
+def named_targets(flag: str, items: list[str]) -> dict[str, str]:
+    """Repeated ``FLAG NAME=RUN`` items as {name: run}; a name given twice is refused."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, target = (part.strip() for part in item.partition("="))
+        if not sep or not name or not target:
+            raise UserError(f"{flag} {item!r}: expected NAME=RUN (a run folder, a base model "
+                            "or, for adapters, an expression over runs)")
+        if name in named:
+            raise UserError(f"{flag} {item!r}: the name {name!r} is taken by {named[name]}; "
+                            "give each its own name")
+        named[name] = target
+    return named
+
+
 def open_engine(args, **kw):
     from unitune.infer.engine import Engine
 
-    adapters = {}
-    for item in getattr(args, "adapter", []):
-        name, sep, source = item.partition("=")
-        if not sep or not name.strip() or not source.strip():
-            raise UserError(f"--adapter {item!r}: expected NAME=RUN (a run folder or an "
-                            "expression over runs)")
-        adapters[name.strip()] = source.strip()
+    adapters = named_targets("--adapter", getattr(args, "adapter", []))
     return Engine(args.target, adapters, device=args.device, template=args.template,
                   trust_remote_code=args.trust_remote_code, static_cache=args.static_cache,
                   rope_scaling=rope_of(args), log=stderr, **kw)

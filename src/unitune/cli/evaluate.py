@@ -12,6 +12,7 @@ from unitune.cli.common import (
     add_engine,
     check_address,
     decoding_of,
+    named_targets,
     number,
     rope_of,
     stderr,
@@ -186,27 +187,11 @@ def _eval_preference(args) -> int:
 def _eval_perplexity(args) -> int:
     import json
 
-    from unitune.eval.perplexity import perplexity, read_reference, reference_windows
-    from unitune.models.rope import context_length
-    from unitune.run import open_model
+    from unitune.eval.perplexity import evaluate_perplexity
 
-    if not 0 < args.stride <= args.window:
-        raise UserError(f"--stride must be in 1..--window ({args.window}), got {args.stride}")
-    records = read_reference(args.perplexity)
-    model, tokenizer, template = open_model(args.target, device=args.device,
-                                            template=args.template,
-                                            trust_remote_code=args.trust_remote_code,
-                                            log=stderr, rope_scaling=rope_of(args))
-    windows = reference_windows(records, tokenizer, template, args.window, args.stride)
-    positions = context_length(model.config)  # (a run's or --rope's scaling included)
-    longest = max((ids.shape[1] for ids, _ in windows), default=0)
-    if positions and longest > positions:
-        stderr(f"warning: windows of {longest} tokens run past the {positions} positions "
-               f"{args.target} takes; lower --window to {positions} or stretch the positions "
-               "with --rope")
-    result = {"model": args.target, "file": args.perplexity, "window": args.window,
-              "stride": args.stride, "rope": args.rope, "windows": len(windows),
-              "perplexity": perplexity(model, windows)}
+    result = evaluate_perplexity(args.target, args.perplexity, args.window, args.stride,
+                                 args.device, args.template, args.trust_remote_code,
+                                 args.rope, log=stderr)
     print(json.dumps(result, indent=1))
     if args.report:
         Path(args.report).write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -215,23 +200,14 @@ def _eval_perplexity(args) -> int:
 
 def _eval_tasks(args) -> int:
     from unitune.eval.harness import table, write_report
-    from unitune.eval.suite import EvalSettings, evaluate, settings
+    from unitune.eval.suite import EvalSettings, default_report, evaluate, settings
 
     if not args.data_dir:
         raise UserError("--tasks needs --data-dir, the directory with the benchmarks' files "
                         "(one folder per benchmark, or the benchmark's own folder)")
     s = settings("unitune eval", **{n: getattr(args, n) for n in EvalSettings.model_fields
                                     if getattr(args, n, None) is not None})  # (one flag each)
-    if args.report:
-        report_path = Path(args.report)
-    elif Path(args.target, "run.json").exists():  # results are kept beside the run
-        report_path = Path(args.target) / "eval" / f"{'+'.join(s.tasks)}.json"
-    else:  # (named after the model: another model's cached answers are never reused)
-        import re
-
-        name = s.served_model if args.target.startswith("http") else Path(args.target).name
-        report_path = Path(f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name or 'model')}-"
-                           f"{'+'.join(s.tasks)}.json")
+    report_path = Path(args.report) if args.report else default_report(args.target, s)
     report = evaluate(args.target, s, report_path.with_suffix(""), log=stderr)
     write_report(report, report_path)
     print(table(report))
@@ -320,15 +296,7 @@ def cmd_arena(args) -> int:
     from unitune.eval.arena import Judge, run_arena
     from unitune.eval.ratings import markdown
 
-    models = {}
-    for item in args.model:
-        name, sep, target = item.partition("=")
-        if not sep or not name.strip() or not target.strip():
-            raise UserError(f"--model {item!r}: expected NAME=RUN")
-        if name.strip() in models:
-            raise UserError(f"--model {item!r}: the name {name.strip()!r} is taken by "
-                            f"{models[name.strip()]}; give each model its own name")
-        models[name.strip()] = target.strip()
+    models = named_targets("--model", args.model)
     if args.human == bool(args.judge_url and args.judge_model):
         raise UserError("give a judge: --judge-url and --judge-model (an LLM), or --human "
                         "(a person on a web page)")
@@ -345,16 +313,12 @@ def cmd_arena(args) -> int:
 
 
 def _human_arena(args, models: dict[str, str], questions: list[str]) -> int:
-    from unitune.eval.answers import Answerer, collect_answers
+    from unitune.eval.arena import arena_answers
     from unitune.serve.web import HumanArena, build_arena_ui
 
     check_address(args)
-    if len(models) < 2:
-        raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
     out = Path(args.out)
-    answers = collect_answers({name: Answerer(target, args.device, stderr)
-                               for name, target in models.items()}, questions, out,
-                              decoding_of(args), stderr)
+    answers = arena_answers(models, questions, out, decoding_of(args), args.device, stderr)
     arena = HumanArena(list(models), questions, answers, out, args.seed or 0, args.rounds,
                        stderr)
     stderr(f"arena page on http://{args.host}:{args.port} ({len(arena.pending())} "

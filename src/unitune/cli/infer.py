@@ -17,7 +17,6 @@ from unitune.cli.common import (
     stderr,
     whole,
 )
-from unitune.errors import UserError
 
 
 def add_generate(sub) -> None:
@@ -145,15 +144,10 @@ def add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from unitune.serve.openai_api import build_app
+    from unitune.serve.openai_api import build_app, default_budget
 
     check_address(args)
-    if args.default_max_tokens is None:
-        args.default_max_tokens = min(256, args.max_tokens_limit)
-    if args.default_max_tokens > args.max_tokens_limit:
-        raise UserError(f"--default-max-tokens {args.default_max_tokens} is over "
-                        f"--max-tokens-limit {args.max_tokens_limit}; lower it or raise the "
-                        "limit")
+    default_budget(args.max_tokens_limit, args.default_max_tokens)  # (before the model loads)
     with open_engine(args, max_batch=args.max_batch, max_queue=args.max_queue,
                  max_prompt_tokens=args.max_prompt_tokens) as engine:
         app = build_app(engine, args.api_key, args.max_tokens_limit, args.default_max_tokens)

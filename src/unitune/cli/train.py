@@ -111,7 +111,8 @@ def cmd_compare(args) -> int:
 
     cfg = train_config(args, {"output_dir": args.out})
     compare(cfg, [m.strip() for m in args.methods.split(",") if m.strip()], Path(args.out),
-            args.test, progress=not args.no_progress)
+            args.test, log=stderr, progress=not args.no_progress)
+    print(Path(args.out, "study.md").read_text(encoding="utf-8"), end="")
     return 0
 
 
@@ -234,7 +235,7 @@ def add_export(sub) -> None:
                         description="Writes OUT/<name>-<type>.gguf for each --type (f16, "
                         "q8_0, f32) with the gguf package: the weights (an adapter folded in "
                         "first), the tokenizer, the special ids and the chat template; and "
-                        "OUT/Modelfile for Ollama. Llama-architecture models (Llama, Mistral).")
+                        "OUT/Modelfile for Ollama. Llama, Mistral, Qwen2 and Qwen3 models.")
     g.add_argument("target", help="a run folder or a model folder")
     g.add_argument("-o", "--out", required=True, help="the folder to write into")
     g.add_argument("--type", default="f16,q8_0", help="comma-separated: f16, q8_0, f32")
@@ -288,18 +289,12 @@ def add_vocab(sub) -> None:
 
 
 def cmd_vocab(args) -> int:
-    import json
+    from unitune.models.vocab import extend
 
-    from unitune.models.vocab import base_tokenizer, extend, report, sample_texts
-
-    texts = sample_texts(args.sample) if args.sample else []
-    out = Path(args.out)
-    extended = extend(args.base, args.add, out, args.overwrite, log=stderr)
-    before = base_tokenizer(args.base)
-    result = report(before, extended, texts)
-    (out / "vocab_report.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    result = extend(args.base, args.add, Path(args.out), args.overwrite, args.sample,
+                    log=stderr)
     lines = [f"vocabulary: {result['vocab_before']:,} -> {result['vocab_after']:,}"]
-    if texts:
+    if args.sample:
         lines.append(f"tokens per character on {args.sample} ({result['sample_chars']:,} "
                      f"characters): {result['tokens_per_char_before']:.3f} -> "
                      f"{result['tokens_per_char_after']:.3f} ({result['ratio']:.0%})")

@@ -13,6 +13,7 @@ from unitune.compose.arithmetic import Combiner
 from unitune.compose.expr import LAMBDA, parse
 from unitune.errors import UserError
 from unitune.run import is_run
+from unitune.tables import markdown_table
 
 
 def resolve(name: str, root: Path) -> Path:
@@ -146,11 +147,9 @@ def sweep(expression: str, out: Path, grid: dict[str, list[float]], root: Path =
     def report(folder: Path) -> None:
         (folder / "sweep.json").write_text(json.dumps(result, indent=1, ensure_ascii=False),
                                            encoding="utf-8")
-        cols = list(rows[0])
-        table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        table += ["| " + " | ".join(f"{r[c]:.4g}" for c in cols) + " |" for r in rows]
-        (folder / "sweep.md").write_text(f"{expression}: {rule}, chosen {said}\n\n"
-                                         + "\n".join(table) + "\n", encoding="utf-8")
+        table = markdown_table(list(rows[0]), [[f"{v:.4g}" for v in r.values()] for r in rows])
+        (folder / "sweep.md").write_text(f"{expression}: {rule}, chosen {said}\n\n{table}\n",
+                                         encoding="utf-8")
         if len(swept) <= 2:
             _plot(rows, swept, folder / "sweep.png", chosen, expression)
 

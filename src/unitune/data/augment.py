@@ -204,9 +204,3 @@ def iter_augment(records: Sequence[Conversation], templates: str | None,
         if cot_suffix is not None:
             conv = add_cot_suffix(conv, cot_suffix)
         yield conv
-
-
-def augment(records: Sequence[Conversation], templates: str | None, zero_shot_ratio: float,
-            k_shot: int, cot_suffix: str | None, seed: int) -> list[Conversation]:
-    """``iter_augment`` as a list."""
-    return list(iter_augment(records, templates, zero_shot_ratio, k_shot, cot_suffix, seed))

@@ -2,8 +2,8 @@
 
 Owns ``Source`` (one named list of records with an optional weight or fixed count), ``mix``
 (the Flan-mini style sampler: fixed counts are taken exactly, repeating a source when it is
-too small, and the report says so), ``FLAN_MINI_COUNTS`` (the Flacuna recipe) with
-``flan_mini_sources``, ``dedupe`` and ``split`` (a validation split that works on tiny
+too small, and the report says so; ``examples/flan_mini.yaml`` is Flacuna's recipe), ``dedupe``
+and ``split`` (a validation split that works on tiny
 datasets). Everything is deterministic in the seed; every source gets its own RNG
 (seeded by ``f"{seed}:{name}"``) so adding a source does not change what the others give.
 
@@ -23,21 +23,7 @@ import numpy as np
 
 from unitune.data.schema import Conversation, PreferencePair, Prompt, conversation_of
 from unitune.data.store import Records
-from unitune.errors import UserError, did_you_mean
-
-# Flan-mini (Flacuna tech report): fixed example counts per collection, 1.34M in all.
-FLAN_MINI_COUNTS: dict[str, int] = {
-    "flan2021": 388_000,
-    "p3": 320_000,
-    "niv2": 200_000,
-    "cot": 100_000,
-    "codesearchnet": 100_000,
-    "codecontests": 50_000,
-    "apps": 50_000,
-    "gpt4_alpaca": 52_000,
-    "code_alpaca": 20_000,
-    "sharegpt": 60_000,
-}
+from unitune.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -144,26 +130,6 @@ def mix(sources: list[Source], seed: int, total: int | None = None
     order = np.concatenate(picked)
     order = order[_rng(seed, ":mix").permutation(len(order))]
     return _select(_concat([s.records for s in sources]), order), report
-
-
-def flan_mini_sources(records: dict[str, list], scale: float = 1.0) -> list[Source]:
-    """The Flan-mini recipe as sources with counts (``round(count * scale)`` each).
-
-    ``records`` maps every name of ``FLAN_MINI_COUNTS`` to its records; a missing or unknown
-    name is a ``UserError``.
-    """
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale < 0:
-        raise UserError(f"flan-mini: scale must be a number >= 0, got {scale!r}")
-    for name in records:
-        if name not in FLAN_MINI_COUNTS:
-            raise UserError(f"flan-mini: unknown collection {name!r}"
-                            f"{did_you_mean(name, FLAN_MINI_COUNTS)}; expected "
-                            f"{', '.join(FLAN_MINI_COUNTS)}")
-    missing = [n for n in FLAN_MINI_COUNTS if n not in records]
-    if missing:
-        raise UserError(f"flan-mini: no records given for {', '.join(missing)}")
-    return [Source(name, list(records[name]), count=round(count * scale))
-            for name, count in FLAN_MINI_COUNTS.items()]
 
 
 def _digest(record: Conversation | PreferencePair | Prompt) -> bytes:

@@ -143,16 +143,22 @@ def summarize(models: list[str], questions: list[str], answers: dict[str, list[s
     return report
 
 
+def arena_answers(models: dict[str, str], questions: list[str], out: Path, decoding,
+                  device: str = "auto", log=print) -> dict:
+    """Every contestant's answer to every question (cached in ``out``), for a judge or a
+    person to compare."""
+    if len(models) < 2:
+        raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
+    out.mkdir(parents=True, exist_ok=True)
+    return collect_answers({name: Answerer(target, device, log)
+                            for name, target in models.items()}, questions, out, decoding, log)
+
+
 def run_arena(models: dict[str, str], questions: list[str], judge: Judge, out: Path,
               decoding, seed: int = 0, rounds: int = 200, device: str = "auto",
               log=print) -> dict:
     """Answers, an LLM's judgments and the leaderboard (``leaderboard.md/.json/.png``)."""
-    if len(models) < 2:
-        raise UserError("an arena needs at least two models (--model NAME=RUN, twice)")
-    out.mkdir(parents=True, exist_ok=True)
-    answers = collect_answers({name: Answerer(target, device, log)
-                               for name, target in models.items()}, questions, out, decoding,
-                              log)
+    answers = arena_answers(models, questions, out, decoding, device, log)
     done = judgments(out, log)
     arena = keyed(list(models), questions, answers, judge.model, seed)
     for item, key in arena:

@@ -43,8 +43,11 @@ def _model_key(target: str, template: str | None, rope_scaling: dict | None) -> 
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+ENDPOINT_CONCURRENCY = 4  # requests in flight to an endpoint
+
+
 def endpoint_model(url: str, model: str, tokenizer: str | None, api_key: str | None,
-                   max_length: int, concurrency: int = 4):
+                   max_length: int):
     """lm-evaluation-harness's ``local-completions`` on ``url`` (.../v1). Log-likelihood tasks
     send token ids, counted with ``tokenizer`` (the served run's folder or its base)."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
@@ -55,7 +58,7 @@ def endpoint_model(url: str, model: str, tokenizer: str | None, api_key: str | N
             base_url=url.rstrip("/") + "/completions", model=model,
             tokenizer_backend="huggingface" if tokenizer else "none", tokenizer=tokenizer,
             tokenized_requests=bool(tokenizer), max_length=max_length,
-            num_concurrent=concurrency, max_retries=3,
+            num_concurrent=ENDPOINT_CONCURRENCY, max_retries=3,
             header={"Authorization": f"Bearer {api_key or 'none'}"})
     except (OSError, ValueError) as exc:
         raise UserError(f"--tokenizer {tokenizer}: not a tokenizer "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from unitune.errors import UserError
 from unitune.eval.answers import Answerer
+from unitune.eval.judge import read_jsonl
 
 STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]  # the harness's own
 DOWNLOAD = ("download HumanEval.jsonl.gz from https://github.com/openai/human-eval "
@@ -101,11 +102,9 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
                         temperature=temperature if n > 1 else 1.0, seed=seed)
     key = cache_key([model.identity(decoding), STOPS])
     done: dict[str, list[dict]] = {}
-    if out.exists():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if row.get("key") == key:  # (another model's or decoding's samples do not count)
-                done.setdefault(row["task_id"], []).append(row)
+    for row in read_jsonl(out, fields=("task_id",)):
+        if row.get("key") == key:  # (another model's or decoding's samples do not count)
+            done.setdefault(row["task_id"], []).append(row)
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = [p for p in problems if len(done.get(p["task_id"], [])) < n]
     if len(todo) < len(problems):

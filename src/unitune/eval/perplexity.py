@@ -74,3 +74,31 @@ def perplexity(model, windows: list[tuple[torch.Tensor, torch.Tensor]]) -> float
         nll += float(loss) * n
         count += n
     return math.exp(nll / count)
+
+
+def evaluate_perplexity(target: str, path: str, window: int = 512, stride: int = 512,
+                        device: str = "auto", template: str | None = None,
+                        trust_remote_code: bool = False, rope: str | None = None,
+                        log=print) -> dict:
+    """``unitune eval --perplexity``: the perplexity of ``target`` (a run or a base model) on
+    the reference file ``path``, in windows of ``window`` tokens that move by ``stride``;
+    ``rope``: a RoPE scaling as ``TYPE:FACTOR`` (instead of a run's own)."""
+    from unitune.models.rope import context_length, parse
+    from unitune.run import open_model
+
+    if not 0 < stride <= window:
+        raise UserError(f"--stride must be in 1..--window ({window}), got {stride}")
+    records = read_reference(path)
+    model, tokenizer, tmpl = open_model(target, device=device, template=template,
+                                        trust_remote_code=trust_remote_code, log=log,
+                                        rope_scaling=parse(rope))
+    windows = reference_windows(records, tokenizer, tmpl, window, stride)
+    positions = context_length(model.config)  # (a run's or the given scaling included)
+    longest = max((ids.shape[1] for ids, _ in windows), default=0)
+    if positions and longest > positions:
+        log(f"warning: windows of {longest} tokens run past the {positions} positions "
+            f"{target} takes; lower --window to {positions} or stretch the positions with "
+            "--rope")
+    return {"model": target, "file": path, "window": window, "stride": stride,
+            "rope": rope, "windows": len(windows),
+            "perplexity": perplexity(model, windows)}

@@ -64,15 +64,18 @@ def reply_logprobs(model, tokenizer, template, convs, max_length: int,
     return out
 
 
+SAMPLES_SHOWN = 5  # pairs whose scores the result keeps, to look at
+
+
 def evaluate_preferences(target: str, pairs: list[PreferencePair], device: str = "auto",
                          template: str | None = None, trust_remote_code: bool = False,
-                         max_length: int | None = None, batch_size: int = 8, log=print,
-                         keep_samples: int = 5) -> PreferenceResult:
+                         max_length: int | None = None, batch_size: int = 8,
+                         log=print) -> PreferenceResult:
     """The pairwise accuracy of ``target`` (a reward-model run, or any run or model).
     ``max_length``: a reward model's own; otherwise the run's (1024 for a base model)."""
     from pathlib import Path
 
-    from unitune.run import is_run, open_model, read_finished
+    from unitune.run import CONFIG_YAML, is_run, open_model, read_finished, stored_config
 
     chosen = [p.prompt.with_reply(p.chosen) for p in pairs]
     rejected = [p.prompt.with_reply(p.rejected) for p in pairs]
@@ -86,10 +89,8 @@ def evaluate_preferences(target: str, pairs: list[PreferencePair], device: str =
                                             trust_remote_code=trust_remote_code, log=log)
         name = "log-likelihood"
         if max_length is None:
-            from unitune.train.recipe import stored_config
-
-            max_length = stored_config(Path(target))["max_length"] \
-                if is_run(Path(target)) and (Path(target) / "config.yaml").is_file() else 1024
+            max_length = stored_config(target)["max_length"] if is_run(Path(target)) \
+                and (Path(target) / CONFIG_YAML).is_file() else 1024
         scores = reply_logprobs(model, tokenizer, tmpl, chosen + rejected, max_length,
                                 batch_size)
     good, bad = scores[:len(pairs)], scores[len(pairs):]
@@ -97,7 +98,7 @@ def evaluate_preferences(target: str, pairs: list[PreferencePair], device: str =
             if c is not None and r is not None]
     wins = [c > r for _, c, r in kept]
     samples = [{"where": p.where, "chosen": c, "rejected": r, "preferred": c > r}
-               for p, c, r in kept[:keep_samples]]
+               for p, c, r in kept[:SAMPLES_SHOWN]]
     return PreferenceResult(name, sum(wins) / max(1, len(wins)), len(kept),
                             sum(c - r for _, c, r in kept) / max(1, len(kept)),
                             len(pairs) - len(kept), samples)

@@ -14,25 +14,28 @@ import math
 import random
 from pathlib import Path
 
+from unitune.tables import markdown_table
+
 Comparison = tuple[str, str, float]
+BASE, SCALE = 1000.0, 400.0  # the rating scale: a mean of 1000, 400 points = 10x the odds
+ELO_K = 4.0  # a small step: Elo over many shuffled games, as Chatbot Arena computes it
+BT_ITERATIONS = 200
 
 
-def elo(comparisons: list[Comparison], k: float = 4.0, base: float = 1000.0,
-        scale: float = 400.0, seed: int = 0) -> dict[str, float]:
+def elo(comparisons: list[Comparison], seed: int = 0) -> dict[str, float]:
     rating: dict[str, float] = {}
     order = list(comparisons)
     random.Random(seed).shuffle(order)
     for a, b, outcome in order:
-        ra, rb = rating.setdefault(a, base), rating.setdefault(b, base)
-        expected = 1.0 / (1.0 + 10 ** ((rb - ra) / scale))
-        rating[a] = ra + k * (outcome - expected)
-        rating[b] = rb - k * (outcome - expected)
+        ra, rb = rating.setdefault(a, BASE), rating.setdefault(b, BASE)
+        expected = 1.0 / (1.0 + 10 ** ((rb - ra) / SCALE))
+        rating[a] = ra + ELO_K * (outcome - expected)
+        rating[b] = rb - ELO_K * (outcome - expected)
     return rating
 
 
-def bradley_terry(comparisons: list[Comparison], iterations: int = 200, base: float = 1000.0,
-                  scale: float = 400.0) -> dict[str, float]:
-    """Strengths by the MM algorithm (Hunter 2004), on the Elo scale (mean ``base``)."""
+def bradley_terry(comparisons: list[Comparison]) -> dict[str, float]:
+    """Strengths by the MM algorithm (Hunter 2004), on the Elo scale (mean ``BASE``)."""
     models = sorted({m for a, b, _ in comparisons for m in (a, b)})
     wins = {m: 0.0 for m in models}
     games: dict[tuple[str, str], float] = {}
@@ -42,7 +45,7 @@ def bradley_terry(comparisons: list[Comparison], iterations: int = 200, base: fl
         key = (a, b) if a < b else (b, a)
         games[key] = games.get(key, 0.0) + 1.0
     strength = {m: 1.0 for m in models}
-    for _ in range(iterations):
+    for _ in range(BT_ITERATIONS):
         new = {}
         for m in models:
             denom = sum(n / (strength[m] + strength[o]) for (x, y), n in games.items()
@@ -50,7 +53,7 @@ def bradley_terry(comparisons: list[Comparison], iterations: int = 200, base: fl
             new[m] = max(wins[m], 1e-3) / denom if denom else strength[m]
         norm = math.exp(sum(math.log(v) for v in new.values()) / len(new))
         strength = {m: v / norm for m, v in new.items()}
-    return {m: base + scale * math.log10(v) for m, v in strength.items()}
+    return {m: BASE + SCALE * math.log10(v) for m, v in strength.items()}
 
 
 def leaderboard(comparisons: list[Comparison], rounds: int = 200, seed: int = 0) -> list[dict]:
@@ -83,13 +86,11 @@ def leaderboard(comparisons: list[Comparison], rounds: int = 200, seed: int = 0)
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| rank | model | Bradley-Terry (95% CI) | Elo (95% CI) | wins | losses | ties |",
-             "|---|---|---|---|---|---|---|"]
-    for rank, r in enumerate(rows, 1):
-        lines.append(f"| {rank} | {r['model']} | {r['bt']:.0f} ({r['bt_low']:.0f}-"
-                     f"{r['bt_high']:.0f}) | {r['elo']:.0f} ({r['elo_low']:.0f}-"
-                     f"{r['elo_high']:.0f}) | {r['wins']} | {r['losses']} | {r['ties']} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(
+        ["rank", "model", "Bradley-Terry (95% CI)", "Elo (95% CI)", "wins", "losses", "ties"],
+        [[str(rank), r["model"], f"{r['bt']:.0f} ({r['bt_low']:.0f}-{r['bt_high']:.0f})",
+          f"{r['elo']:.0f} ({r['elo_low']:.0f}-{r['elo_high']:.0f})", str(r["wins"]),
+          str(r["losses"]), str(r["ties"])] for rank, r in enumerate(rows, 1)]) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:

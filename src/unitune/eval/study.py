@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from unitune.errors import UserError, did_you_mean
 from unitune.sections import Section
+from unitune.tables import markdown_table
 
 
 class StudyEval(Section):
@@ -152,15 +153,15 @@ def run_study(study: Study, source: str, log=print, progress: bool = True) -> di
 def _check_settings(run: Path, cfg) -> None:
     """A run already there (finished or partial) must have been trained as the study says:
     a changed study file would otherwise compare runs trained differently."""
-    from unitune.config import TrainConfig, load_yaml, with_absolute_paths
-    from unitune.run import PARTIAL
+    from unitune.config import TrainConfig, with_absolute_paths
+    from unitune.run import CONFIG_YAML, PARTIAL, stored_config
 
     for folder in (run, run.with_name(run.name + PARTIAL)):
-        if not (folder / "config.yaml").exists():
+        if not (folder / CONFIG_YAML).exists():
             continue
         ignore = {"output_dir", "overwrite"}
         planned = with_absolute_paths(cfg).model_dump(mode="json", exclude=ignore)
-        trained = TrainConfig.model_validate(load_yaml(folder / "config.yaml")).model_dump(
+        trained = TrainConfig.model_validate(stored_config(folder)).model_dump(
             mode="json", exclude=ignore)
         changed = [k for k in cfg.model_fields_set - ignore  # (what the study sets; the
                    if planned[k] != trained.get(k)]              # rest resolves at training)
@@ -246,11 +247,6 @@ def _headline(metrics: list[str]) -> str:
         if metric in metrics:
             return metric
     return metrics[0]
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(r) + " |" for r in body])
 
 
 def write_report(rows: list[dict], axes: list[str], out: Path) -> dict:
@@ -350,6 +346,7 @@ def _plot_scores(means: list[dict], headline: str, keys: list[str], out: Path) -
 
 def _results_of(path: Path) -> tuple[str, dict[str, Any]]:
     """(a column name, its numbers) for a run folder, an eval report or a study folder."""
+    from unitune.eval.suite import RESULTS
     from unitune.run import is_run, read_run
 
     if path.is_dir() and (path / "study.json").exists():
@@ -359,7 +356,7 @@ def _results_of(path: Path) -> tuple[str, dict[str, Any]]:
         info = read_run(path)
         numbers: dict[str, Any] = {k: v for k, v in info.metrics.items()
                                    if k in ("train_loss", "eval_loss") and v is not None}
-        for report in sorted((path / "eval").glob("*.json")):
+        for report in sorted((path / RESULTS).glob("*.json")):
             numbers.update(flatten(_read_report(report)["benchmarks"]))
         return path.name, numbers
     if path.suffix == ".json" and path.exists():

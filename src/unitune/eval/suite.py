@@ -87,6 +87,24 @@ def settings(source: str, **values) -> EvalSettings:
         raise UserError(f"{source}: {where}: {message}") from None
 
 
+RESULTS = "eval"  # a run's folder of benchmark reports (``unitune eval compare`` reads them)
+
+
+def default_report(target: str, s: EvalSettings) -> Path:
+    """Where a report goes unless told: beside a run (``RUN/eval/TASKS.json``), else
+    ``./eval-MODEL-TASKS.json``, named after the model so that another model's cached answers
+    are never reused."""
+    import re
+
+    from unitune.run import is_run
+
+    tasks = "+".join(s.tasks)
+    if not target.startswith(("http://", "https://")) and is_run(Path(target)):
+        return Path(target) / RESULTS / f"{tasks}.json"
+    name = s.served_model if target.startswith(("http://", "https://")) else Path(target).name
+    return Path(f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name or 'model')}-{tasks}.json")
+
+
 def evaluate(target: str, s: EvalSettings, stem: Path, log=print) -> dict:
     """Every task of ``s`` on ``target`` (a run, a base model, or an endpoint URL)."""
     endpoint = target.startswith(("http://", "https://"))

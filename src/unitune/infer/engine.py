@@ -268,12 +268,12 @@ class Engine:
 
     # --- prompts --------------------------------------------------------------------------------
 
-    def render_chat(self, model_id: str, messages: list[dict], tools: list[dict] | None = None,
-                    where: str = "messages") -> str:
+    def render_chat(self, model_id: str, messages: list[dict],
+                    tools: list[dict] | None = None) -> str:
         """The prompt for the next assistant reply, rendered through the model's template."""
         from unitune.data.readers import conversation_from_messages
 
-        conv = conversation_from_messages(messages, tools, where)
+        conv = conversation_from_messages(messages, tools, "messages")
         return self.template(model_id).render_prompt(conv, self.tokenizer)
 
     def tokenize(self, model_id: str, prompt: str) -> list[int]:

@@ -2,19 +2,18 @@
 
 Owns the named tiny presets, building their byte-level BPE tokenizer with ``tokenizers`` on the
 synthetic corpus (cached on its own, so commands that need only a tokenizer never train a
-model), building the randomly initialised ``LlamaForCausalLM`` and pre-training it with the
-``pt`` stage on the raw task text, and the on-disk cache (``$UNITUNE_HOME/models/<preset>``,
-default ``~/.cache/unitune``) that holds a preset after its first build: the ``pt`` run folder
-(weights in safetensors, tokenizer, loss curve, ``run.json``) plus a ``preset.json`` recording
-how it was made. Nothing is downloaded.
+model), building the randomly initialised ``LlamaForCausalLM`` (``train/preset.py`` pre-trains
+it with the ``pt`` stage on the raw task text, in a process of its own), and the on-disk cache
+(``$UNITUNE_HOME/models/<preset>``, default ``~/.cache/unitune``) that holds a preset after its
+first build: the ``pt`` run folder (weights in safetensors, tokenizer, loss curve,
+``run.json``) plus a ``preset.json`` recording how it was made. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from unitune.errors import UserError, did_you_mean
@@ -115,7 +114,7 @@ def init_model(preset: TinyPreset, tokenizer):
     return LlamaForCausalLM(preset_config(preset, tokenizer))
 
 
-def _corpus(preset: TinyPreset, folder: Path) -> Path:
+def pretrain_corpus(preset: TinyPreset, folder: Path) -> Path:
     """The raw task text the preset is pre-trained on (Alpaca records, rendered raw)."""
     from unitune.data.synth import DEFAULT_FAMILIES, write_suite
 
@@ -135,7 +134,7 @@ def preset_tokenizer(name: str, log=print) -> Path:
 
     def build(tmp: Path) -> None:
         log(f"building the tokenizer of preset '{name}' (first use)")
-        records = read_conversations(str(_corpus(preset, tmp / "corpus")))
+        records = read_conversations(str(pretrain_corpus(preset, tmp / "corpus")))
         texts = [f"{r.turns[0].content}\n{r.answer}" for r in records]
         train_tokenizer(texts + _template_texts(), preset.vocab_size, tmp)
         shutil.rmtree(tmp / "corpus")
@@ -150,60 +149,26 @@ def preset_tokenizer(name: str, log=print) -> Path:
 
 def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
     """Return the cached folder of a preset, building it (tokenizer, initial weights,
-    pre-training with the ``pt`` stage) if absent. Under several processes the local main
-    process builds it, in a process of its own (the training it runs is single-process)."""
+    pre-training with the ``pt`` stage) if absent: ``unitune.train.preset`` builds it in a
+    process of its own, started by the local main process (the others wait for it)."""
+    import subprocess
+    import sys
+
     from unitune import distributed
 
-    preset = get_preset(name)
+    get_preset(name)  # (an unknown name fails here)
 
     def build(tmp: Path) -> None:
-        if distributed.world_size() > 1:  # (the process it starts says what it does)
-            import subprocess
-            import sys
-
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
-            code = subprocess.run([sys.executable, "-c", "from unitune.models.tiny import "
-                                   f"ensure_preset; ensure_preset({name!r})"], env=env
-                                  ).returncode
-            if code:
-                raise UserError(f"building preset '{name}' failed (see above)")
-            return  # it is in place: the empty tmp is dropped
         log(f"building model preset '{name}' (first use; cached in {preset_dir(name)})")
-        _pretrain(name, preset, tmp, log, progress)
+        env = {k: v for k, v in os.environ.items()  # (its training is single-process)
+               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+        command = [sys.executable, "-m", "unitune.train.preset", name, str(tmp)]
+        if subprocess.run(command + ([] if progress else ["--no-progress"]), env=env
+                          ).returncode:
+            raise UserError(f"building preset '{name}' failed (see above)")
 
     distributed.build_once(preset_dir(name), "preset.json", f"building preset '{name}'", build)
     return preset_dir(name)
-
-
-def _pretrain(name: str, preset: TinyPreset, tmp: Path, log, progress: bool) -> None:
-    from transformers import AutoTokenizer
-
-    from unitune.config import TrainConfig
-    from unitune.run import read_run
-    from unitune.train.recipe import train
-
-    tokenizer = AutoTokenizer.from_pretrained(str(preset_tokenizer(name, log)))
-    init = tmp / "init"
-    init_model(preset, tokenizer).save_pretrained(init, safe_serialization=True)
-    tokenizer.save_pretrained(init)
-    run = tmp / "run"
-    cfg = TrainConfig(stage="pt", method="full", base_model=str(init), template="raw",
-                      data=[str(_corpus(preset, tmp / "corpus"))], output_dir=str(run),
-                      max_length=preset.pretrain_block, batch_size=preset.pretrain_batch_size,
-                      max_steps=preset.pretrain_steps, lr=preset.pretrain_lr,
-                      lr_scheduler="constant_with_warmup", warmup=50, weight_decay=0.01,
-                      seed=preset.seed, device="cpu", dtype="fp32",
-                      logging_steps=max(1, min(50, preset.pretrain_steps // 10)),
-                      save_steps=preset.pretrain_steps)
-    train(cfg, log=log, progress=progress)
-    for path in run.iterdir():  # the pt run is the preset
-        path.rename(tmp / path.name)
-    for leftover in (init, run, tmp / "corpus"):
-        shutil.rmtree(leftover)
-    record = read_run(tmp)
-    meta = {"preset": name, **asdict(preset), "pretrain": record.metrics}
-    (tmp / "preset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 def _template_texts() -> list[str]:

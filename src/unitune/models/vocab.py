@@ -79,8 +79,10 @@ _LLAMA_DEFAULTS = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos
 
 
 def extend(base: str | Path, additions: list[str | Path], out: Path, overwrite: bool = False,
-           log=print):
-    """Writes the extended tokenizer folder ``out``; returns the loaded tokenizer."""
+           sample: str | None = None, log=print) -> dict:
+    """Writes the extended tokenizer folder ``out`` with its ``vocab_report.json`` (sizes, and
+    tokens per character of the ``sample`` file's text before and after); returns the
+    report."""
     from transformers import AutoTokenizer
 
     if out.exists() and not overwrite:
@@ -121,12 +123,18 @@ def extend(base: str | Path, additions: list[str | Path], out: Path, overwrite: 
         tokenizer.save_pretrained(str(tmp))
         if base_folder is not None and (base_folder / "chat_template.jinja").exists():
             shutil.copy(base_folder / "chat_template.jinja", tmp / "chat_template.jinja")
+        result = report(base_tokenizer(base), AutoTokenizer.from_pretrained(str(tmp)),
+                        sample_texts(sample) if sample else [])
+        (tmp / "vocab_report.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(str(out))
+    return result
+
+
+SAMPLE_RECORDS = 1000  # of a --sample file, measured
 
 
 def base_tokenizer(base: str | Path):
@@ -152,8 +160,8 @@ def tokens_per_character(tokenizer, texts: list[str]) -> float:
     return tokens / max(1, chars)
 
 
-def sample_texts(path: str | Path, limit: int = 1000) -> list[str]:
-    """The text of a sample file's first ``limit`` records: a .txt's lines, plain text, and
+def sample_texts(path: str | Path) -> list[str]:
+    """The text of a sample file's first ``SAMPLE_RECORDS`` records: a .txt's lines, plain text, and
     every turn and answer of conversations, prompts and preference pairs."""
     from itertools import islice
 
@@ -161,7 +169,7 @@ def sample_texts(path: str | Path, limit: int = 1000) -> list[str]:
     from unitune.data.schema import PlainText, PreferencePair, Prompt, conversation_of
 
     texts = []
-    for record in islice(iter_records(path), limit):
+    for record in islice(iter_records(path), SAMPLE_RECORDS):
         if isinstance(record, PlainText):
             texts.append(record.text)
             continue

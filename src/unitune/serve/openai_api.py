@@ -139,8 +139,20 @@ def _text_parts(messages: list[dict]) -> list[dict]:
     return out
 
 
+def default_budget(max_tokens_limit: int, default_max_tokens: int | None) -> int:
+    """A reply's budget when a request gives no ``max_tokens``: ``default_max_tokens``, else
+    256, never over ``max_tokens_limit`` (checked before a model loads, too)."""
+    if default_max_tokens is None:
+        return min(256, max_tokens_limit)
+    if default_max_tokens > max_tokens_limit:
+        raise UserError(f"--default-max-tokens {default_max_tokens} is over "
+                        f"--max-tokens-limit {max_tokens_limit}; lower it or raise the limit")
+    return default_max_tokens
+
+
 def build_app(engine: Engine, api_key: str | None = None, max_tokens_limit: int = 4096,
-              default_max_tokens: int = 256):
+              default_max_tokens: int | None = None):
+    default_max_tokens = default_budget(max_tokens_limit, default_max_tokens)
     app = FastAPI(title="unitune", version="1")
     tokenizer = engine.tokenizer
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from unitune import distributed, methods
 from unitune.config import TrainConfig, with_absolute_paths, write_config
@@ -46,6 +45,7 @@ from unitune.run import (
     out_of,
     read_finished,
     read_run,
+    stored_config,
     write_run,
 )
 from unitune.train import checkpointing, resume, speed, stages
@@ -114,19 +114,8 @@ def resume_config(target: str, output_dir: str | None) -> tuple[str, str]:
     if output_dir and Path(output_dir).resolve() != Path(out).resolve():
         raise UserError(f"--resume {target}: that run's output folder is {out}, not "
                         f"{output_dir}")
-    return str(_config_file(folder)), out
-
-
-def _config_file(folder: Path) -> Path:
-    path = folder / CONFIG_YAML
-    if not path.is_file():
-        raise UserError(f"{folder}: no {CONFIG_YAML}; it cannot be resumed")
-    return path
-
-
-def stored_config(folder: Path) -> dict:
-    """The config a partial run was started with (``config.yaml``)."""
-    return yaml.safe_load(_config_file(folder).read_text(encoding="utf-8"))
+    stored_config(folder)  # (there, and readable)
+    return str(folder / CONFIG_YAML), out
 
 
 class Recipe:

@@ -70,8 +70,7 @@ class RewardModel:
 
     def __init__(self, folder: str, device: str = "auto", trust_remote_code: bool = False,
                  log=print, batch_size: int = 8):
-        from unitune.run import open_model
-        from unitune.train.recipe import stored_config
+        from unitune.run import open_model, stored_config
 
         self.folder = folder
         self.__name__ = Path(folder).name

@@ -31,7 +31,6 @@ from unitune.methods import lean_dropout
 from unitune.train import checkpointing
 
 LIGER_ARCHS = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
-ATTENTION = ("auto", "sdpa", "flex_attention", "eager")
 LIGER = "liger: rms_norm, rope, swiglu, fused linear cross-entropy"
 
 
