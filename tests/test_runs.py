@@ -502,6 +502,8 @@ def test_the_package_exports_its_api():
     assert callable(unitune.finetune) and callable(unitune.open_model)
     assert callable(unitune.compose_adapters) and callable(unitune.merge)
     assert unitune.TrainConfig.__name__ == "TrainConfig"
+    for name in unitune.__all__:  # every advertised name resolves
+        assert getattr(unitune, name) is not None, name
     with pytest.raises(AttributeError):
         unitune.not_a_name  # noqa: B018
     from unitune import methods

@@ -42,6 +42,8 @@ _API = {  # name: (module, name there)
     "Decoding": ("unitune.infer.generate", "Decoding"),
     "answer": ("unitune.infer.generate", "answer"),
     "evaluate_exact_match": ("unitune.eval.exact_match", "evaluate_exact_match"),
+    "evaluate_file": ("unitune.eval.exact_match", "evaluate_file"),
+    "evaluate_perplexity": ("unitune.eval.perplexity", "evaluate_perplexity"),
     "EvalSettings": ("unitune.eval.suite", "EvalSettings"),
     "evaluate": ("unitune.eval.suite", "evaluate"),
     "load_study": ("unitune.eval.study", "load_study"),

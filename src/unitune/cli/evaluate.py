@@ -139,27 +139,11 @@ def cmd_eval(args) -> int:
         return _eval_perplexity(args)
     if args.preference:
         return _eval_preference(args)
-    from unitune.data.readers import read_conversations
-    from unitune.eval.exact_match import evaluate_exact_match, write_report
-    from unitune.run import open_model
+    from unitune.eval.exact_match import evaluate_file, write_report
 
-    records = read_conversations(args.data)
-    reward = None
-    if args.reward:
-        from unitune.run import read_finished
-        from unitune.train.rewards import RewardModel
-
-        if read_finished(args.reward).kind != "rm":  # (before any weights load)
-            raise UserError(f"--reward {args.reward}: not a reward model (a stage=rm run)")
-        reward = RewardModel(args.reward, args.device, args.trust_remote_code, stderr)
-    model, tokenizer, template = open_model(args.target, device=args.device,
-                                            template=args.template,
-                                            trust_remote_code=args.trust_remote_code,
-                                            log=stderr, rope_scaling=rope_of(args))
-    result = evaluate_exact_match(model, tokenizer, template, records,
-                                  args.max_new_tokens or 64, _fixed_batch(args),
-                                  reward=reward.score if reward else None,
-                                  match=args.match)
+    result = evaluate_file(args.target, args.data, args.max_new_tokens or 64,
+                           _fixed_batch(args), args.match, args.reward, args.device,
+                           args.template, args.trust_remote_code, rope_of(args), log=stderr)
     print(result.table())
     if args.report:
         write_report(result, Path(args.report))

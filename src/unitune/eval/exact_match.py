@@ -16,6 +16,7 @@ from pathlib import Path
 from unitune.data.schema import Conversation
 from unitune.data.synth import FAMILIES, final_answer
 from unitune.data.templates import Template
+from unitune.errors import UserError
 from unitune.infer.generate import Decoding, answer
 
 
@@ -85,6 +86,31 @@ def evaluate_exact_match(model, tokenizer, template: Template, records: list[Con
         mean_reward = sum(scores) / max(1, len(scores))
     return ExactMatch(sum(total) / max(1, len(total)), len(total), per_family, samples,
                       mean_reward, match)
+
+
+def evaluate_file(target: str, path: str, max_new_tokens: int = 64, batch_size: int = 64,
+                  match: str = "exact", reward_run: str | None = None, device: str = "auto",
+                  template: str | None = None, trust_remote_code: bool = False,
+                  rope_scaling: dict | None = None, log=print) -> ExactMatch:
+    """``unitune eval --data FILE``: ``target`` (a run or a base model) answers the file's
+    records, scored by ``match``; ``reward_run`` (a reward-model run) also scores the
+    answers."""
+    from unitune.data.readers import read_conversations
+    from unitune.run import open_model, read_finished
+
+    records = read_conversations(path)
+    reward = None
+    if reward_run:
+        from unitune.train.rewards import RewardModel
+
+        if read_finished(reward_run).kind != "rm":  # (before any weights load)
+            raise UserError(f"--reward {reward_run}: not a reward model (a stage=rm run)")
+        reward = RewardModel(reward_run, device, trust_remote_code, log)
+    model, tokenizer, tmpl = open_model(target, device=device, template=template,
+                                        trust_remote_code=trust_remote_code, log=log,
+                                        rope_scaling=rope_scaling)
+    return evaluate_exact_match(model, tokenizer, tmpl, records, max_new_tokens, batch_size,
+                                reward=reward.score if reward else None, match=match)
 
 
 def write_report(result: ExactMatch, path: Path) -> None:
