@@ -32,10 +32,9 @@ def build(shape: str, folder: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from unitune.models.tiny import ensure_preset
+    from unitune.models.tiny import preset_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(ensure_preset("tiny-llama-test", log=lambda *a: None,
-                                                      progress=False))
+    tok = AutoTokenizer.from_pretrained(preset_tokenizer("tiny-llama-test", log=lambda *a: None))
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)

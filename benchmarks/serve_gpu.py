@@ -40,7 +40,7 @@ def build(shape: str, out: Path, device: str) -> None:
     only token counts matter here)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from unitune.models.tiny import ensure_preset
+    from unitune.models.tiny import preset_tokenizer
 
     if (out / "config.json").exists():
         return
@@ -49,8 +49,8 @@ def build(shape: str, out: Path, device: str) -> None:
     with torch.device(device):
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(ensure_preset("tiny-llama", log=lambda *a: None,
-                                                    progress=False))).save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(preset_tokenizer("tiny-llama", log=lambda *a: None))
+                                  ).save_pretrained(str(out))
     del model
 
 
