@@ -177,3 +177,25 @@ def test_a_judged_task_without_a_single_rating_keeps_its_row():
     lines = table(report).splitlines()
     assert "| impact | - | no score: 4 judge replies without a rating | | 0 | plain | 2 |" in lines
     assert "| winrate | win_rate | 50.00 |  | 0 | plain | 2 |" in lines
+
+
+def test_a_grade_cut_short_by_a_crash_is_asked_again_and_the_cache_stays_readable(tmp_path):
+    from unitune.eval.judge import Grades
+    from unitune.jsonl import read_jsonl
+
+    judge = Scripted(lambda messages: "Rating: [[4]]")
+    grades = Grades(tmp_path, judge)
+    for question in ("q1", "q2"):
+        grades.reply(question, [{"role": "user", "content": question}])
+    cache = tmp_path / "grades.jsonl"
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[:-9])  # the second append cut short (no newline)
+    again = Grades(tmp_path, judge)  # reads the first grade; cuts the torn one off the file
+    assert cache.read_bytes() == whole[:whole.index(b"\n") + 1]
+    assert again.reply("q2", [{"role": "user", "content": "q2"}]) == "Rating: [[4]]"
+    assert judge.usage["calls"] == 3  # q2 asked again, q1 not
+    assert [row["key"].split(":")[0] for row in read_jsonl(cache)] == ["q1", "q2"]
+    user_file = tmp_path / "questions.jsonl"  # a file a user wrote: its last line may
+    user_file.write_text('{"a": 1}\n{"a": 2}')  # lack a newline, and it is never cut
+    assert read_jsonl(user_file) == [{"a": 1}, {"a": 2}]
+    assert user_file.read_text().endswith("2}")

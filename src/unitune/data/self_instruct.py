@@ -147,9 +147,9 @@ def generate(seed_file: str | Path, teacher, out: Path, count: int, prompt_tasks
     seeds = read_seed_tasks(seed_file)
     kept: list[dict] = []
     if out.exists():
-        from unitune.eval.judge import read_jsonl
+        from unitune.jsonl import read_jsonl
 
-        kept = read_jsonl(out, ("instruction", "output"))
+        kept = read_jsonl(out, ("instruction", "output"), appended=True)
         log(f"{out}: {len(kept)} tasks already generated; continuing")
     dedup = Deduplicator(max_similarity)
     for task in seeds + kept:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unitune.eval.judge import cache_key, read_jsonl
+from unitune.eval.judge import cache_key
+from unitune.jsonl import read_jsonl
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -103,7 +104,8 @@ def collect_dialogues(models: dict[str, Answerer], dialogues: list[list[str]], o
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "answers.jsonl"
-    cached = {row["key"]: row["answer"] for row in read_jsonl(path) if "key" in row}
+    cached = {row["key"]: row["answer"] for row in read_jsonl(path, appended=True)
+              if "key" in row}
     answers: dict[str, dict[tuple[int, int], str]] = {}
     with path.open("a", encoding="utf-8") as f:
         for name, answerer in models.items():

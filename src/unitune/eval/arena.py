@@ -23,7 +23,8 @@ from pathlib import Path
 
 from unitune.errors import UserError
 from unitune.eval.answers import Answerer, collect_answers
-from unitune.eval.judge import Judge, cache_key, read_jsonl
+from unitune.eval.judge import Judge, cache_key
+from unitune.jsonl import read_jsonl
 
 JUDGE_SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses "
                 "provided by two AI assistants to the user question displayed below. Avoid "
@@ -104,7 +105,7 @@ def judgments(out: Path, log=print) -> dict[str, dict]:
     """The judgments made so far, by their ``comparison_key``; a later one replaces an
     earlier (a person may change their mind). Judgments written before they had a key are
     not counted, and said so."""
-    rows = read_jsonl(out / "judgments.jsonl")
+    rows = read_jsonl(out / "judgments.jsonl", appended=True)
     if legacy := sum("key" not in r for r in rows):
         log(f"{out / 'judgments.jsonl'}: {legacy} judgments from an earlier unitune (without "
             "the answers they judged) are not counted; those comparisons are judged again")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from unitune.errors import UserError
 from unitune.eval.answers import Answerer, collect_answers
-from unitune.eval.judge import Grades, Judge, read_jsonl
+from unitune.eval.judge import Grades, Judge
+from unitune.jsonl import read_jsonl
 
 DOWNLOAD = ("download eval_set.json and eval_prompt.json from BELLE's eval folder "
             "(github.com/LianjiaTech/BELLE/tree/main/eval) into it")

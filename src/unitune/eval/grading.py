@@ -24,7 +24,8 @@ from unitune.eval.answers import (
 )
 from unitune.eval.arena import judge_messages, parse_verdict
 from unitune.eval.belle import evaluate_belle
-from unitune.eval.judge import Grades, Judge, read_jsonl
+from unitune.eval.judge import Grades, Judge
+from unitune.jsonl import read_jsonl
 
 DOWNLOADS = {
     "impact": "put the writing prompts there, one file per category (e.g. informative.json, "

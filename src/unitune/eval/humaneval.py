@@ -18,7 +18,7 @@ from pathlib import Path
 
 from unitune.errors import UserError
 from unitune.eval.answers import Answerer
-from unitune.eval.judge import read_jsonl
+from unitune.jsonl import read_jsonl
 
 STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]  # the harness's own
 DOWNLOAD = ("download HumanEval.jsonl.gz from https://github.com/openai/human-eval "
@@ -102,7 +102,7 @@ def evaluate(model: Answerer, data_dir: str, out: Path, n: int = 1,
                         temperature=temperature if n > 1 else 1.0, seed=seed)
     key = cache_key([model.identity(decoding), STOPS])
     done: dict[str, list[dict]] = {}
-    for row in read_jsonl(out, fields=("task_id",)):
+    for row in read_jsonl(out, fields=("task_id",), appended=True):
         if row.get("key") == key:  # (another model's or decoding's samples do not count)
             done.setdefault(row["task_id"], []).append(row)
     out.parent.mkdir(parents=True, exist_ok=True)

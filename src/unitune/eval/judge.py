@@ -1,7 +1,7 @@
 """An LLM judge behind any OpenAI-compatible chat endpoint (``unitune serve`` included), shared
 by the arena, the graded benchmarks and self-instruct's teacher: one call per judgment,
 retried with backoff on network errors, 5xx and 429, its token usage counted; and the
-JSON-lines caches their answers and judgments are kept in, so a rerun asks nothing twice."""
+JSON-lines cache of its grades (``Grades``), so a rerun asks nothing twice."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from unitune.errors import UserError
+from unitune.jsonl import read_jsonl
 
 
 def cache_key(value) -> str:
@@ -19,26 +20,6 @@ def cache_key(value) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:20]
-
-
-def read_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
-    """The records of a JSON-lines file (none when it does not exist yet: a cache), each with
-    the string ``fields``; a bad line is an error naming it."""
-    if not path.exists():
-        return []
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        for field in fields:
-            if not isinstance(row.get(field), str):
-                raise UserError(f"{path}:{n}: {field}: missing or not a string")
-        rows.append(row)
-    return rows
 
 
 class Judge:
@@ -97,7 +78,7 @@ class Grades:
     def __init__(self, out: Path, judge: Judge):
         out.mkdir(parents=True, exist_ok=True)
         self.path, self.judge = out / "grades.jsonl", judge
-        self.rows = {row["key"]: row for row in read_jsonl(self.path)}
+        self.rows = {row["key"]: row for row in read_jsonl(self.path, appended=True)}
 
     def reply(self, key: str, messages: list[dict]) -> str:
         """The judge's reply to ``messages``; ``key`` names the item in the file."""

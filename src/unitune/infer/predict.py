@@ -18,6 +18,7 @@ from pathlib import Path
 from unitune.errors import UserError
 from unitune.infer.engine import Engine, Request, TooLarge
 from unitune.infer.generate import Decoding
+from unitune.jsonl import complete_lines
 
 
 def _done_lines(out: Path, total: int) -> int:
@@ -25,12 +26,7 @@ def _done_lines(out: Path, total: int) -> int:
     first records of this input in order."""
     if not out.exists():
         return 0
-    data = out.read_bytes()
-    keep = data[:data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with out.open("r+b") as f:
-            f.truncate(len(keep))
-    lines = keep.decode("utf-8").splitlines()
+    lines = complete_lines(out)
     for i, line in enumerate(lines):
         try:
             index = json.loads(line)["index"]

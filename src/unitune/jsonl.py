@@ -1,0 +1,45 @@
+"""JSON-lines files: reading them with one-line errors, and the files commands append to and
+resume from (predictions, answers, judgments, samples, generated tasks), whose last line a
+crash may have cut short."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from unitune.errors import UserError
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The lines of a file this program appends to, one record per line. A last line without
+    its newline is an append a crash cut short: it is cut off the file, so the next append
+    starts a line of its own (the record is made again)."""
+    data = path.read_bytes()
+    keep = data[:data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with path.open("r+b") as f:
+            f.truncate(len(keep))
+    return keep.decode("utf-8").splitlines()
+
+
+def read_jsonl(path: Path, fields: tuple[str, ...] = (), appended: bool = False) -> list[dict]:
+    """The records of a JSON-lines file (none when it does not exist yet: a cache), each with
+    the string ``fields``; a bad line is an error naming it. ``appended``: a file this program
+    appends to (``complete_lines``)."""
+    if not path.exists():
+        return []
+    lines = complete_lines(path) if appended else \
+        path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        for field in fields:
+            if not isinstance(row.get(field), str):
+                raise UserError(f"{path}:{n}: {field}: missing or not a string")
+        rows.append(row)
+    return rows
