@@ -382,10 +382,13 @@ def test_grpo_trains_on_prompts_alone_and_rewards_see_their_references(tmp_path,
         "        f.write(json.dumps(answer) + '\\n')\n"
         "    return [0.0 for _ in completions]\n")
     out = tmp_path / "grpo"
-    train(TrainConfig(**{**TINY, "base_model": str(sft_run)}, stage="grpo",
+    cfg = TrainConfig(**{**TINY, "base_model": str(sft_run)}, stage="grpo",
                       data=[str(prompts)], output_dir=str(out), max_steps=2,
                       rl={"reward": ["exact_match", f"{reward_file}:spy"],
-                          "num_generations": 2, "max_new_tokens": 4}), **QUIET)
+                          "num_generations": 2, "max_new_tokens": 4,
+                          "mask_truncated_completions": True})  # (alpaca: turns end at EOS)
+    assert stages.get("grpo").trl_arguments(cfg)["mask_truncated_completions"] is True
+    train(cfg, **QUIET)
     assert read_run(out).status == "finished"
     references = {c.answer for c in convs}
     answered = [a for line in seen.read_text().splitlines() for a in json.loads(line)]
@@ -395,6 +398,13 @@ def test_grpo_trains_on_prompts_alone_and_rewards_see_their_references(tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and f"{prompts}:1: is a prompt without an answer" in err
     assert "Traceback" not in err
+    code = main(["train", "stage=grpo", "--data", str(prompts), "-o", str(tmp_path / "m"),
+                 "device=cpu", "--base-model", str(sft_run), "template=chatml",
+                 "rl.reward=exact_match", "rl.num_generations=2", "--batch-size", "2",
+                 "rl.mask_truncated_completions=true"])
+    err = the_error(capsys.readouterr().err)
+    assert code == 2 and "rl.mask_truncated_completions: template 'chatml'" in err
+    assert not (tmp_path / "m.partial").exists()
 
 
 @pytest.mark.slow

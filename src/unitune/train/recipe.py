@@ -245,13 +245,13 @@ class Recipe:
         self.seq2seq = bool(getattr(base_config, "is_encoder_decoder", False))
         self.method.check(cfg, self.model_type, self.device)
         self.stage.check(cfg, self.seq2seq)
-        self.stage.check_tokenizer(cfg, self.tokenizer)
         template = cfg.template
         if template == "auto" and is_run(Path(tokenizer_path)):  # a fine-tuned run as base:
             base_run = read_run(tokenizer_path)                    # the chat format it learned
             if base_run.kind != "pt" and base_run.template:
                 template = base_run.template
         self.template = resolve_template(template, self.model_type, self.tokenizer)
+        self.stage.check_tokenizer(cfg, self.tokenizer, self.template)
         # what is stored and compared: the same from any working directory
         self.effective = with_absolute_paths(cfg).model_copy(
             update={"template": self.template.name})

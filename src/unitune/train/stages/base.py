@@ -40,8 +40,9 @@ class Stage:
     def check(self, cfg, seq2seq: bool) -> None:
         """Refuse what the stage cannot do, before any data or weights load."""
 
-    def check_tokenizer(self, cfg, tokenizer) -> None:
-        """Refuse what does not fit the run's tokenizer, before any weights load."""
+    def check_tokenizer(self, cfg, tokenizer, template: Template) -> None:
+        """Refuse what does not fit the run's tokenizer and template, before any data or
+        weights load."""
 
     def check_base(self, kind: str, where: str) -> None:
         """Refuse to start from a run of the wrong kind (``kind`` of the run at ``where``)."""

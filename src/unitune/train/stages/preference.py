@@ -131,6 +131,8 @@ class RlSection(Section):
     top_k: int = Field(0, ge=0, description="0: off")
     repetition_penalty: float = Field(1.0, gt=0)
     epsilon: float = Field(0.2, gt=0, description="the clipping range of the policy ratio")
+    mask_truncated_completions: bool = Field(False, description=(
+        "leave answers cut off at max_new_tokens out of the loss (DAPO's overlong filtering)"))
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"] = Field(
         "dapo", description="grpo: how token losses are aggregated (TRL's)")
     scale_rewards: Literal["group", "batch", "none"] = Field(
@@ -563,10 +565,18 @@ class _Reinforce(_Preference):
         # (otherwise a frozen copy of the starting weights is handed to TRL: trainer_for)
         return cfg.rl.beta > 0 and bool(cfg.deepspeed)
 
-    def check_tokenizer(self, cfg, tokenizer):
+    def check_tokenizer(self, cfg, tokenizer, template):
+        from unitune.infer.generate import split_stops
         from unitune.train.rewards import check_rewards
 
         check_rewards(cfg.rl.reward, tokenizer)
+        _, markers = split_stops(tokenizer, template.stop_strings(tokenizer))
+        if cfg.rl.mask_truncated_completions and markers:
+            raise UserError(f"rl.mask_truncated_completions: template '{template.name}' ends a "
+                            f"turn with {markers[0]!r}, several tokens for this tokenizer, and "
+                            "TRL counts an answer as truncated unless it ends with an EOS "
+                            "token; use a template whose turns end with EOS or one token, or "
+                            "leave the key out")
 
     def encode(self, records, tokenizer, template, cfg, seq2seq, out, progress):
         from unitune.data.preference import prompt_rows
@@ -597,6 +607,7 @@ class _Reinforce(_Preference):
         rl = cfg.rl
         return {"beta": rl.beta, "num_generations": rl.num_generations,
                 "max_completion_length": rl.max_new_tokens, "epsilon": rl.epsilon,
+                "mask_truncated_completions": rl.mask_truncated_completions,
                 "reward_weights": rl.reward_weights, **self.sampling(cfg)}
 
     def trainer_kwargs(self, cfg, model, tokenizer, template, log):
