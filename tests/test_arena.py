@@ -210,6 +210,33 @@ def test_a_vote_counts_for_the_comparison_on_the_person_s_screen(tmp_path):
     assert again.shown()[0] != first_page[0] and len(again.pending()) == 1
 
 
+class Rambling(Judge):
+    """A judge whose replies hold no verdict."""
+
+    def ask(self, messages):
+        self.usage["calls"] += 1
+        return "Both answers have merits."
+
+
+def test_a_judge_without_verdicts_leaves_no_picture_of_an_earlier_board(tmp_path):
+    from unitune.eval.answers import Answerer, answer_key
+
+    questions = ["q0", "q1"]
+    by = Answerer("unused").identity(Decoding())
+    (tmp_path / "answers.jsonl").write_text("".join(
+        json.dumps({"key": answer_key(by, [q]), "answer": f"{m} {q}"}) + "\n"
+        for m in ("x", "y") for q in questions))
+    run_arena({"x": "unused", "y": "unused"}, questions,
+              AlwaysFirst("http://unused/v1", "judge"), tmp_path, Decoding(), rounds=5)
+    assert (tmp_path / "leaderboard.png").exists()
+    report = run_arena({"x": "unused", "y": "unused"}, questions,
+                       Rambling("http://unused/v1", "rambler"), tmp_path, Decoding(), rounds=5)
+    assert report["comparisons"] == 0 and report["unparsed_verdicts"] == 2
+    assert not (tmp_path / "leaderboard.png").exists()
+    assert (tmp_path / "leaderboard.md").read_text().startswith(
+        "No verdicts yet (2 judge replies without one")
+
+
 def test_judgments_are_asked_anew_for_changed_answers_or_another_judge(tmp_path):
     from unitune.eval.answers import Answerer, answer_key
 

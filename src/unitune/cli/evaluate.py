@@ -278,7 +278,6 @@ def add_arena(sub) -> None:
 def cmd_arena(args) -> int:
     from unitune.eval.answers import read_prompts
     from unitune.eval.arena import Judge, run_arena
-    from unitune.eval.ratings import markdown
 
     models = named_targets("--model", args.model)
     if args.human == bool(args.judge_url and args.judge_model):
@@ -289,10 +288,10 @@ def cmd_arena(args) -> int:
         raise UserError(f"{args.prompts}: no prompts")
     if args.human:
         return _human_arena(args, models, questions)
-    report = run_arena(models, questions, Judge(args.judge_url, args.judge_model,
-                                                args.judge_key), Path(args.out),
-                       decoding_of(args), args.seed or 0, args.rounds, args.device, stderr)
-    print(markdown(report["leaderboard"]), end="")
+    run_arena(models, questions, Judge(args.judge_url, args.judge_model, args.judge_key),
+              Path(args.out), decoding_of(args), args.seed or 0, args.rounds, args.device,
+              stderr)
+    print(Path(args.out, "leaderboard.md").read_text(encoding="utf-8"), end="")
     return 0
 
 

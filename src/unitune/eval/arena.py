@@ -138,9 +138,13 @@ def summarize(models: list[str], questions: list[str], answers: dict[str, list[s
                                  for m in models},
               "leaderboard": rows}
     (out / "leaderboard.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    (out / "leaderboard.md").write_text(markdown(rows), encoding="utf-8")
+    (out / "leaderboard.md").write_text(
+        markdown(rows) if rows else f"No verdicts yet ({unparsed} judge replies without one; "
+        "judgments.jsonl holds them).\n", encoding="utf-8")
     if rows:
         plot(rows, out / "leaderboard.png")
+    else:  # (no picture of an earlier arena's verdicts beside it)
+        (out / "leaderboard.png").unlink(missing_ok=True)
     return report
 
 
