@@ -16,6 +16,7 @@ from pathlib import Path
 from unitune.cli.common import (
     Parser,
     number,
+    stderr,
     whole,
 )
 from unitune.errors import UserError
@@ -153,7 +154,7 @@ def _self_instruct(args) -> int:
                     max_tokens=args.max_tokens, temperature=args.temperature, role="teacher")
     report = generate(args.seed_tasks, teacher, Path(args.out), args.count, args.prompt_tasks,
                       args.max_similarity, args.seed, args.max_requests,
-                      log=lambda m: print(m, file=sys.stderr))
+                      log=stderr)
     print(json.dumps(report, indent=1))
     return 0
 

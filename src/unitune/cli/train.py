@@ -162,7 +162,7 @@ def cmd_compose(args) -> int:
     values = dict(parse_lambda(v) for v in args.lam)
     rule = dict(combine=args.combine, rank=args.rank, density=args.density,
                 majority_sign=args.majority_sign, seed=args.seed, overwrite=args.overwrite,
-                trust_remote_code=args.trust_remote_code)
+                trust_remote_code=args.trust_remote_code, log=stderr)
     if args.sweep:
         sweep(args.expression, out, dict(parse_sweep(v) for v in args.sweep), Path(args.root),
               args.eval_data, args.ppl_text, args.ppl_bound, values,
@@ -173,7 +173,7 @@ def cmd_compose(args) -> int:
                 raise UserError(f"--{flag.replace('_', '-')} scores a --sweep; add --sweep "
                                 "'λ=0:1:0.1' or drop it")
         compose(args.expression, out, Path(args.root), values, **rule)
-        print(f"composed run: {out}")
+    print(f"composed run: {out}")
     return 0
 
 
