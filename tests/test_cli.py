@@ -148,6 +148,8 @@ def test_refuses_to_overwrite_a_finished_run(trained_run):
      "argument --max-new-tokens: expected a whole number >= 1"),
     (["eval", "tiny-llama", "--tasks", "humaneval", "--timeout", "nan"],
      "argument --timeout: expected a number > 0"),
+    (["eval", "tiny-llama", "--tasks", "humaneval", "--timeout", "inf"],
+     "argument --timeout: expected a number > 0, got 'inf'"),
     (["serve", "tiny-llama", "--port", "99999"], "expected a whole number in 1..65535"),
     (["generate", "{tmp}", "hi", "--top-p", "2"], "top_p must be in (0, 1], got 2.0"),
 ])

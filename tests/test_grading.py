@@ -199,3 +199,5 @@ def test_a_grade_cut_short_by_a_crash_is_asked_again_and_the_cache_stays_readabl
     user_file.write_text('{"a": 1}\n{"a": 2}')  # lack a newline, and it is never cut
     assert read_jsonl(user_file) == [{"a": 1}, {"a": 2}]
     assert user_file.read_text().endswith("2}")
+    assert read_jsonl(user_file, appended=True) == [{"a": 1}, {"a": 2}]  # appended to next:
+    assert user_file.read_text() == '{"a": 1}\n{"a": 2}\n'  # a whole record keeps its line

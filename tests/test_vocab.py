@@ -73,6 +73,13 @@ def test_bad_vocabulary_inputs_are_one_line_errors(tokenizers, shared_data, tmp_
                  str(tokenizers["chinese_model"]), "-o", str(tmp_path / "y")]) == 2
     assert "appending pieces would take their ids" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    (tmp_path / "blank.txt").write_text("\n\n")  # a sample with no text: no ratio to print
+    assert main([*args, str(tokenizers["chinese_model"]), "-o", str(tmp_path / "z"),
+                 "--sample", str(tmp_path / "blank.txt")]) == 0
+    assert "tokens per character" not in capsys.readouterr().out
+    assert main([*args, str(tokenizers["chinese_model"]), "-o", str(tmp_path / "w"),
+                 "--sample", str(tmp_path / "missing.txt")]) == 2  # before any work
+    assert "missing.txt" in capsys.readouterr().err and not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow

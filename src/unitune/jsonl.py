@@ -12,13 +12,24 @@ from unitune.errors import UserError
 
 def complete_lines(path: Path) -> list[str]:
     """The lines of a file this program appends to, one record per line. A last line without
-    its newline is an append a crash cut short: it is cut off the file, so the next append
-    starts a line of its own (the record is made again)."""
+    its newline is an append a crash cut short (cut off the file, so the next append starts a
+    line of its own, and the record is made again), unless it is a whole record (a file
+    written by hand): then it gets its newline."""
     data = path.read_bytes()
     keep = data[:data.rfind(b"\n") + 1]
     if len(keep) != len(data):
-        with path.open("r+b") as f:
-            f.truncate(len(keep))
+        try:
+            json.loads(data[len(keep):])
+            whole = True
+        except ValueError:  # (json's errors and undecodable bytes)
+            whole = False
+        if whole:
+            with path.open("ab") as f:
+                f.write(b"\n")
+            keep = data + b"\n"
+        else:
+            with path.open("r+b") as f:
+                f.truncate(len(keep))
     return keep.decode("utf-8").splitlines()
 
 

@@ -4,6 +4,7 @@ the training config from items and flags."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from unitune.errors import UserError, did_you_mean
@@ -60,7 +61,8 @@ def number(low: float, strict: bool = True):
             value = float(text)
         except ValueError:
             value = None
-        if value is None or not (value > low if strict else value >= low):  # (nan: refused)
+        if value is None or not math.isfinite(value) or not (value > low if strict
+                                                             else value >= low):
             raise argparse.ArgumentTypeError(f"expected a number {rule}, got {text!r}")
         return value
 

@@ -294,7 +294,7 @@ def cmd_vocab(args) -> int:
     result = extend(args.base, args.add, Path(args.out), args.overwrite, args.sample,
                     log=stderr)
     lines = [f"vocabulary: {result['vocab_before']:,} -> {result['vocab_after']:,}"]
-    if args.sample:
+    if result["tokens_per_char_before"] is not None:
         lines.append(f"tokens per character on {args.sample} ({result['sample_chars']:,} "
                      f"characters): {result['tokens_per_char_before']:.3f} -> "
                      f"{result['tokens_per_char_after']:.3f} ({result['ratio']:.0%})")

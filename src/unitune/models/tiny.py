@@ -162,10 +162,26 @@ def ensure_preset(name: str, log=print, progress: bool = True) -> Path:
         log(f"building model preset '{name}' (first use; cached in {preset_dir(name)})")
         env = {k: v for k, v in os.environ.items()  # (its training is single-process)
                if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+        env.setdefault("PYTHONWARNINGS", "ignore::UserWarning,ignore::FutureWarning")
+        # on a terminal its progress bar shows there; otherwise its log goes through ``log``
+        live = progress and sys.stderr.isatty()
         command = [sys.executable, "-m", "unitune.train.preset", name, str(tmp)]
-        if subprocess.run(command + ([] if progress else ["--no-progress"]), env=env
-                          ).returncode:
-            raise UserError(f"building preset '{name}' failed (see above)")
+        child = subprocess.Popen(command + ([] if live else ["--no-progress"]), env=env,
+                                 stderr=None if live else subprocess.PIPE, text=True)
+        last = ""
+        try:
+            for line in [] if live else child.stderr:
+                if line := line.rstrip("\n"):
+                    last = line
+                    log(line)
+            code = child.wait()
+        except BaseException:  # (interrupted: the build stops too)
+            child.terminate()
+            child.wait()
+            raise
+        if code:
+            raise UserError(f"building preset '{name}' failed: " +
+                            ("see above" if live else last.removeprefix("error: ")))
 
     distributed.build_once(preset_dir(name), "preset.json", f"building preset '{name}'", build)
     return preset_dir(name)

@@ -87,6 +87,7 @@ def extend(base: str | Path, additions: list[str | Path], out: Path, overwrite: 
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    texts = sample_texts(sample) if sample else []  # (a bad sample fails before any work)
     proto = read_model(base)
     original = [p.piece for p in proto.pieces]
     base_folder = Path(base) if Path(base).is_dir() else None
@@ -123,8 +124,7 @@ def extend(base: str | Path, additions: list[str | Path], out: Path, overwrite: 
         tokenizer.save_pretrained(str(tmp))
         if base_folder is not None and (base_folder / "chat_template.jinja").exists():
             shutil.copy(base_folder / "chat_template.jinja", tmp / "chat_template.jinja")
-        result = report(base_tokenizer(base), AutoTokenizer.from_pretrained(str(tmp)),
-                        sample_texts(sample) if sample else [])
+        result = report(base_tokenizer(base), AutoTokenizer.from_pretrained(str(tmp)), texts)
         (tmp / "vocab_report.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)

@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from unitune.config import TrainConfig
+from unitune.errors import UserError
 from unitune.models.tiny import get_preset, init_model, preset_tokenizer, pretrain_corpus
 from unitune.run import read_run
 from unitune.train.recipe import train
@@ -48,15 +49,24 @@ def build_preset(name: str, folder: Path, log=print, progress: bool = True) -> N
     (folder / "preset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m unitune.train.preset")
     parser.add_argument("name")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    build_preset(args.name, args.folder, log=lambda line: print(line, file=sys.stderr),
-                 progress=not args.no_progress)
+    if args.no_progress:  # (transformers' own bars too: loading and writing weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        build_preset(args.name, args.folder, log=lambda line: print(line, file=sys.stderr),
+                     progress=not args.no_progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
