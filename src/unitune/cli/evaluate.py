@@ -91,7 +91,8 @@ def add_eval(sub) -> None:
     p.add_argument("--n", type=whole(1), default=1, help="humaneval: samples per problem (greedy "
                    "when 1, else sampled at --temperature)")
     p.add_argument("--k", default="1", help="humaneval: pass@k to report, e.g. 1,10")
-    p.add_argument("--temperature", type=number(0), default=0.8)
+    p.add_argument("--temperature", type=number(0, strict=False), default=0.8,
+                   help="humaneval with --n > 1: the sampling temperature (> 0)")
     p.add_argument("--seed", type=int, default=1234, help="the seed of sampling and of the "
                    "harness's few-shot sampler")
     p.add_argument("--limit", type=whole(1), help="only the first N questions of each subject")
