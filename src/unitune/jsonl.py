@@ -4,7 +4,9 @@ crash may have cut short."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from pathlib import Path
 
 from unitune.errors import UserError
@@ -34,13 +36,21 @@ def complete_lines(path: Path) -> list[str]:
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...] = (), appended: bool = False) -> list[dict]:
-    """The records of a JSON-lines file (none when it does not exist yet: a cache), each with
-    the string ``fields``; a bad line is an error naming it. ``appended``: a file this program
-    appends to (``complete_lines``)."""
+    """The records of a JSON-lines file (gzipped when it ends in .gz; none when it does not
+    exist yet: a cache), each with the string ``fields``; a bad line is an error naming it.
+    ``appended``: a file this program appends to (``complete_lines``)."""
     if not path.exists():
         return []
-    lines = complete_lines(path) if appended else \
-        path.read_text(encoding="utf-8").splitlines()
+    if appended:
+        lines = complete_lines(path)
+    else:
+        try:
+            data = path.read_bytes()
+            lines = (gzip.decompress(data) if path.suffix == ".gz" else data).decode(
+                "utf-8").splitlines()
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # (not UTF-8 or gzip)
+            raise UserError(f"{path}: unreadable ({exc}); the file is damaged, get it "
+                            "again") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

@@ -10,7 +10,6 @@ their outcomes are appended to a JSON-lines file as they finish, so a rerun cont
 from __future__ import annotations
 
 import concurrent.futures
-import gzip
 import json
 import math
 import os
@@ -33,23 +32,7 @@ def read_problems(data_dir: str | Path) -> list[dict]:
     files = sorted(folder.glob("HumanEval*.jsonl*"))
     if not files:
         raise UserError(f"HumanEval: no HumanEval*.jsonl(.gz) in {folder}; {DOWNLOAD}")
-    path = files[0]
-    opener = gzip.open if path.suffix == ".gz" else open
-    problems = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{line_no}: not JSON ({exc.msg}); the file is damaged, "
-                                "download it again") from None
-            for field in ("task_id", "prompt", "test", "entry_point"):
-                if not isinstance(row.get(field), str):
-                    raise UserError(f"{path}:{line_no}: {field}: missing or not a string")
-            problems.append(row)
-    return problems
+    return read_jsonl(files[0], ("task_id", "prompt", "test", "entry_point"))
 
 
 def program(problem: dict, completion: str) -> str:
