@@ -27,7 +27,7 @@ from pydantic import (
 from unitune import methods
 from unitune.errors import UserError, closest, did_you_mean
 from unitune.models.rope import RopeScaling
-from unitune.sections import Section
+from unitune.sections import Section, load_yaml
 from unitune.train import stages
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -299,24 +299,6 @@ def set_nested(data: dict, path: list[str], value: Any) -> None:
             raise UserError(f"override '{'.'.join(path)}': '{part}' is not a section")
         node = child
     node[path[-1]] = value
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a config file must be a mapping of keys to values")
-    return data
 
 
 def build_config(schema: type[BaseModel], config_file: str | None, overrides: list[str],

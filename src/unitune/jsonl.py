@@ -18,21 +18,19 @@ def complete_lines(path: Path) -> list[str]:
     line of its own, and the record is made again), unless it is a whole record (a file
     written by hand): then it gets its newline."""
     data = path.read_bytes()
-    keep = data[:data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
+    tail = data[data.rfind(b"\n") + 1:]
+    if tail:
         try:
-            json.loads(data[len(keep):])
-            whole = True
-        except ValueError:  # (json's errors and undecodable bytes)
-            whole = False
-        if whole:
+            json.loads(tail)
+        except ValueError:  # (json's errors and undecodable bytes): torn
+            data = data[:-len(tail)]
+            with path.open("r+b") as f:
+                f.truncate(len(data))
+        else:
+            data += b"\n"
             with path.open("ab") as f:
                 f.write(b"\n")
-            keep = data + b"\n"
-        else:
-            with path.open("r+b") as f:
-                f.truncate(len(keep))
-    return keep.decode("utf-8").splitlines()
+    return data.decode("utf-8").splitlines()
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...] = (), appended: bool = False) -> list[dict]:

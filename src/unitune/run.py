@@ -130,20 +130,13 @@ def read_run(folder: str | Path) -> RunRecord:
 
 def stored_config(folder: str | Path) -> dict:
     """The configuration a run (finished or partial) was trained with: its ``config.yaml``."""
-    import yaml
+    from unitune.sections import load_yaml
 
     path = Path(folder) / CONFIG_YAML
     if not path.is_file():
         raise UserError(f"{folder}: no {CONFIG_YAML} (the configuration it was trained "
                         "with): not a run unitune trained, or damaged")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not a valid run config ({str(exc).splitlines()[0]})") \
-            from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a valid run config (not a mapping of keys to values)")
-    return data
+    return load_yaml(path)
 
 
 def read_finished(folder: str | Path) -> RunRecord:

@@ -1,4 +1,6 @@
-"""The base of every configuration section: a pydantic model that rejects unknown keys.
+"""The base of every configuration section: a pydantic model that rejects unknown keys; and
+``load_yaml``, how every YAML file of settings is read (configs, studies, a run's
+``config.yaml``).
 
 ``config.py`` builds ``TrainConfig`` from its own sections and the sections each fine-tuning
 method (``methods/``) and training stage (``train/stages/``) brings, gathered by
@@ -7,9 +9,13 @@ method (``methods/``) and training stage (``train/stages/``) brings, gathered by
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict
+
+from unitune.errors import UserError
 
 Targets = list[str] | Literal["auto", "all-linear"]
 
@@ -27,3 +33,21 @@ def declared_sections(owners) -> dict[str, type[Section]]:
             if sections.setdefault(key, schema) is not schema:
                 raise ValueError(f"config section '{key}' is declared twice differently")
     return sections
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of keys to values")
+    return data

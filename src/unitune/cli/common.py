@@ -34,40 +34,32 @@ def unknown_flags_message(parser: argparse.ArgumentParser, args: list[str]) -> s
     return "; ".join(parts)
 
 
-def whole(least: int, most: int | None = None):
-    """An argparse type: a whole number in ``least..most``; anything else is the flag's one-line
-    error (``argument --limit: expected a whole number >= 1, got '-1'``)."""
-    rule = f">= {least}" if most is None else f"in {least}..{most}"
-
-    def convert(text: str) -> int:
+def _checked(parse, ok, expected: str):
+    """An argparse type: ``parse(text)`` when ``ok`` of it, else the flag's one-line error
+    (``argument --limit: expected a whole number >= 1, got '-1'``)."""
+    def convert(text: str):
         try:
-            value = int(text)
+            value = parse(text)
         except ValueError:
             value = None
-        if value is None or value < least or (most is not None and value > most):
-            raise argparse.ArgumentTypeError(f"expected a whole number {rule}, got {text!r}")
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
-    convert.__name__ = "whole number"
     return convert
+
+
+def whole(least: int, most: int | None = None):
+    """An argparse type: a whole number in ``least..most``."""
+    return _checked(int, lambda v: least <= v and (most is None or v <= most),
+                    f"a whole number >= {least}" if most is None else
+                    f"a whole number in {least}..{most}")
 
 
 def number(low: float, strict: bool = True):
-    """An argparse type: a number greater than ``low`` (``strict``) or at least ``low``."""
-    rule = f"> {low:g}" if strict else f">= {low:g}"
-
-    def convert(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or not (value > low if strict
-                                                             else value >= low):
-            raise argparse.ArgumentTypeError(f"expected a number {rule}, got {text!r}")
-        return value
-
-    convert.__name__ = "number"
-    return convert
+    """An argparse type: a finite number greater than ``low`` (``strict``) or at least it."""
+    return _checked(float, lambda v: math.isfinite(v) and (v > low if strict else v >= low),
+                    f"a number {'>' if strict else '>='} {low:g}")
 
 
 PORT = whole(1, 65535)

@@ -220,7 +220,7 @@ def _check(args) -> int:
         for rec in iter_records(path, args.format, skip_invalid=True, problems=problems):
             kinds[type(rec).__name__] += 1
         for problem in problems:
-            print(problem, file=sys.stderr)
+            stderr(problem)
         bad += len(problems)
         names = {"Conversation": "conversations", "PreferencePair": "preference pairs",
                  "Prompt": "prompts", "PlainText": "text records"}

@@ -4,7 +4,6 @@ reshaping runs."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from unitune import distributed
@@ -84,7 +83,7 @@ def cmd_train(args) -> int:
                     resume_from=args.resume or False, force_resume=args.force_resume)
     except Interrupted as exc:
         if distributed.is_main():
-            print(exc, file=sys.stderr)
+            stderr(str(exc))
         return 128 + exc.signum
     if distributed.is_main():  # (once, not once per process)
         print(f"finished: {out}")

@@ -3,9 +3,9 @@
 Owns ``Source`` (one named list of records with an optional weight or fixed count), ``mix``
 (the Flan-mini style sampler: fixed counts are taken exactly, repeating a source when it is
 too small, and the report says so; ``examples/flan_mini.yaml`` is Flacuna's recipe), ``dedupe``
-and ``split`` (a validation split that works on tiny
-datasets). Everything is deterministic in the seed; every source gets its own RNG
-(seeded by ``f"{seed}:{name}"``) so adding a source does not change what the others give.
+and ``split`` (a validation split that works on tiny datasets). Everything is deterministic in
+the seed; every source gets its own RNG (seeded by ``f"{seed}:{name}"``) so adding a source
+does not change what the others give.
 
 Records are lists or Arrow-backed ``store.Records``; every step works on row indices (numpy),
 so on Records it selects rows of the memory-mapped table and copies no data.

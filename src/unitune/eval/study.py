@@ -58,7 +58,7 @@ def _label(value: Any) -> str:
 
 
 def load_study(path: str | Path) -> Study:
-    from unitune.config import load_yaml
+    from unitune.sections import load_yaml
 
     data = load_yaml(path)
     try:

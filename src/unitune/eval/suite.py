@@ -99,9 +99,10 @@ def default_report(target: str, s: EvalSettings) -> Path:
     from unitune.run import is_run
 
     tasks = "+".join(s.tasks)
-    if not target.startswith(("http://", "https://")) and is_run(Path(target)):
+    endpoint = target.startswith(("http://", "https://"))
+    if not endpoint and is_run(Path(target)):
         return Path(target) / RESULTS / f"{tasks}.json"
-    name = s.served_model if target.startswith(("http://", "https://")) else Path(target).name
+    name = s.served_model if endpoint else Path(target).name
     return Path(f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '-', name or 'model')}-{tasks}.json")
 
 

@@ -124,7 +124,7 @@ def extend(base: str | Path, additions: list[str | Path], out: Path, overwrite: 
         tokenizer.save_pretrained(str(tmp))
         if base_folder is not None and (base_folder / "chat_template.jinja").exists():
             shutil.copy(base_folder / "chat_template.jinja", tmp / "chat_template.jinja")
-        result = report(base_tokenizer(base), AutoTokenizer.from_pretrained(str(tmp)), texts)
+        result = report(base_tokenizer(base), tokenizer, texts)
         (tmp / "vocab_report.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
